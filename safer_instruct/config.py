@@ -1,0 +1,219 @@
+"""Hydra plumbing shared by every stage: composing, validating, and saving the resolved config.
+
+Every entry point under `train/` and `eval/` is a function decorated with `stage_main(config_name)`.
+The decorator wraps `hydra.main` so that each run:
+
+* fails before any model is loaded when a mandatory `???` key is missing, naming the key;
+* gets its own output directory (`out_dir`, or the job's folder in a multirun sweep);
+* saves `config.yaml` (resolved, secrets removed) and `versions.json` next to its results;
+* reports a `SaferInstructError` as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from safer_instruct.errors import ConfigError, SaferInstructError
+from safer_instruct.paths import conf_dir
+
+log = logging.getLogger(__name__)
+
+# Libraries whose versions decide whether two runs are comparable.
+TRACKED_LIBRARIES = (
+    "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes",
+    "lm_eval", "openai", "anthropic", "hydra-core", "wandb",
+)  # fmt: skip
+
+# Key names whose values are secrets. `*_env` keys hold the *name* of an env var and are kept.
+_SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
+
+
+def missing_keys(cfg: DictConfig) -> list[str]:
+    """Mandatory `???` keys still unset, outside Hydra's own node."""
+    return sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Raise a ConfigError naming every mandatory key that is still `???`."""
+    keys = missing_keys(cfg)
+    if keys:
+        hint = " ".join(f"{key}=..." for key in keys)
+        raise ConfigError(f"missing required config value(s): {', '.join(keys)} (set them, e.g. `{hint}`)")
+
+
+def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a stage's config the way its entry point will, without running anything.
+
+    Raises ConfigError with Hydra's one-line reason for an unknown key, group option or bad value.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=config_name):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise ConfigError(_first_line(err)) from None
+
+
+def validate_overrides(config_name: str, overrides: Sequence[str], multirun: bool = False) -> DictConfig:
+    """Check overrides against a stage's config tree before anything heavy is imported.
+
+    For a multirun sweep (`a=1,2`) each swept key is checked with its first value.
+    """
+    if multirun:
+        overrides = list(_first_sweep_values(overrides))
+    cfg = compose(config_name, overrides)
+    check_required(cfg)
+    return cfg
+
+
+def _first_sweep_values(overrides: Iterable[str]) -> Iterable[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            yield f"{override.get_key_element()}={first}"
+        else:
+            yield override.input_line
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return " ".join(line.strip() for line in text.splitlines()[:2] if line.strip())
+
+
+def is_main_process() -> bool:
+    """True on rank 0 (or without a distributed launcher): only it writes shared files."""
+    return os.environ.get("RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def redact(container: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of a plain config container with secret values replaced by "<redacted>".
+
+    Removes values under secret-looking keys (`api_key`, `hf_token`, ...) and any string equal to
+    a secret value given (the contents of the env vars that `*_env` keys name).
+    """
+    secret_values = {s for s in secrets if s}
+
+    def walk(node: Any, key: str = "") -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        if isinstance(node, str):
+            if (_SECRET_KEY.search(key) and not key.endswith("_env") and node) or node in secret_values:
+                return "<redacted>"
+            for value in secret_values:
+                node = node.replace(value, "<redacted>")
+        return node
+
+    return walk(container)
+
+
+def referenced_secrets(container: Any) -> list[str]:
+    """Values of the env vars that any `*_env` key in the config names (the secrets to scrub)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if str(k).endswith("_env") and isinstance(v, str) and os.environ.get(v):
+                    found.append(os.environ[v])
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(container)
+    return found
+
+
+def to_plain(cfg: DictConfig, redacted: bool = True) -> dict:
+    """The resolved config as plain Python, secrets removed unless asked otherwise."""
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    return redact(plain, referenced_secrets(plain)) if redacted else plain
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "safer-instruct": _project_version()}
+    for name in TRACKED_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _project_version() -> str:
+    from safer_instruct import __version__
+    from safer_instruct.paths import PROJECT_ROOT
+
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+        return f"{__version__}+{commit}" if commit else __version__
+    except (OSError, subprocess.SubprocessError):
+        return __version__
+
+
+def save_run_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Write the resolved, redacted config and the library versions next to a run's results."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
+    (out_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
+
+
+def prepare_run(cfg: DictConfig) -> Path:
+    """Validate a composed config, fix its output directory, resolve it and save it there."""
+    check_required(cfg)
+    out_dir = Path(cfg.out_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        # In a multirun sweep each job writes into its own sub-folder of the sweep dir.
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    with open_dict(cfg):
+        cfg.out_dir = str(out_dir)
+    OmegaConf.resolve(cfg)
+    if is_main_process():
+        save_run_config(cfg, out_dir)
+    return out_dir
+
+
+def stage_main(config_name: str) -> Callable[[Callable[[DictConfig, Path], Any]], Callable[[], Any]]:
+    """Turn `fn(cfg, out_dir)` into a Hydra entry point for the config `conf/<config_name>.yaml`."""
+    import hydra
+
+    def decorator(fn: Callable[[DictConfig, Path], Any]) -> Callable[[], Any]:
+        @functools.wraps(fn)
+        def task(cfg: DictConfig) -> Any:
+            try:
+                out_dir = prepare_run(cfg)
+                return fn(cfg, out_dir)
+            except SaferInstructError as err:
+                log.error("%s", err)
+                print(f"safer-instruct: error: {err}", file=sys.stderr)
+                sys.exit(1)
+
+        return hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(task)
+
+    return decorator

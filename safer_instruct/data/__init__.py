@@ -1,0 +1,1 @@
+"""Data: the preference schema every source produces, and the sources themselves."""

