@@ -1,0 +1,99 @@
+"""Run every benchmark and collect their rows into bench/results/latest.json and latest.md.
+
+Each `bench/bench_*.py` (and `bench/gpu_*.py`) script measures the framework against its baseline
+side by side in one run and writes JSON rows with `--out FILE`:
+
+    {"benchmark": str, "metric": str, "value": float, "target": str, "met": bool, "details": {...}}
+
+or `{"benchmark": ..., "skipped": "reason"}` where it cannot run here (the GPU benchmarks on a CPU
+machine). This machine is noisy: absolute times are reported in `details`, never compared across runs.
+
+    python bench/run_all.py            # full benchmarks (tens of minutes on 2 CPU cores)
+    python bench/run_all.py --quick    # each benchmark's small mode (a smoke check, not a measurement)
+    python bench/run_all.py --only llm judge
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+
+def discover() -> list[Path]:
+    return sorted([*BENCH_DIR.glob("bench_*.py"), *BENCH_DIR.glob("gpu_*.py")])
+
+
+def run_one(script: Path, quick: bool, timeout_s: int) -> list[dict]:
+    """Run one benchmark script in its own process and return its rows (an error row if it failed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(script), "--out", str(out), *(["--quick"] if quick else [])]
+        started = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return [{"benchmark": script.stem, "error": f"timed out after {timeout_s} s"}]
+        elapsed = time.perf_counter() - started
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            return [{"benchmark": script.stem, "error": f"exit {proc.returncode}: " + " | ".join(tail)}]
+        rows = json.loads(out.read_text())
+    rows = rows if isinstance(rows, list) else [rows]
+    for row in rows:
+        row.setdefault("script", script.name)
+        row.setdefault("wall_s", round(elapsed, 1))
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = [
+        "| benchmark | metric | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "skipped" in row or "error" in row:
+            status = f"skipped: {row['skipped']}" if "skipped" in row else f"error: {row['error']}"
+            lines.append(f"| {row['benchmark']} | {status} | | | |")
+            continue
+        value = row["value"]
+        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+        lines.append(f"| {row['benchmark']} | {row['metric']} | {shown} | {row['target']} | {'yes' if row['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="run each benchmark's small mode")
+    parser.add_argument("--only", nargs="*", default=None, help="substrings of script names to run")
+    parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per benchmark script")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where latest.json/.md go")
+    args = parser.parse_args(argv)
+
+    scripts = [s for s in discover() if not args.only or any(o in s.stem for o in args.only)]
+    rows: list[dict] = []
+    for script in scripts:
+        print(f"[bench] {script.name} ...", flush=True)
+        new_rows = run_one(script, args.quick, args.timeout)
+        rows.extend(new_rows)
+        print(markdown_table(new_rows), flush=True)
+
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    name = "latest-quick" if args.quick else "latest"
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    (args.results_dir / f"{name}.json").write_text(json.dumps({"when": stamp, "quick": args.quick, "rows": rows}, indent=2) + "\n")
+    (args.results_dir / f"{name}.md").write_text(f"Measured {stamp}{' (quick mode)' if args.quick else ''}.\n\n" + markdown_table(rows))
+    print(f"[bench] wrote {args.results_dir / (name + '.json')}")
+    return 1 if any("error" in row for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
