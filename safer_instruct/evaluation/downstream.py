@@ -1,0 +1,199 @@
+"""Downstream ability with lm-evaluation-harness, called from Python.
+
+The model runs in process (`HFLM` around the model we load, so a checkpoint of ours, a kit model or a
+hub id all work the same) or behind an OpenAI-compatible server (`local-completions` /
+`local-chat-completions`). The chat template is applied when the model preset's `prompt_format` is
+`chat` (`harness.chat_template: auto`), never for Alpaca-format models, whose training prompts are
+not chat turns.
+
+Task lists name the harness's own tasks (mmlu, arc_challenge, hellaswag, truthfulqa_mc2) or local
+ones from `include_path` (conf/lm_eval_tasks: offline tests and the demo). With
+`include_defaults: false` lm-eval does not index its ~10k bundled tasks (8 s saved).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.errors import ConfigError
+from safer_instruct.paths import PROJECT_ROOT
+
+log = logging.getLogger(__name__)
+
+# The metric a paper reports for each well-known task; other tasks use their first metric.
+DEFAULT_PRIMARY_METRICS = {
+    "arc_challenge": "acc_norm",
+    "arc_easy": "acc_norm",
+    "hellaswag": "acc_norm",
+    "truthfulqa_mc2": "acc",
+    "mmlu": "acc",
+}
+
+
+def use_chat_template(setting: Any, prompt_format: str) -> bool:
+    """`auto` follows the model preset (chat -> on, alpaca -> off); true/false force it."""
+    if isinstance(setting, bool):
+        return setting
+    if str(setting).lower() == "auto":
+        return prompt_format == "chat"
+    if str(setting).lower() in {"true", "on"}:
+        return True
+    if str(setting).lower() in {"false", "off"}:
+        return False
+    raise ConfigError(f"harness.chat_template must be auto, true or false, got '{setting}'")
+
+
+def task_manager(include_path: str | None, include_defaults: bool):
+    from lm_eval.tasks import TaskManager
+
+    path = None
+    if include_path:
+        folder = Path(str(include_path)).expanduser()
+        folder = folder if folder.is_absolute() else PROJECT_ROOT / folder
+        if not folder.is_dir():
+            raise ConfigError(f"harness.include_path: task folder {folder} not found")
+        path = str(folder)
+    return TaskManager(include_path=path, include_defaults=bool(include_defaults))
+
+
+def check_tasks(manager, tasks: list[str]) -> None:
+    """Fail before loading the model when a task name is unknown to the harness."""
+    known = set(manager.all_tasks)
+    unknown = [task for task in tasks if task not in known]
+    if unknown:
+        hint = "" if known and len(known) > 50 else f" (known here: {', '.join(sorted(known))})"
+        raise ConfigError(f"tasks: unknown lm-eval task(s) {', '.join(unknown)}{hint}")
+
+
+def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: bool):
+    """The harness model: in-process HFLM, or an OpenAI-compatible endpoint."""
+    backend = str(harness.get("backend") or "hf")
+    if backend == "hf":
+        from lm_eval.models.huggingface import HFLM
+
+        from safer_instruct.model_kit import load_causal_lm, load_tokenizer
+
+        device = str(harness.get("device") or "auto")
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model = load_causal_lm(str(model_cfg["path"]), str(model_cfg.get("dtype") or "auto"))
+        tokenizer = load_tokenizer(str(model_cfg["path"]))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return HFLM(
+            pretrained=model.to(device),
+            tokenizer=tokenizer,
+            batch_size=harness.get("batch_size") or 1,
+            device=device,
+            max_length=harness.get("max_length") or model_cfg.get("max_length"),
+        )
+    if backend == "api":
+        import lm_eval.api.registry as registry
+        import lm_eval.models  # noqa: F401  (registers the API model classes)
+
+        base_url = harness.get("base_url")
+        if not base_url:
+            raise ConfigError("harness.backend=api needs harness.base_url (an OpenAI-compatible server)")
+        name = "local-chat-completions" if chat else "local-completions"
+        endpoint = "chat/completions" if chat else "completions"
+        args = {
+            "model": harness.get("served_model") or model_cfg["path"],
+            "base_url": f"{str(base_url).rstrip('/')}/{endpoint}",
+            "num_concurrent": int(harness.get("num_concurrent") or 1),
+            "max_retries": int(harness.get("max_retries") or 3),
+            "tokenized_requests": False,
+        }
+        return registry.get_model(name)(**args)
+    raise ConfigError(f"harness.backend must be hf or api, got '{backend}'")
+
+
+def primary_metric(
+    task: str, metrics: Mapping[str, Any], overrides: Mapping[str, str]
+) -> tuple[str | None, Any, Any]:
+    """(metric name, value, stderr) of the metric reported for a task."""
+    wanted = overrides.get(task) or DEFAULT_PRIMARY_METRICS.get(task)
+    names = [key for key in metrics if "," in key and "_stderr" not in key]
+    chosen = next((key for key in names if key.split(",")[0] == wanted), names[0] if names else None)
+    if chosen is None:
+        return None, None, None
+    metric, _, filt = chosen.partition(",")
+    stderr = metrics.get(f"{metric}_stderr,{filt}")
+    return metric, metrics[chosen], stderr if isinstance(stderr, (int, float)) else None
+
+
+def run_downstream(
+    model_cfg: Mapping[str, Any], tasks: list[str], harness: Mapping[str, Any], seed: int = 0
+) -> dict[str, Any]:
+    """Evaluate a model on lm-eval tasks; returns the summary saved as `downstream.json`.
+
+    The raw harness results (without per-sample logs) are under the key `lm_eval`.
+    """
+    import lm_eval
+
+    if not tasks:
+        raise ConfigError("tasks: give at least one lm-eval task, e.g. tasks=[arc_challenge,hellaswag]")
+    manager = task_manager(harness.get("include_path"), harness.get("include_defaults", True))
+    check_tasks(manager, tasks)
+    chat = use_chat_template(
+        harness.get("chat_template", "auto"), str(model_cfg.get("prompt_format") or "chat")
+    )
+    system = harness.get("system_instruction") or (model_cfg.get("system_prompt") if chat else None)
+    lm = build_lm(model_cfg, harness, chat)
+    settings = {
+        "tasks": list(tasks),
+        "backend": str(harness.get("backend") or "hf"),
+        "num_fewshot": harness.get("num_fewshot"),
+        "limit": harness.get("limit"),
+        "batch_size": harness.get("batch_size"),
+        "chat_template": chat,
+        "fewshot_as_multiturn": bool(chat and harness.get("fewshot_as_multiturn", True)),
+        "system_instruction": system,
+        "bootstrap_iters": int(harness.get("bootstrap_iters") or 0),
+        "gen_kwargs": dict(harness.get("gen_kwargs") or {}) or None,
+        "seed": seed,
+        "include_path": harness.get("include_path"),
+    }
+    started = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        num_fewshot=settings["num_fewshot"],
+        limit=settings["limit"],
+        bootstrap_iters=settings["bootstrap_iters"],
+        apply_chat_template=chat,
+        fewshot_as_multiturn=settings["fewshot_as_multiturn"],
+        system_instruction=system,
+        gen_kwargs=settings["gen_kwargs"],
+        task_manager=manager,
+        log_samples=False,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    elapsed = time.perf_counter() - started
+    if not results:  # simple_evaluate returns None on non-zero ranks
+        return {}
+    overrides = dict(harness.get("primary_metrics") or {})
+    scores: dict[str, Any] = {}
+    for task, metrics in results["results"].items():
+        metric, value, stderr = primary_metric(task, metrics, overrides)
+        scores[task] = {"metric": metric, "value": value, "stderr": stderr,
+                        "n": (results.get("n-samples") or {}).get(task, {}).get("effective")}  # fmt: skip
+    raw = {key: results.get(key) for key in ("results", "groups", "group_subtasks", "configs", "versions",
+                                             "n-shot", "higher_is_better", "n-samples", "config")}  # fmt: skip
+    return {
+        "scores": scores,
+        "settings": settings,
+        "task_versions": results.get("versions", {}),
+        "n_shot": results.get("n-shot", {}),
+        "lm_eval_version": lm_eval.__version__ if hasattr(lm_eval, "__version__") else None,
+        "wall_s": round(elapsed, 2),
+        "lm_eval": raw,
+    }
