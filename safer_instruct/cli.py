@@ -34,6 +34,8 @@ class Stage:
 # Only stages that are built are listed here: the CLI never offers a placeholder.
 STAGES: tuple[Stage, ...] = (
     Stage(("train", "sft"), "train_sft", "train/sft.py", "supervised fine-tuning on instructions or chosen responses"),
+    Stage(("eval", "downstream"), "eval_downstream", "eval/downstream.py", "downstream ability with lm-evaluation-harness"),
+    Stage(("report",), "report", "eval/report.py", "comparison table, charts and DPO curves from finished runs"),
 )
 
 # Flags that Hydra itself understands; they go to the entry script untouched.

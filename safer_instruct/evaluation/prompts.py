@@ -24,6 +24,7 @@ from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import iter_rows
+from safer_instruct.paths import PROJECT_ROOT
 
 DEFAULT_SOURCE = "all"
 # Column names tried in order when a config leaves them to auto-detection: ours, then the release's.
@@ -47,6 +48,15 @@ class EvalItem:
     row: int | None = None
 
 
+def resolve_path(value: str | Path) -> Path:
+    """A data path as given; a relative one that is not under the working directory is tried from the
+    project root (the presets name `../shared/...` relative to the checkout)."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        return (PROJECT_ROOT / path).resolve()
+    return path
+
+
 def package_file(package: str, resource: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
     spec = importlib.util.find_spec(package)
@@ -64,7 +74,7 @@ def package_file(package: str, resource: str) -> Path:
 def prompt_set_path(cfg: Mapping[str, Any]) -> Path:
     """The file a prompt-set config points at (`path`, or `package` + `resource`)."""
     if cfg.get("path"):
-        path = Path(str(cfg["path"])).expanduser()
+        path = resolve_path(cfg["path"])
         if not path.is_file():
             raise DataError("prompt set file not found", path=str(path))
         return path
@@ -106,7 +116,7 @@ def load_responses(cfg: Mapping[str, Any]) -> list[EvalItem]:
     `column` names the answer column (`response` by default; `alpaca`, `gpt4` or `beaver` for the
     release's `test_set.csv`). An empty cell stays an empty answer (reported, never judged).
     """
-    path = Path(str(cfg["path"])).expanduser()
+    path = resolve_path(cfg["path"])
     column = str(cfg.get("column") or "response")
     items = list(
         read_table(
