@@ -1,0 +1,164 @@
+"""Run an experiment's steps one after another on this machine, each in its own process.
+
+Each stage runs as `python -m safer_instruct.cli STAGE overrides... out_dir=<step dir>`: a fresh
+process per stage (its own wandb run, no state leaking between trainers), output captured in
+`<step dir>/stage.log`. A stage that exits non-zero stops the chain; rerunning the same command
+skips what completed and reruns the failed stage, which resumes from what it left in its dir.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.paths import PROJECT_ROOT
+from safer_instruct.pipeline import state
+from safer_instruct.pipeline.plan import Plan
+
+LOG_NAME = "stage.log"
+
+
+class StepFailed(SaferInstructError):
+    pass
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # ran | skipped | reused | failed
+    wall_s: float | None
+    step_dir: Path
+    note: str = ""
+
+
+def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
+    """Why each step must run, or None when it is complete (decided before anything runs).
+
+    A step runs when it is forced, incomplete, or when a step it needs runs (its input changes).
+    """
+    reasons: dict[str, str | None] = {}
+    for name, step in plan.steps.items():
+        step_dir = plan.step_dir(name)
+        upstream = [dep for dep in step.deps if reasons.get(dep)]
+        if name in force or "all" in force:
+            reasons[name] = "forced"
+        elif upstream:
+            reasons[name] = f"{upstream[0]} reruns"
+        elif state.is_complete(step_dir, step.fingerprint, step.outputs):
+            reasons[name] = None
+        else:
+            marker = state.read_marker(step_dir)
+            if marker and marker.get("fingerprint") != step.fingerprint:
+                reasons[name] = "arguments changed"
+            elif marker:
+                missing = state.missing_outputs(step_dir, step.outputs)
+                reasons[name] = f"output missing: {missing[0]}"
+            else:
+                reasons[name] = "not done"
+    return reasons
+
+
+def stage_command(plan: Plan, name: str) -> list[str]:
+    return [sys.executable, "-m", "safer_instruct.cli", *plan.command(name)]
+
+
+def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose: bool = False) -> list[StepResult]:
+    """Run every step that is not complete, in order. Raises StepFailed at the first failure."""
+    reasons = needs_run(plan, force)
+    ran: set[str] = set()
+    results: list[StepResult] = []
+    total = len(plan.steps)
+    for index, (name, step) in enumerate(plan.steps.items(), start=1):
+        step_dir = plan.step_dir(name)
+        prefix = f"[{index}/{total}] {name} ({step.stage_name})"
+        # Decided again here: a step reused from a sweep sibling does not force its dependents.
+        must_run = reasons[name] == "forced" or any(dep in ran for dep in step.deps)
+        if not must_run and state.is_complete(step_dir, step.fingerprint, step.outputs):
+            marker = state.read_marker(step_dir) or {}
+            if not step_dir.is_symlink():
+                registry.register(step.fingerprint, step_dir)
+            results.append(StepResult(name, "skipped", marker.get("wall_s"), step_dir, "complete"))
+            print(f"{prefix}: complete, skipped", flush=True)
+            continue
+        with registry.lock(step.fingerprint):
+            shared = None if must_run else registry.find(step.fingerprint, step.outputs)
+            if shared is not None and shared.resolve() != step_dir.resolve():
+                state.move_aside(step_dir, plan.exp_dir)
+                step_dir.symlink_to(shared.resolve(), target_is_directory=True)
+                results.append(StepResult(name, "reused", None, step_dir, f"same step as {shared}"))
+                print(f"{prefix}: reused from {shared}", flush=True)
+                continue
+            moved = state.prepare_step_dir(step_dir, step.fingerprint, plan.exp_dir)
+            if moved:
+                print(f"{prefix}: arguments changed; previous outputs moved to {moved}", flush=True)
+            print(f"{prefix}: running ({reasons[name] or 'upstream reran'}), log {step_dir / LOG_NAME}", flush=True)
+            wall_s = _run_stage(plan, name, step_dir, verbose)
+            missing = state.missing_outputs(step_dir, step.outputs)
+            if missing:
+                raise StepFailed(
+                    f"step '{name}' ({step.stage_name}) exited 0 but did not write {', '.join(missing)} "
+                    f"in {step_dir}; see {step_dir / LOG_NAME}"
+                )
+            state.write_marker(step_dir, step.fingerprint, stage=step.stage_name, wall_s=round(wall_s, 2),
+                               command=shlex.join(["safer-instruct", *plan.command(name)]))  # fmt: skip
+            registry.register(step.fingerprint, step_dir)
+        ran.add(name)
+        results.append(StepResult(name, "ran", wall_s, step_dir))
+        print(f"{prefix}: done in {wall_s:.1f} s", flush=True)
+    return results
+
+
+def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
+    step = plan.steps[name]
+    command = stage_command(plan, name)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAFER_INSTRUCT_EXPERIMENT": plan.name, "SAFER_INSTRUCT_STEP": name}
+    log_path = step_dir / LOG_NAME
+    tail: deque[str] = deque(maxlen=25)
+    started = time.perf_counter()
+    with open(log_path, "a", encoding="utf-8", errors="replace") as log:
+        log.write(f"$ {shlex.join(['safer-instruct', *plan.command(name)])}\n")
+        log.flush()
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace")  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+                if verbose:
+                    print(f"  {name} | {line}", end="", flush=True)
+            code = proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+    wall_s = time.perf_counter() - started
+    if code != 0:
+        print(f"--- last lines of {log_path} ---", file=sys.stderr)
+        print("\n".join(tail), file=sys.stderr)
+        print("---", file=sys.stderr, flush=True)
+        raise StepFailed(
+            f"step '{name}' ({step.stage_name}) failed with exit code {code} after {wall_s:.1f} s "
+            f"(log: {log_path}); fix it and rerun the same command to continue from this step"
+        )
+    return wall_s
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C reached the stage too (same process group); give it time to stop cleanly."""
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,288 @@
+"""Slurm: one job per step, rendered from the templates in `slurm/`, chained with `afterok`.
+
+The job script of a step is its template (`slurm/train.sbatch` for training, `slurm/stage.sbatch`
+for everything else) with the template's own `#SBATCH` defaults replaced by the step's resources
+from config, and the step's command set as the script's arguments. So a generated job and a
+template submitted by hand run the same lines.
+
+Resources of a step, later entries winning: `launcher.resources`, the experiment's
+`experiment.resources.<profile>` (a 7B experiment asks for GPUs and nodes, the smoke one for none),
+the step's own `resources`. Cluster facts (partition, account, qos, setup lines) come from the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from safer_instruct.errors import ConfigError, SaferInstructError
+from safer_instruct.paths import PROJECT_ROOT
+from safer_instruct.pipeline import state
+from safer_instruct.pipeline.plan import Plan, Step
+
+TEMPLATES = {"train": PROJECT_ROOT / "slurm" / "train.sbatch", "stage": PROJECT_ROOT / "slurm" / "stage.sbatch"}
+JOBS_FILE = "jobs.json"
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+RESOURCE_KEYS = {"nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "accelerate_config", "constraint"}
+
+
+class SlurmError(SaferInstructError):
+    pass
+
+
+def template_for(step: Step) -> Path:
+    return TEMPLATES["train" if step.stage[0] == "train" else "stage"]
+
+
+def step_resources(step: Step, launcher: DictConfig, experiment: DictConfig) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    profiles = OmegaConf.to_container(experiment.get("resources") or {}, resolve=True) or {}
+    for layer in (launcher.get("resources") or {}, profiles.get(step.profile) or {}, step.resources):
+        layer = OmegaConf.to_container(layer, resolve=True) if isinstance(layer, DictConfig) else layer
+        unknown = set(layer) - RESOURCE_KEYS
+        if unknown:
+            raise ConfigError(
+                f"step '{step.name}': unknown Slurm resource key(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(RESOURCE_KEYS))})"
+            )
+        merged.update({k: v for k, v in layer.items() if v is not None})
+    return merged
+
+
+def _template_body(template: Path) -> str:
+    """The template without its leading comment block and #SBATCH defaults."""
+    lines = template.read_text().splitlines()
+    start = 0
+    while start < len(lines) and (lines[start].startswith("#") or not lines[start].strip()):
+        start += 1
+    return "\n".join(lines[start:]) + "\n"
+
+
+def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: Mapping[str, Any]) -> list[str]:
+    options = [
+        f"--job-name={launcher.job_name_prefix}{plan.name}.{step.name}",
+        f"--output={plan.step_dir(step.name)}/slurm-%j.out",
+        "--open-mode=append",
+        f"--nodes={resources.get('nodes', 1)}",
+    ]
+    if step.stage[0] == "train":
+        options.append("--ntasks-per-node=1")  # one accelerate launcher per node
+    else:
+        options.append("--ntasks=1")
+    if resources.get("cpus_per_task"):
+        options.append(f"--cpus-per-task={resources['cpus_per_task']}")
+    if resources.get("gpus_per_node"):
+        options.append(f"--gpus-per-node={resources['gpus_per_node']}")
+    if resources.get("mem"):
+        options.append(f"--mem={resources['mem']}")
+    options.append(f"--time={resources.get('time') or launcher.time}")
+    for key in ("partition", "account", "qos"):
+        if launcher.get(key):
+            options.append(f"--{key}={launcher[key]}")
+    if resources.get("constraint"):
+        options.append(f"--constraint={resources['constraint']}")
+    if launcher.requeue:
+        options += ["--requeue", f"--signal=B:USR1@{launcher.signal_before_s}"]
+    options += [str(extra) for extra in launcher.get("sbatch_args") or []]
+    return [f"#SBATCH {option}" for option in options]
+
+
+def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: DictConfig) -> str:
+    from safer_instruct.cli import STAGES
+
+    resources = step_resources(step, launcher, experiment)
+    template = template_for(step)
+    env = {
+        "SAFER_INSTRUCT_ROOT": str(PROJECT_ROOT),
+        "SAFER_INSTRUCT_VENV": str(launcher.get("venv") or sys.prefix),
+        "SAFER_INSTRUCT_SETUP": "\n".join(str(line) for line in launcher.get("setup") or []),
+        "SAFER_INSTRUCT_MAX_REQUEUES": str(launcher.max_requeues),
+        "SAFER_INSTRUCT_EXPERIMENT": plan.name,
+        "SAFER_INSTRUCT_STEP": step.name,
+        "SAFER_INSTRUCT_STEP_DIR": str(plan.step_dir(step.name)),
+        "SAFER_INSTRUCT_FINGERPRINT": step.fingerprint,
+        "SAFER_INSTRUCT_OUTPUTS": json.dumps(list(step.outputs)),
+    }
+    if step.stage[0] == "train":
+        script = next(s.script for s in STAGES if s.words == step.stage)
+        env["SAFER_INSTRUCT_SCRIPT"] = script
+        env["SAFER_INSTRUCT_GPUS_PER_NODE"] = str(resources.get("gpus_per_node") or 0)
+        if resources.get("accelerate_config"):
+            env["ACCELERATE_CONFIG"] = str(resources["accelerate_config"])
+    lines = [
+        "#!/bin/bash",
+        *sbatch_directives(plan, step, launcher, resources),
+        "",
+        f"# Step '{step.name}' of experiment '{plan.name}', written by `safer-instruct run launcher=slurm`;",
+        f"# the lines after `set --` are {template.relative_to(PROJECT_ROOT)} (submittable by hand).",
+        *(f"export {key}={shlex.quote(value)}" for key, value in env.items()),
+        "set -- " + " \\\n  ".join([shlex.join(step.stage), *(shlex.quote(a) for a in plan.overrides(step.name))]),
+        "",
+        _template_body(template),
+    ]
+    return "\n".join(lines)
+
+
+def sbatch_args(script: Path, dep_ids: list[str]) -> list[str]:
+    args = ["--parsable"]
+    if dep_ids:
+        # Also asked per job, for clusters without DependencyParameters=kill_invalid_depend.
+        args += [f"--dependency=afterok:{':'.join(dep_ids)}", "--kill-on-invalid-dep=yes"]
+    return [*args, str(script)]
+
+
+def script_path(plan: Plan, name: str) -> Path:
+    return plan.exp_dir / "slurm" / f"{name}.sbatch"
+
+
+@dataclass
+class Submission:
+    jobs: dict[str, str]  # step -> Slurm job id, for the steps submitted
+    skipped: list[str]  # complete steps, not submitted
+
+
+def _running_jobs(plan: Plan) -> list[str]:
+    previous = plan.exp_dir / "slurm" / JOBS_FILE
+    if not previous.exists():
+        return []
+    ids = list(json.loads(previous.read_text()).get("jobs", {}).values())
+    if not ids:
+        return []
+    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+
+
+def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, experiment: DictConfig) -> Submission:
+    """Write every job script and submit the steps that need to run, in dependency order."""
+    queued = _running_jobs(plan)
+    if queued:
+        raise SlurmError(
+            f"experiment dir {plan.exp_dir} still has jobs in the queue ({', '.join(queued)}): "
+            "wait for them or `scancel` them before submitting again"
+        )
+    jobs: dict[str, str] = {}
+    skipped: list[str] = []
+    try:
+        for name, step in plan.steps.items():
+            if reasons[name] is None:
+                skipped.append(name)
+                continue
+            state.prepare_step_dir(plan.step_dir(name), step.fingerprint, plan.exp_dir)
+            script = script_path(plan, name)
+            script.parent.mkdir(parents=True, exist_ok=True)
+            script.write_text(render_job_script(plan, step, launcher, experiment))
+            deps = [jobs[dep] for dep in step.deps if dep in jobs]
+            out = subprocess.run(["sbatch", *sbatch_args(script, deps)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SlurmError(f"sbatch refused step '{name}': {out.stderr.strip() or out.stdout.strip()}")
+            jobs[name] = out.stdout.strip().split(";")[0]
+            print(f"submitted {name:<16} job {jobs[name]}" + (f"  afterok:{':'.join(deps)}" if deps else ""), flush=True)
+    except BaseException:
+        if jobs:  # never leave half a chain in the queue
+            subprocess.run(["scancel", *jobs.values()], capture_output=True)
+        raise
+    (plan.exp_dir / "slurm" / JOBS_FILE).write_text(
+        json.dumps({"experiment": plan.name, "jobs": jobs, "skipped": skipped}, indent=2) + "\n"
+    )
+    return Submission(jobs=jobs, skipped=skipped)
+
+
+def job_states(ids: list[str]) -> dict[str, str]:
+    """Current state of each job: sacct when accounting runs, else scontrol (finished jobs age out)."""
+    found: dict[str, str] = {}
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
+                         capture_output=True, text=True)  # fmt: skip
+    if out.returncode == 0:
+        for line in out.stdout.splitlines():
+            job_id, _, job_state = line.partition("|")
+            if job_id in ids and job_state:
+                found[job_id] = job_state.split()[0]
+    for job_id in ids:
+        if job_id in found:
+            continue
+        show = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+        for field in show.stdout.split():
+            if field.startswith("JobState="):
+                found[job_id] = field.split("=", 1)[1]
+    return found
+
+
+def wait(submission: Submission, poll_s: float, timeout_s: float | None = None) -> dict[str, str]:
+    """Poll until every submitted job has finished; step -> final state."""
+    ids = list(submission.jobs.values())
+    started = time.monotonic()
+    last: dict[str, str] = {}
+    while True:
+        found = job_states(ids)
+        last = {step: found.get(job_id, "UNKNOWN") for step, job_id in submission.jobs.items()}
+        if all(s in TERMINAL for s in last.values()):
+            return last
+        if timeout_s is not None and time.monotonic() - started > timeout_s:
+            raise SlurmError(f"jobs still not finished after {timeout_s:.0f} s: {last}")
+        time.sleep(poll_s)
+
+
+# --- dry run --------------------------------------------------------------------------------------
+
+
+def graph_comment(plan: Plan, reasons: Mapping[str, str | None]) -> list[str]:
+    width = max(len(name) for name in plan.steps)
+    lines = ["# Dependency graph (step <- steps it needs), and what this run would do:"]
+    for name, step in plan.steps.items():
+        needs = f"<- {', '.join(step.deps)}" if step.deps else ""
+        what = f"run ({reasons[name]})" if reasons[name] else "skip (complete)"
+        lines.append(f"#   {name.ljust(width)}  {needs:<40} {what}")
+    return lines
+
+
+def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig,
+                   experiment: DictConfig, invocation: str) -> str:  # fmt: skip
+    """A bash script doing what the run would do: the job scripts and sbatch calls, or the commands."""
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# {invocation}",
+        f"# Dry run (launcher={launcher.name}): nothing was run or submitted. Experiment dir: {plan.exp_dir}",
+        *graph_comment(plan, reasons),
+        "set -euo pipefail",
+    ]
+    todo = [name for name in plan.steps if reasons[name]]
+    if launcher.name == "slurm":
+        lines.append(f"mkdir -p {shlex.quote(str(plan.exp_dir / 'slurm'))}")
+        for name in todo:
+            step = plan.steps[name]
+            script = script_path(plan, name)
+            lines += [
+                "",
+                f"# --- step {name}: {step.stage_name} ---",
+                f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
+                f"cat > {shlex.quote(str(script))} <<'SAFER_INSTRUCT_JOB'",
+                render_job_script(plan, step, launcher, experiment).rstrip("\n"),
+                "SAFER_INSTRUCT_JOB",
+            ]
+            deps = [f"${{jid_{dep}}}" for dep in step.deps if dep in todo]
+            args = " ".join(a if a.startswith("--dependency") else shlex.quote(a) for a in sbatch_args(script, deps))
+            lines.append(f'jid_{name}=$(sbatch {args} | cut -d";" -f1)')
+            lines.append(f'echo "submitted {name}: job $jid_{name}"')
+    else:
+        lines.append(f"cd {shlex.quote(str(PROJECT_ROOT))}")
+        for name in todo:
+            step = plan.steps[name]
+            lines += [
+                "",
+                f"# --- step {name}: {step.stage_name} ---",
+                f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
+                shlex.join(["safer-instruct", *step.stage]) + " \\\n  "
+                + " \\\n  ".join(shlex.quote(a) for a in plan.overrides(name)),
+                shlex.join(["python", "-m", "safer_instruct.pipeline.marker", str(plan.step_dir(name)),
+                            "--fingerprint", step.fingerprint, "--outputs", *step.outputs]),  # fmt: skip
+            ]
+    return "\n".join(lines) + "\n"

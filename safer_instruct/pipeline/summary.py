@@ -1,0 +1,102 @@
+"""The end of a run: where the report is, a short table of its results, and what each step did."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from safer_instruct.pipeline import state
+from safer_instruct.pipeline.local import StepResult
+from safer_instruct.pipeline.plan import Plan
+
+REPORT_TABLE = "report.csv"
+REPORT_TEXT = "report.md"
+MAX_ROWS = 20
+
+
+def report_path(plan: Plan) -> Path | None:
+    if not plan.report_step:
+        return None
+    return plan.step_dir(plan.report_step) / REPORT_TEXT
+
+
+def results_from_states(plan: Plan, submission, states: dict[str, str]) -> list[StepResult]:
+    results = []
+    for name in plan.steps:
+        step_dir = plan.step_dir(name)
+        if name in submission.jobs:
+            marker = state.read_marker(step_dir) or {}
+            status = "ran" if states.get(name) == "COMPLETED" else states.get(name, "UNKNOWN").lower()
+            results.append(StepResult(name, status, marker.get("wall_s"), step_dir, f"job {submission.jobs[name]}"))
+        else:
+            marker = state.read_marker(step_dir) or {}
+            results.append(StepResult(name, "skipped", marker.get("wall_s"), step_dir, "complete"))
+    return results
+
+
+def report_table(plan: Plan) -> list[list[str]]:
+    """A short table from the report's CSV (header first): model, harmlessness with CI, scores."""
+    if not plan.report_step:
+        return []
+    path = plan.step_dir(plan.report_step) / REPORT_TABLE
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = list(csv.DictReader(handle))
+    return short_table(records)
+
+
+def _pct(value: str) -> str:
+    try:
+        return f"{100 * float(value):.1f}"
+    except ValueError:
+        return ""
+
+
+def short_table(records: list[dict[str, str]]) -> list[list[str]]:
+    if not records:
+        return []
+    known = {"run", "model", "training_data", "prompts", "judge", "judge_kappa"}
+    known |= {k for k in records[0] if k.startswith(("harmless_", "pairwise_win"))}
+    scores = [k for k in records[0] if k not in known and not k.endswith("_stderr") and "_harmless" not in k]
+    header = ["model", "training data", "harmless % [95% CI]", "n", *scores]
+    rows = [header]
+    for record in records:
+        rate = _pct(record.get("harmless_rate", ""))
+        if rate:
+            rate += f" [{_pct(record.get('harmless_ci_low', ''))}, {_pct(record.get('harmless_ci_high', ''))}]"
+        rows.append([record.get("model", ""), record.get("training_data", ""), rate,
+                     record.get("harmless_n", ""), *(_short(record.get(k, "")) for k in scores)])  # fmt: skip
+    # Leave out columns with nothing in them (no training data named, no harmlessness run, ...).
+    keep = [i for i in range(len(header)) if i == 0 or any(row[i] for row in rows[1:])]
+    return [[row[i] for i in keep] for row in rows][: MAX_ROWS + 1]
+
+
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except ValueError:
+        return value
+
+
+def _markdown(rows: list[list[str]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(row) + " |" for row in rows[1:]]
+    return lines
+
+
+def render(plan: Plan, results: list[StepResult]) -> str:
+    lines = [f"## Experiment {plan.name}", "", f"Experiment dir: {plan.exp_dir}"]
+    path = report_path(plan)
+    if path is not None:
+        lines.append(f"Report: {path}")
+    table = report_table(plan)
+    if table:
+        lines += ["", *_markdown(table)]
+    lines += ["", "| step | stage | status | wall s |", "|---|---|---|---|"]
+    for result in results:
+        wall = f"{result.wall_s:.1f}" if isinstance(result.wall_s, (int, float)) else ""
+        lines.append(f"| {result.name} | {plan.steps[result.name].stage_name} | {result.status} | {wall} |")
+    return "\n".join(lines) + "\n"
