@@ -1,0 +1,236 @@
+"""The resumable store of one construction stage: append-only progress, atomic output.
+
+Layout under `out_dir/stages/<stage>/`:
+
+* `meta.json` - the stage's signature (a hash of everything that decides its results: templates,
+  model names, sampling settings, the upstream stage's signature). Stored results made under another
+  signature are discarded when the stage starts (the LLM cache still answers unchanged requests).
+* `progress.jsonl` - one JSON line per finished item (`id`, `status` kept/dropped/failed, `reason`,
+  `category`, `row`), appended and flushed as each answer arrives. A process killed at any moment
+  (SIGKILL included) leaves at most one half-written last line, which is cut off on reopening; every
+  complete line is a finished item that is never asked for again. `failed` items (no answer after the
+  LLM layer's retries) are asked again on the next run.
+* `output.jsonl` + `done.json` - written atomically when every item has a final record: the kept rows
+  sorted by id (so the result does not depend on the order answers arrived in) and the stage's funnel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.errors import DataError
+from safer_instruct.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+KEPT, DROPPED, FAILED = "kept", "dropped", "failed"
+FAILURE_REASON = "llm_failure"
+
+
+def signature_of(value: Any) -> str:
+    """A short stable hash of a JSON-able value."""
+    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+class Funnel:
+    """Counts in and out of one stage, overall and per category, with the reasons for drops.
+
+    Invariant (checked by tests and by `to_dict`): in == out + sum(dropped), overall and per category.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.dropped: Counter = Counter()
+        self.by_category: dict[str, Counter] = {}
+        self.dropped_by_category: dict[str, Counter] = {}
+
+    def add(self, category: str, status: str, reason: str | None = None) -> None:
+        category = category or "uncategorized"
+        self.counts["in"] += 1
+        per = self.by_category.setdefault(category, Counter())
+        per["in"] += 1
+        if status == KEPT:
+            self.counts["out"] += 1
+            per["out"] += 1
+            return
+        reason = FAILURE_REASON if status == FAILED else (reason or "unspecified")
+        self.dropped[reason] += 1
+        self.dropped_by_category.setdefault(category, Counter())[reason] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        def block(counts: Counter, dropped: Counter) -> dict[str, Any]:
+            out = {"in": counts["in"], "out": counts["out"], "dropped": dict(sorted(dropped.items()))}
+            assert out["in"] == out["out"] + sum(dropped.values()), out  # the funnel must add up
+            return out
+
+        result = block(self.counts, self.dropped)
+        result["by_category"] = {
+            cat: block(self.by_category[cat], self.dropped_by_category.get(cat, Counter()))
+            for cat in sorted(self.by_category)
+        }
+        return result
+
+
+class StageStore:
+    """Progress and output of one stage in one run directory."""
+
+    def __init__(self, out_dir: str | Path, stage: str, signature: str):
+        self.stage, self.signature = stage, signature
+        self.dir = Path(out_dir) / "stages" / stage
+        self.progress_path = self.dir / "progress.jsonl"
+        self.output_path = self.dir / "output.jsonl"
+        self.done_path = self.dir / "done.json"
+        self._handle = None
+
+    # -- state
+
+    def stored_signature(self) -> str | None:
+        meta = self.dir / "meta.json"
+        if not meta.is_file():
+            return None
+        try:
+            return json.loads(meta.read_text(encoding="utf-8")).get("signature")
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_done(self) -> bool:
+        if not self.done_path.is_file() or self.stored_signature() != self.signature:
+            return False
+        return self.output_path.is_file()
+
+    def done_info(self) -> dict[str, Any]:
+        return json.loads(self.done_path.read_text(encoding="utf-8"))
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def open(self) -> None:
+        """Start or continue the stage: discard results made under another signature, repair the tail."""
+        stored = self.stored_signature()
+        if stored is not None and stored != self.signature:
+            log.warning("stage %s: settings changed since its stored results were made; starting it again", self.stage)
+            self.reset()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if stored != self.signature:
+            atomic_write_json(self.dir / "meta.json", {"stage": self.stage, "signature": self.signature})
+        self._repair_tail()
+        self.done_path.unlink(missing_ok=True)
+
+    def _repair_tail(self) -> None:
+        """Cut a half-written last line left by a killed process."""
+        if not self.progress_path.is_file():
+            return
+        with self.progress_path.open("rb+") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            # Find the last newline and truncate after it.
+            position = size - 1
+            chunk = 4096
+            while position > 0:
+                start = max(0, position - chunk)
+                handle.seek(start)
+                block = handle.read(position - start)
+                index = block.rfind(b"\n")
+                if index != -1:
+                    handle.truncate(start + index + 1)
+                    return
+                position = start
+            handle.truncate(0)
+
+    # -- progress
+
+    def iter_progress(self) -> Iterator[dict[str, Any]]:
+        if not self.progress_path.is_file():
+            return
+        with self.progress_path.open("rb") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.endswith(b"\n"):
+                    break  # a half-written tail (only while another process is writing)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise DataError(f"corrupt progress record ({err.msg})", path=str(self.progress_path), row=number) from None
+
+    def final_ids(self) -> set[str]:
+        """Ids with a final record (kept or dropped); failed ones are asked again."""
+        latest: dict[str, str] = {}
+        for record in self.iter_progress():
+            latest[record["id"]] = record["status"]
+        return {item for item, status in latest.items() if status != FAILED}
+
+    def append(self, record_id: str, status: str, row: Mapping[str, Any], reason: str | None = None,
+               category: str = "") -> None:  # fmt: skip
+        if self._handle is None:
+            self._handle = self.progress_path.open("a", encoding="utf-8")
+        record = {"id": record_id, "status": status, "reason": reason, "category": category, "row": dict(row)}
+        # One write call per line, flushed at once: a kill can only lose or truncate the last line.
+        self._handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._handle.flush()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = None
+
+    # -- completion
+
+    def finish(self, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Write the sorted output and the funnel; returns the funnel."""
+        self.close()
+        offsets: dict[str, int] = {}
+        funnel_records: dict[str, tuple[str, str | None, str]] = {}
+        with self.progress_path.open("rb") if self.progress_path.is_file() else _empty() as handle:
+            offset = 0
+            for line in handle:
+                record = json.loads(line)
+                offsets[record["id"]] = offset
+                funnel_records[record["id"]] = (record["status"], record.get("reason"), record.get("category", ""))
+                offset += len(line)
+        funnel = Funnel()
+        for record_id in sorted(funnel_records):
+            status, reason, category = funnel_records[record_id]
+            funnel.add(category, status, reason)
+        kept = sorted(i for i, (status, _, _) in funnel_records.items() if status == KEPT)
+        tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as out, (self.progress_path.open("rb") if kept else _empty()) as src:
+            for record_id in kept:
+                src.seek(offsets[record_id])
+                row = json.loads(src.readline())["row"]
+                out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.output_path)
+        info = {"stage": self.stage, "signature": self.signature, "funnel": funnel.to_dict(), **dict(extra or {})}
+        atomic_write_json(self.done_path, info)
+        return info
+
+    def iter_output(self) -> Iterator[dict[str, Any]]:
+        with self.output_path.open("rb") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+
+class _empty:
+    """A context manager over an empty iterable (a stage with no items)."""
+
+    def __enter__(self):
+        return iter(())
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,96 @@
+"""The resumable stage store: append-only progress, torn-tail repair, sorted atomic output, funnel."""
+
+import json
+
+import pytest
+
+from safer_instruct.construct.store import DROPPED, FAILED, KEPT, Funnel, StageStore, signature_of
+from safer_instruct.construct.templates import PromptTemplate
+from safer_instruct.errors import ConfigError
+
+
+def test_progress_survives_a_torn_last_line_and_output_is_sorted(tmp_path):
+    store = StageStore(tmp_path, "respond", "sig1")
+    store.open()
+    store.append("b#00", KEPT, {"id": "b#00", "chosen": "B"}, category="hate")
+    store.append("a#00", KEPT, {"id": "a#00", "chosen": "A"}, category="hate")
+    store.append("c#00", DROPPED, {"id": "c#00"}, reason="empty_response", category="violence")
+    store.close()
+    # A kill in the middle of a write leaves half a line.
+    with store.progress_path.open("ab") as handle:
+        handle.write(b'{"id": "d#00", "status": "kept", "ro')
+    reopened = StageStore(tmp_path, "respond", "sig1")
+    reopened.open()
+    assert reopened.final_ids() == {"a#00", "b#00", "c#00"}
+    assert reopened.progress_path.read_bytes().endswith(b"\n")
+    reopened.append("d#00", KEPT, {"id": "d#00", "chosen": "D"}, category="violence")
+    info = reopened.finish()
+    assert [row["id"] for row in reopened.iter_output()] == ["a#00", "b#00", "d#00"]
+    assert info["funnel"]["in"] == 4 and info["funnel"]["out"] == 3 and info["funnel"]["dropped"] == {"empty_response": 1}
+    assert info["funnel"]["by_category"]["violence"] == {"in": 2, "out": 1, "dropped": {"empty_response": 1}}
+    assert StageStore(tmp_path, "respond", "sig1").is_done()
+
+
+def test_failed_items_are_asked_again_and_the_latest_record_wins(tmp_path):
+    store = StageStore(tmp_path, "induce", "s")
+    store.open()
+    store.append("x", FAILED, {"id": "x"}, reason="llm_failure")
+    store.append("y", KEPT, {"id": "y"})
+    assert store.final_ids() == {"y"}
+    store.append("x", KEPT, {"id": "x", "instruction": "retried"})
+    info = store.finish()
+    assert store.final_ids() == {"x", "y"} and info["funnel"]["out"] == 2
+    only_failed = StageStore(tmp_path / "b", "induce", "s")
+    only_failed.open()
+    only_failed.append("z", FAILED, {"id": "z"})
+    assert only_failed.finish()["funnel"]["dropped"] == {"llm_failure": 1}
+
+
+def test_changed_settings_discard_stored_results(tmp_path):
+    store = StageStore(tmp_path, "filter_instructions", "old")
+    store.open()
+    store.append("a", KEPT, {"id": "a"})
+    store.finish()
+    changed = StageStore(tmp_path, "filter_instructions", "new")
+    assert not changed.is_done()
+    changed.open()
+    assert changed.final_ids() == set() and not changed.output_path.exists()
+
+
+def test_corrupt_progress_line_is_a_data_error(tmp_path):
+    store = StageStore(tmp_path, "respond", "s")
+    store.open()
+    store.progress_path.write_text('{"id": "a", "status": "kept", "row": {}}\nnot json\n')
+    with pytest.raises(Exception, match="row 2"):
+        store.final_ids()
+
+
+def test_funnel_adds_up_per_category():
+    funnel = Funnel()
+    for category, status, reason in [("hate", KEPT, None), ("hate", DROPPED, "expert_fail"), ("", FAILED, None)]:
+        funnel.add(category, status, reason)
+    out = funnel.to_dict()
+    assert out["in"] == 3 and out["out"] == 1 and out["dropped"] == {"expert_fail": 1, "llm_failure": 1}
+    assert out["by_category"]["uncategorized"]["dropped"] == {"llm_failure": 1}
+
+
+def test_signature_is_stable_and_order_insensitive():
+    assert signature_of({"a": 1, "b": [1, 2]}) == signature_of({"b": [1, 2], "a": 1})
+    assert signature_of({"a": 1}) != signature_of({"a": 2})
+
+
+def test_templates_are_checked_when_loaded():
+    ok = PromptTemplate.from_config("respond", {"version": "v1", "template": "{instruction}", "system": "Be kind."},
+                                    required={"instruction"})  # fmt: skip
+    assert ok.messages(instruction="Hi") == ({"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"})
+    assert ok.tag == "respond@v1"
+    with pytest.raises(ConfigError, match="unknown field"):
+        PromptTemplate.from_config("respond", {"version": "v1", "template": "{instrucion}"}, required={"instruction"})
+    with pytest.raises(ConfigError, match="must contain"):
+        PromptTemplate.from_config("f", {"version": "v1", "template": "{text}"}, required={"text", "format_instructions"})
+    with pytest.raises(ConfigError, match="version"):
+        PromptTemplate.from_config("respond", {"template": "{instruction}"}, required={"instruction"})
+    with pytest.raises(ConfigError, match="literal braces"):
+        PromptTemplate.from_config("respond", {"version": 1, "template": "{instruction} {"}, required={"instruction"})
+    rendered = ok.render(instruction='He said {"verdict": 1}')  # braces in values are left alone
+    assert rendered == 'He said {"verdict": 1}' and json.loads(rendered[8:]) == {"verdict": 1}
