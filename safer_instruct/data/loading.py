@@ -1,0 +1,237 @@
+"""What every data source shares: its settings base class, its load statistics, and row reading.
+
+A source reads rows from a local file (JSONL, JSON, CSV, Parquet, `.jsonl.gz`), a folder of such
+files, a `save_to_disk` folder, or a Hub dataset id (real runs), and turns each row into the project's
+schema. A malformed row is either a `DataError` naming file, row and field (`on_error: raise`, the
+default) or skipped and counted in `LoadStats` (`on_error: skip`); nothing is dropped uncounted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.io import SUPPORTED_SUFFIXES, Row, iter_rows
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+DEDUPE = ("none", "exact", "prompt")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _help(default: Any, text: str, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class SourceSpec:
+    """Settings every source has (`data.*`)."""
+
+    source: str = _help("", "Which loader reads the data (constructed, safer_instruct_release, hh_rlhf, pku_saferlhf, "
+                            "mixture, instructions).")
+    path: str = _help("", "A local file or folder in the source's release format, or a Hub dataset id (real runs).")
+    split: str = _help("train", "Split to read: for a folder, files whose name starts with it; for a Hub id, the split.")
+    data_dir: str | None = _help(None, "Sub-folder of the dataset (e.g. harmless-base of HH-RLHF); Hub: data_dir.")
+    on_error: str = _help("raise", "A malformed row: raise (error naming file, row and field) or skip (counted in data_stats.json).")
+    dedupe: str = _help("exact", "Drop duplicates: none, exact (same prompt, chosen and rejected), prompt (first row per prompt).")
+    max_rows: int | None = _help(None, "Keep at most this many rows (after de-duplication), for quick runs.")
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ConfigError(f"data.path is empty: point it at a local file/folder in the {self.source} release format "
+                              "or a Hub dataset id")  # fmt: skip
+        if self.on_error not in ON_ERROR:
+            raise ConfigError(f"data.on_error must be raise or skip, got '{self.on_error}'")
+        if self.dedupe not in DEDUPE:
+            raise ConfigError(f"data.dedupe must be one of {', '.join(DEDUPE)}, got '{self.dedupe}'")
+        if self.max_rows is not None and self.max_rows < 1:
+            raise ConfigError(f"data.max_rows must be >= 1 or null, got {self.max_rows}")
+
+
+@dataclass
+class LoadStats:
+    """Counts of one load: rows read, kept, and dropped per reason (written to data_stats.json)."""
+
+    source: str
+    files: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+    parts: list[LoadStats] = field(default_factory=list)
+
+    def skip(self, reason: str, error: DataError | None = None) -> None:
+        self.dropped[reason] += 1
+        if error is not None and len(self.errors) < 20:
+            self.errors.append(str(error))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {
+            "source": self.source,
+            "files": self.files,
+            "rows_read": self.rows_read,
+            "kept": self.kept,
+            "dropped": dict(self.dropped),
+            "notes": dict(self.notes),
+            "errors": self.errors,
+        }
+        if self.parts:
+            out["parts"] = [part.to_dict() for part in self.parts]
+        return out
+
+    def log_summary(self) -> None:
+        dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
+        log.info("data %s: %d rows read, %d kept, dropped: %s", self.source, self.rows_read, self.kept, dropped)
+        if self.dropped.get("malformed"):
+            log.warning("data %s: %d malformed row(s) skipped (on_error=skip); first: %s", self.source,
+                        self.dropped["malformed"], self.errors[0] if self.errors else "?")  # fmt: skip
+
+
+def normalize_text(text: str) -> str:
+    """Whitespace-insensitive form of a text, for duplicate and held-out matching."""
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+def handle_bad_row(spec: SourceSpec, stats: LoadStats, error: DataError) -> None:
+    """Raise or count a malformed row, as `data.on_error` says."""
+    if spec.on_error == "raise":
+        raise error
+    stats.skip("malformed", error)
+
+
+def is_hub_id(path: str) -> bool:
+    """`owner/name` that is not an existing local path."""
+    return not Path(path).expanduser().exists() and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path))
+
+
+def source_files(path: str, split: str, data_dir: str | None = None) -> list[Path]:
+    """The local files a source reads: the file itself, or the split's files inside a folder."""
+    root = Path(path).expanduser()
+    if data_dir:
+        root = root / data_dir
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise DataError("no such file or folder", path=str(root))
+    readable = [p for p in sorted(root.rglob("*")) if p.is_file() and _readable(p)]
+    of_split = [p for p in readable if p.name.startswith(split)]
+    files = of_split or readable
+    if not files:
+        raise DataError(f"no {', '.join(SUPPORTED_SUFFIXES)} or .jsonl.gz files inside", path=str(root))
+    return files
+
+
+def _readable(path: Path) -> bool:
+    return path.suffix.lower() in SUPPORTED_SUFFIXES or path.name.endswith(".jsonl.gz")
+
+
+def iter_file_rows(path: Path) -> Iterator[Row]:
+    """Rows of one local file; `.jsonl.gz` (the HH-RLHF release) is read like JSONL."""
+    if path.name.endswith(".jsonl.gz"):
+        yield from _gzip_jsonl_rows(path)
+    else:
+        yield from iter_rows(path)
+
+
+def _gzip_jsonl_rows(path: Path) -> Iterator[Row]:
+    with gzip.open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                yield Row(number, None, f"not valid UTF-8 (byte {err.start})")
+                continue
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield Row(number, None, f"not valid JSON ({err.msg})")
+                continue
+            yield Row(number, value) if isinstance(value, dict) else Row(number, None, "expected a JSON object")
+
+
+def iter_source_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
+    """(file label, row) for every row of a source: local files, a save_to_disk folder, or a Hub dataset."""
+    local = Path(spec.path).expanduser()
+    if is_hub_id(spec.path):
+        yield from _hub_rows(spec, stats)
+        return
+    if local.is_dir() and ((local / "dataset_dict.json").is_file() or (local / "state.json").is_file()):
+        yield from _disk_rows(local, spec, stats)
+        return
+    for path in source_files(spec.path, spec.split, spec.data_dir):
+        stats.files.append(str(path))
+        for row in iter_file_rows(path):
+            yield str(path), row
+
+
+def _disk_rows(folder: Path, spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(str(folder))
+    if isinstance(dataset, DatasetDict):
+        if spec.split not in dataset:
+            raise DataError(f"no split '{spec.split}' (has {', '.join(dataset)})", path=str(folder))
+        dataset = dataset[spec.split]
+    stats.files.append(str(folder))
+    for number, record in enumerate(dataset, start=1):
+        yield str(folder), Row(number, dict(record))
+
+
+def _hub_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
+    label = f"hub:{spec.path}" + (f"/{spec.data_dir}" if spec.data_dir else "") + f"[{spec.split}]"
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        log.info("offline: %s must already be in the datasets cache", label)
+    try:
+        from datasets import load_dataset
+
+        dataset = load_dataset(spec.path, data_dir=spec.data_dir, split=spec.split)
+    except Exception as err:  # datasets raises many types; the user needs one line
+        raise DataError(
+            f"could not load the Hub dataset ({type(err).__name__}: {str(err).splitlines()[0][:200]}); offline, set "
+            "data.path to a local copy in the release format",
+            path=label,
+        ) from None
+    stats.files.append(label)
+    for number, record in enumerate(dataset, start=1):
+        yield label, Row(number, dict(record))
+
+
+def hub_snapshot(repo_id: str) -> Path:
+    """A local folder with the files of a Hub dataset repo (for releases that are plain files, not a dataset)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, repo_type="dataset"))
+    except Exception as err:
+        raise DataError(
+            f"could not fetch the dataset repo ({type(err).__name__}: {str(err).splitlines()[0][:200]}); offline, set "
+            "data.path to a local folder with its files",
+            path=f"hub:{repo_id}",
+        ) from None
+
+
+def text_field(data: dict[str, Any], name: str, *, path: str, row: int, allow_empty: bool = False) -> str:
+    """A required text field of a row, or a DataError naming it."""
+    value = data.get(name)
+    if value is None:
+        raise DataError("is missing", path=path, row=row, field=name)
+    if not isinstance(value, str):
+        raise DataError(f"must be text, got {type(value).__name__}", path=path, row=row, field=name)
+    if not allow_empty and not value.strip():
+        raise DataError("is empty", path=path, row=row, field=name)
+    return value

@@ -1,0 +1,102 @@
+"""PKU-SafeRLHF in its release format as a preference source.
+
+Rows have `prompt`, `response_0`, `response_1`, `is_response_0_safe`, `is_response_1_safe`,
+`better_response_id` and `safer_response_id` (Hub id `PKU-Alignment/PKU-SafeRLHF`, files
+`data/*/train.jsonl`). Which id decides "chosen" is a config choice: `preference: safer` (harmlessness,
+the default: this project is about safety) or `better` (helpfulness). `require_safe_chosen` keeps
+only pairs whose chosen response is flagged safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from safer_instruct.data.loading import (
+    LoadStats,
+    SourceSpec,
+    _help,
+    handle_bad_row,
+    iter_source_rows,
+    text_field,
+)
+from safer_instruct.data.schema import PreferenceRecord
+from safer_instruct.errors import ConfigError, DataError
+
+PREFERENCES = {"safer": "safer_response_id", "better": "better_response_id"}
+
+
+@dataclass
+class PKUSafeRLHFSpec(SourceSpec):
+    """PKU-SafeRLHF pairs (`data=pku_saferlhf`)."""
+
+    preference: str = _help("safer", "Which label picks the chosen response: safer (safer_response_id) or better "
+                                     "(better_response_id).")
+    require_safe_chosen: bool = _help(False, "Keep only pairs whose chosen response is flagged safe.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.preference not in PREFERENCES:
+            raise ConfigError(f"data.preference must be safer or better, got '{self.preference}'")
+
+
+def _response_id(value: Any, *, path: str, row: int, field: str) -> int:
+    if isinstance(value, bool) or value is None:
+        raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field)
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field) from None
+    if number not in (0, 1):
+        raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field)
+    return number
+
+
+def _flag(value: Any, *, path: str, row: int, field: str) -> bool | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1"):
+        return True
+    if text in ("false", "0"):
+        return False
+    raise DataError(f"must be true or false, got {value!r}", path=path, row=row, field=field)
+
+
+def load_pku_saferlhf(spec: PKUSafeRLHFSpec, stats: LoadStats) -> list[PreferenceRecord]:
+    id_field = PREFERENCES[spec.preference]
+    records = []
+    for label, row in iter_source_rows(spec, stats):
+        stats.rows_read += 1
+        try:
+            if row.error:
+                raise DataError(row.error, path=label, row=row.number)
+            data = row.data
+            prompt = text_field(data, "prompt", path=label, row=row.number)
+            responses = [text_field(data, f"response_{i}", path=label, row=row.number) for i in (0, 1)]
+            chosen_id = _response_id(data.get(id_field), path=label, row=row.number, field=id_field)
+            safe = [_flag(data.get(f"is_response_{i}_safe"), path=label, row=row.number, field=f"is_response_{i}_safe")
+                    for i in (0, 1)]  # fmt: skip
+        except DataError as err:
+            handle_bad_row(spec, stats, err)
+            continue
+        if spec.require_safe_chosen and safe[chosen_id] is not True:
+            stats.skip("chosen_not_safe")
+            continue
+        if safe[chosen_id] is True and safe[1 - chosen_id] is False:
+            stats.notes["safe_vs_unsafe"] += 1
+        records.append(
+            PreferenceRecord(
+                prompt=prompt,
+                chosen=responses[chosen_id],
+                rejected=responses[1 - chosen_id],
+                category=str(data.get("category") or ""),
+                source="pku_saferlhf",
+                source_id=f"{label}:{row.number}",
+                provenance={"preference": spec.preference, "chosen_safe": safe[chosen_id],
+                            "rejected_safe": safe[1 - chosen_id]},  # fmt: skip
+            )
+        )
+    return records

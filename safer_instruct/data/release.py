@@ -1,0 +1,130 @@
+"""The published Safer-Instruct release (CSV files of the paper's data) as a preference source.
+
+The release (GitHub `uscnlp-lime/safer-instruct`, folder `sample_data/`; Hub mirror
+`lime-nlp/safer-instruct`) has one CSV per category, `safer_instruct_<category>.csv` with columns
+`instruction, rejected, chosen, label`, and `test_set.csv` (`instruction, label, alpaca, gpt4, beaver`).
+Its quirks, handled here:
+
+* `rejected` is empty in every row of `illegal` and `nsfw`: those rows load with `rejected=None`,
+  usable for SFT only (DPO skips and counts them);
+* the 300 `si` prompts of `test_set.csv` also appear verbatim in the training files: with
+  `hold_out_test: true` they are removed (and counted), so evaluating on the test set does not leak;
+* instructions repeat: exact duplicate rows are dropped by `dedupe: exact`; `dedupe: prompt` keeps
+  one row per instruction;
+* about 890 `chosen` texts claim to be "developed by OpenAI": counted, dropped with `drop_openai_identity`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from safer_instruct.data.loading import (
+    LoadStats,
+    SourceSpec,
+    _help,
+    handle_bad_row,
+    hub_snapshot,
+    is_hub_id,
+    normalize_text,
+    text_field,
+)
+from safer_instruct.data.schema import PreferenceRecord
+from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.io import iter_rows
+
+RELEASE_CATEGORIES = ("hate", "illegal", "nsfw", "self-harm")
+TEST_FILE = "test_set.csv"
+TEST_LABEL = "si"  # the test prompts that came from Safer-Instruct itself (the others: hh, beaver)
+OPENAI_IDENTITY = "developed by openai"
+
+
+@dataclass
+class ReleaseSpec(SourceSpec):
+    """The Safer-Instruct CSV release (`data=safer_instruct_release`)."""
+
+    categories: list[str] = _help(None, "Categories to read (files safer_instruct_<category>.csv).",
+                                  factory=lambda: list(RELEASE_CATEGORIES))
+    hold_out_test: bool = _help(True, "Remove the 300 test prompts (label `si` in test_set.csv) from training.")
+    drop_openai_identity: bool = _help(False, "Drop rows whose chosen text says it was developed by OpenAI.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.categories = [str(c) for c in self.categories]
+        unknown = [c for c in self.categories if c not in RELEASE_CATEGORIES]
+        if unknown or not self.categories:
+            raise ConfigError(f"data.categories {unknown or '[]'} invalid: choose from {', '.join(RELEASE_CATEGORIES)}")
+
+
+def release_folder(spec: ReleaseSpec) -> Path:
+    folder = hub_snapshot(spec.path) if is_hub_id(spec.path) else Path(spec.path).expanduser()
+    if spec.data_dir:
+        folder = folder / spec.data_dir
+    if folder.is_file():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DataError("release folder not found", path=str(folder))
+    if not (folder / f"safer_instruct_{spec.categories[0]}.csv").is_file() and (folder / "sample_data").is_dir():
+        folder = folder / "sample_data"  # a clone of the GitHub repository
+    return folder
+
+
+def load_test_prompts(folder: Path, label: str = TEST_LABEL) -> set[str]:
+    """Normalized instructions of `test_set.csv` with the given source label."""
+    path = folder / TEST_FILE
+    if not path.is_file():
+        raise DataError(f"{TEST_FILE} is missing, so its test prompts cannot be held out (or set data.hold_out_test=false)",
+                        path=str(folder))  # fmt: skip
+    prompts = set()
+    for row in iter_rows(path):
+        if row.error:
+            raise DataError(row.error, path=str(path), row=row.number)
+        if row.data.get("label") == label:
+            prompts.add(normalize_text(text_field(row.data, "instruction", path=str(path), row=row.number)))
+    return prompts
+
+
+def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
+    folder = release_folder(spec)
+    held_out = load_test_prompts(folder) if spec.hold_out_test else set()
+    if spec.hold_out_test:
+        stats.notes["test_prompts_held_out"] = len(held_out)
+    records: list[PreferenceRecord] = []
+    for category in spec.categories:
+        path = folder / f"safer_instruct_{category}.csv"
+        if not path.is_file():
+            raise DataError(f"release file for category '{category}' is missing", path=str(path))
+        stats.files.append(str(path))
+        for row in iter_rows(path):
+            stats.rows_read += 1
+            try:
+                if row.error:
+                    raise DataError(row.error, path=str(path), row=row.number)
+                prompt = text_field(row.data, "instruction", path=str(path), row=row.number)
+                chosen = text_field(row.data, "chosen", path=str(path), row=row.number)
+                rejected = row.data.get("rejected")
+                if rejected is None and "rejected" not in row.data:
+                    raise DataError("column is missing", path=str(path), row=row.number, field="rejected")
+            except DataError as err:
+                handle_bad_row(spec, stats, err)
+                continue
+            if normalize_text(prompt) in held_out:
+                stats.skip("held_out_test_prompt")
+                continue
+            if OPENAI_IDENTITY in chosen.lower():
+                stats.notes["chosen_claims_openai_identity"] += 1
+                if spec.drop_openai_identity:
+                    stats.skip("openai_identity")
+                    continue
+            record = PreferenceRecord(
+                prompt=prompt,
+                chosen=chosen,
+                rejected=rejected if rejected and rejected.strip() else None,
+                category=str(row.data.get("label") or category),
+                source="safer_instruct_release",
+                source_id=f"{path.name}:{row.number}",
+            )
+            if not record.is_pair:
+                stats.notes["sft_only_no_rejected"] += 1
+            records.append(record)
+    return records
