@@ -97,3 +97,44 @@ class PromptFormat:
     def stop_text(self) -> str | None:
         """Text that ends a generated answer (for servers that need an explicit stop string)."""
         return self.tokenizer.eos_token if self.tokenizer is not None else None
+
+
+# --- Reversed instruction tuning: response -> instruction -------------------------------------------
+
+REVERSE_TEMPLATE_FILE = "prompts/reverse.yaml"
+
+
+@dataclass(frozen=True)
+class ReverseTemplate:
+    """The versioned prompt of the reversed model (`conf/prompts/reverse.yaml`).
+
+    The reversed model always sees this raw text (never a chat template), both when it is trained
+    (`train reverse`) and when it induces instructions (`construct`, step `induce`); it then writes
+    the instruction and ends it with the tokenizer's end-of-text token.
+    """
+
+    version: str
+    template: str
+
+    def render(self, response: str) -> str:
+        # str.replace, not str.format: responses are arbitrary text with braces of their own.
+        return self.template.replace("{response}", response.strip())
+
+
+def reverse_template(path: str | None = None) -> ReverseTemplate:
+    """Load the reversed-instruction template (default: the project's `conf/prompts/reverse.yaml`)."""
+    from omegaconf import OmegaConf
+
+    from safer_instruct.paths import conf_dir
+
+    source = path or str(conf_dir() / REVERSE_TEMPLATE_FILE)
+    node = OmegaConf.load(source)
+    template, version = node.get("template"), node.get("version")
+    if not isinstance(template, str) or "{response}" not in template or not version:
+        raise ValueError(f"{source}: a reverse template needs `version` and a `template` containing {{response}}")
+    return ReverseTemplate(version=str(version), template=template)
+
+
+def render_reverse_prompt(response: str, template: ReverseTemplate | None = None) -> str:
+    """The text the reversed model continues with the instruction that `response` answers."""
+    return (template or reverse_template()).render(response)

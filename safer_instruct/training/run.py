@@ -1,0 +1,281 @@
+"""The training stages as library functions: `run_sft`, `run_dpo`, `run_reverse` (cfg, out_dir).
+
+The entry scripts in `train/` only call these. Each stage:
+
+1. reads and checks its settings (`train.*`, `peft.*`, `model.*`, `data.*`) before loading a model;
+2. loads the data through `safer_instruct.data.sources` and tokenizes it with the model's one prompt
+   format (`PromptFormat`), truncating prompts to `model.max_prompt_length` (counts logged and saved
+   in `data_stats.json`);
+3. trains with TRL (SFTTrainer / our DPOTrainer subclass), resuming from the last checkpoint in
+   `out_dir` when there is one, logging to wandb (if on) and always to `metrics.jsonl`;
+4. saves the final model (`out_dir/model`, plus `out_dir/adapter` for LoRA/QLoRA) and
+   `train_summary.json`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from safer_instruct.config import is_main_process
+from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.io import atomic_write_json
+from safer_instruct.training.settings import DPOSettings, PeftSettings, SFTSettings, settings_from, world_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StagePlan:
+    """Everything decided before a model is loaded."""
+
+    name: str
+    train: Any
+    peft: PeftSettings
+    start: Any
+    tokenizer: Any
+    data_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
+    from safer_instruct.model_kit import load_tokenizer
+    from safer_instruct.training.models import starting_point, torch_dtype
+
+    train = settings_from(settings_cls, cfg.train, "train")
+    peft = settings_from(PeftSettings, cfg.get("peft") or {}, "peft")
+    torch_dtype(cfg.model.dtype)  # validates the name
+    if train.deepspeed and peft.method == "qlora":
+        raise ConfigError("QLoRA (peft=qlora) does not run under DeepSpeed here: use peft=lora or train.deepspeed=null")
+    if train.deepspeed:
+        from safer_instruct.training.distributed import single_process_env
+
+        single_process_env()
+    start = starting_point(cfg.model.path)
+    return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=load_tokenizer(start.tokenizer_location))
+
+
+def _split_eval(rows: list, size: int, seed: int) -> tuple[list, list]:
+    if not size:
+        return rows, []
+    if size >= len(rows):
+        raise ConfigError(f"train.eval_size={size} leaves no training rows (only {len(rows)} rows): lower it")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:size])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def _dataset(columns: dict[str, list]):
+    from datasets import Dataset
+
+    return Dataset.from_dict(columns)
+
+
+def _resume_checkpoint(mode: str, out_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if mode == "never":
+        return None
+    if mode != "auto":
+        return mode
+    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    if last:
+        log.info("resuming from %s", last)
+    return last
+
+
+def _common_trainer_args(plan: StagePlan, cfg: DictConfig, out_dir: Path, report_to: str) -> dict[str, Any]:
+    from safer_instruct.training.models import torch_dtype
+
+    kwargs = plan.train.trainer_kwargs(out_dir, world_size(), int(cfg.seed), report_to)
+    kwargs["max_length"] = int(cfg.model.max_length)
+    kwargs["model_init_kwargs"] = {"dtype": torch_dtype(cfg.model.dtype)}
+    kwargs["run_name"] = f"{plan.name}/{out_dir.name}"
+    if plan.peft.method == "qlora":
+        kwargs["model_init_kwargs"]["dtype"] = torch_dtype(plan.peft.compute_dtype)
+    return kwargs
+
+
+def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Path, tracking: Any,
+                    data_stats: dict[str, Any], extra: dict[str, Any] | None = None,
+                    extra_files: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    from safer_instruct.training.models import save_final
+    from safer_instruct.training.trainers import read_metrics
+
+    if is_main_process():
+        atomic_write_json(out_dir / "data_stats.json", data_stats)
+    checkpoint = _resume_checkpoint(plan.train.resume, out_dir)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    elapsed = time.perf_counter() - started
+    paths = save_final(trainer, plan.tokenizer, out_dir, peft_enabled=plan.peft.enabled, merge=plan.train.merge_adapter,
+                       base=plan.start, dtype=cfg.model.dtype, extra_files=extra_files)  # fmt: skip
+    metrics = read_metrics(out_dir / "metrics.jsonl")
+    train_rows = [m for m in metrics if "loss" in m]
+    summary = {
+        "stage": plan.name,
+        "model": paths["model"],
+        "adapter": paths["adapter"],
+        "started_from": {"model": plan.start.location, "adapter": plan.start.adapter},
+        "resumed_from": checkpoint,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "first_loss": train_rows[0]["loss"] if train_rows else None,
+        "last_logged": metrics[-1] if metrics else None,
+        "train_seconds": round(elapsed, 2),
+        "world_size": world_size(),
+        "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
+        "global_batch_size": plan.train.global_batch_size,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "data": {"train_rows": len(trainer.train_dataset), **data_stats.get("tokenization", {})},
+        **(extra or {}),
+    }
+    if is_main_process():
+        atomic_write_json(out_dir / "train_summary.json", summary)
+    tracking.summary({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+    log.info("%s done: %d steps, final model in %s", plan.name, trainer.state.global_step, paths["model"] or paths["adapter"])
+    return summary
+
+
+def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
+                    extra_files: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """SFT and reversed instruction tuning: (prompt, completion) sequences, loss on the completion."""
+    from trl import SFTConfig, SFTTrainer
+
+    from safer_instruct.data.sources import load_sft_examples
+    from safer_instruct.tracking import tracking_run
+    from safer_instruct.training.models import policy_for_trainer
+    from safer_instruct.training.preprocess import Encoder
+    from safer_instruct.training.trainers import MetricsJsonlCallback
+
+    plan = _plan(cfg, name, SFTSettings)
+    examples, load_stats = load_sft_examples(cfg.data)
+    train_rows, eval_rows = _split_eval(examples, plan.train.eval_size, int(cfg.seed))
+    encoder = Encoder(plan.tokenizer, int(cfg.model.max_length), int(cfg.model.max_prompt_length))
+    train_dataset = _dataset(build_columns(encoder, plan.tokenizer, train_rows))
+    encoder.log_summary(f"{name} train data")
+    eval_dataset = _dataset(build_columns(encoder, plan.tokenizer, eval_rows)) if eval_rows else None
+    data_stats = {"load": load_stats.to_dict(), "tokenization": encoder.stats.to_dict(), "eval_rows": len(eval_rows)}
+    with tracking_run(cfg, name, out_dir) as tracking:
+        args = SFTConfig(**_common_trainer_args(plan, cfg, out_dir, tracking.report_to), completion_only_loss=True)
+        trainer = SFTTrainer(
+            model=policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora"),
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=plan.tokenizer,
+            peft_config=plan.peft.lora_config(),
+            quantization_config=plan.peft.quantization_config(),
+            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl")],
+        )
+        return _train_and_save(plan, trainer, cfg, out_dir, tracking, data_stats, extra_files=extra_files)
+
+
+def run_sft(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Supervised fine-tuning on instructions or on the chosen responses of preference data."""
+    from safer_instruct.formatting import PromptFormat
+    from safer_instruct.training.preprocess import sft_columns
+
+    def build(encoder, tokenizer, rows):
+        return sft_columns(encoder, PromptFormat.for_model(cfg.model, tokenizer), rows)
+
+    return _sequence_stage(cfg, out_dir, "train_sft", build)
+
+
+def run_reverse(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Reversed instruction tuning: learn P(instruction | response) with the versioned reverse template."""
+    from safer_instruct.formatting import reverse_template
+    from safer_instruct.training.preprocess import reverse_columns
+
+    template = reverse_template(cfg.get("reverse_prompt") or None)
+    log.info("reverse template %s", template.version)
+
+    def build(encoder, tokenizer, rows):
+        return reverse_columns(encoder, template, rows)
+
+    # The reversed model carries the template it was trained with, so `induce` can check the version.
+    extra_files = {"reverse_prompt.json": _json({"version": template.version, "template": template.template})}
+    return _sequence_stage(cfg, out_dir, "train_reverse", build, extra_files)
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=2) + "\n"
+
+
+def run_dpo(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """DPO from the SFT model (also the reference), with persisted reference log-probs."""
+    import trl
+
+    from safer_instruct.data.sources import load_preferences
+    from safer_instruct.formatting import PromptFormat
+    from safer_instruct.tracking import tracking_run
+    from safer_instruct.training.models import policy_for_trainer
+    from safer_instruct.training.preprocess import Encoder, dpo_columns, fingerprint_columns
+    from safer_instruct.training.ref_logps import RefLogpsStore, model_identity
+    from safer_instruct.training.trainers import MetricsJsonlCallback, PersistentRefDPOTrainer
+
+    plan = _plan(cfg, "train_dpo", DPOSettings)
+    train: DPOSettings = plan.train
+    records, load_stats = load_preferences(cfg.data)
+    pairs = [r for r in records if r.is_pair]
+    load_stats.notes["sft_only_rows_skipped_by_dpo"] = len(records) - len(pairs)
+    if not pairs:
+        raise DataError(f"none of the {len(records)} rows has a rejected response, so DPO has nothing to train on "
+                        "(rows without `rejected` are usable for SFT only)", path=str(cfg.data.get("path", "")))  # fmt: skip
+    train_rows, eval_rows = _split_eval(pairs, train.eval_size, int(cfg.seed))
+    fmt = PromptFormat.for_model(cfg.model, plan.tokenizer)
+    encoder = Encoder(plan.tokenizer, int(cfg.model.max_length), int(cfg.model.max_prompt_length))
+    train_columns = dpo_columns(encoder, fmt, train_rows)
+    encoder.log_summary("dpo train data")
+    eval_columns = dpo_columns(encoder, fmt, eval_rows) if eval_rows else None
+    fingerprints = {"train": fingerprint_columns(train_columns)}
+    if eval_columns:
+        fingerprints["eval"] = fingerprint_columns(eval_columns)
+    data_stats = {"load": load_stats.to_dict(), "tokenization": encoder.stats.to_dict(), "eval_rows": len(eval_rows),
+                  "fingerprints": fingerprints}  # fmt: skip
+    store = RefLogpsStore.at(train.ref_logps_dir) if train.ref_logps_cache else None
+    key_parts = {
+        "reference": [model_identity(loc) for loc in plan.start.identity_locations()],
+        "dtype": str(cfg.model.dtype),
+        "quantization": plan.peft.identity(),
+        "bf16": train.bf16,
+        "prompt_format": {"style": fmt.style, "system_prompt": fmt.system_prompt},
+        "tokenization": encoder.settings(),
+        "ld_alpha": None,
+        "trl": ".".join(trl.__version__.split(".")[:2]),
+    }
+    with tracking_run(cfg, "train_dpo", out_dir) as tracking:
+        args = trl.DPOConfig(
+            **_common_trainer_args(plan, cfg, out_dir, tracking.report_to),
+            beta=train.beta,
+            loss_type=train.loss_type,
+            loss_weights=train.loss_weights,
+            label_smoothing=train.label_smoothing,
+            precompute_ref_log_probs=train.precompute_ref_logps,
+            precompute_ref_batch_size=train.precompute_ref_batch_size or 2 * train.per_device_batch_size,
+        )
+        trainer = PersistentRefDPOTrainer(
+            model=policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora"),
+            args=args,
+            train_dataset=_dataset(train_columns),
+            eval_dataset=_dataset(eval_columns) if eval_columns else None,
+            processing_class=plan.tokenizer,
+            peft_config=plan.peft.lora_config(),
+            quantization_config=plan.peft.quantization_config(),
+            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl")],
+            ref_store=store,
+            ref_key_parts=key_parts,
+            dataset_fingerprints=fingerprints,
+        )
+        ref_info = {"ref_logps": {"precomputed": train.precompute_ref_logps, "events": trainer.ref_cache_events,
+                                  "forward_batches": trainer.ref_forward_batches,
+                                  "store": str(store.root) if store else None}}  # fmt: skip
+        return _train_and_save(plan, trainer, cfg, out_dir, tracking, data_stats, extra={**ref_info, "beta": train.beta})
