@@ -1,0 +1,199 @@
+"""Backends: how one request becomes one answer. They raise on any problem; the session retries.
+
+* `OpenAIBackend`: the `openai` SDK (async) against any OpenAI-compatible server: OpenAI, vLLM,
+  `transformers serve`, llama.cpp, a managed loopback server.
+* `AnthropicBackend`: the `anthropic` SDK (Messages API), e.g. the paper's Claude 3 judge.
+* `InProcessBackend` (in `inprocess.py`): batched transformers generation, no server.
+
+The SDKs' own retries are off (`max_retries=0`): retries, backoff and Retry-After are handled once,
+in the session, for every backend alike. The API key is read from the env var the role names when the
+client is first needed, never stored in config or logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from safer_instruct.errors import ConfigError
+from safer_instruct.llm.config import RoleConfig
+from safer_instruct.llm.faults import EmptyCompletion, MalformedResponse
+from safer_instruct.llm.types import ChatRequest, Usage
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    finish_reason: str | None
+    usage: Usage | None  # None when the server did not say
+    model: str
+
+
+class Backend(Protocol):
+    def prepare(self) -> None:
+        """Everything that can fail for the whole role (a missing key, loading a model), before any request."""
+
+    async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer: ...
+
+    async def aclose(self) -> None: ...
+
+
+def read_api_key(role: RoleConfig) -> str | None:
+    """The key from the env var named by `api_key_env` (never from the config itself)."""
+    if not role.api_key_env:
+        return None
+    key = os.environ.get(role.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"role '{role.name}': the environment variable {role.api_key_env} (named by "
+            f"{role.name}.api_key_env) is not set: export it, or set {role.name}.api_key_env='' for a server "
+            "that needs no key"
+        )
+    return key
+
+
+def _check_text(text: Any) -> str:
+    if text is None or not isinstance(text, str):
+        raise EmptyCompletion("no text in the completion")
+    if text == "":
+        raise EmptyCompletion("the completion text is empty")
+    return text
+
+
+class OpenAIBackend:
+    def __init__(self, role: RoleConfig, base_url: str, served_model: str, report_model: str | None = None):
+        self.role = role
+        self.base_url = base_url
+        self.served_model = served_model
+        # Name written into answers: the config's model for servers we run (the served name is a path).
+        self.report_model = report_model
+        self._client = None
+
+    def prepare(self) -> None:
+        self.client()
+
+    def client(self):
+        if self._client is None:
+            import openai
+
+            key = read_api_key(self.role)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.base_url or None,
+                api_key=key or "none",  # local servers accept anything; the SDK insists on a value
+                max_retries=0,
+                timeout=self.role.timeout_s,
+            )
+        return self._client
+
+    def _kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"model": self.served_model, "max_tokens": params["max_tokens"],
+                                  "temperature": params["temperature"]}  # fmt: skip
+        if params.get("top_p") is not None:
+            kwargs["top_p"] = params["top_p"]
+        if params.get("stop"):
+            kwargs["stop"] = list(params["stop"])
+        if params.get("seed") is not None:
+            kwargs["seed"] = params["seed"]
+        extra = dict(self.role.extra_body)
+        if self.role.sends_hf_generation_config:
+            # transformers serve keeps the model's own do_sample (often False) unless told otherwise.
+            gen = {"do_sample": params["temperature"] > 0}
+            if params["temperature"] > 0:
+                gen["temperature"] = params["temperature"]
+                if params.get("top_p") is not None:
+                    gen["top_p"] = params["top_p"]
+            extra["generation_config"] = json.dumps(gen)
+        if extra:
+            kwargs["extra_body"] = extra
+        return kwargs
+
+    async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer:
+        client = self.client()
+        kwargs = self._kwargs(params)
+        if request.prompt is not None:
+            response = await client.completions.create(prompt=request.prompt, **kwargs)
+            choice = _first_choice(response)
+            text = getattr(choice, "text", None)
+        else:
+            response = await client.chat.completions.create(messages=list(request.messages), **kwargs)
+            choice = _first_choice(response)
+            message = getattr(choice, "message", None)
+            text = getattr(message, "content", None)
+        usage = getattr(response, "usage", None)
+        return Answer(
+            text=_check_text(text),
+            finish_reason=getattr(choice, "finish_reason", None),
+            usage=Usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)) if usage else None,
+            model=self.report_model or getattr(response, "model", None) or self.role.model,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def _first_choice(response: Any) -> Any:
+    choices = getattr(response, "choices", None)
+    if not choices:
+        raise MalformedResponse(f"no choices in the response ({type(response).__name__})")
+    return choices[0]
+
+
+class AnthropicBackend:
+    """Claude through the Messages API. A raw `prompt` is sent as one user message (the Messages API
+    has no plain completion); system messages go to the `system` field."""
+
+    def __init__(self, role: RoleConfig):
+        self.role = role
+        self._client = None
+
+    def prepare(self) -> None:
+        self.client()
+
+    def client(self):
+        if self._client is None:
+            import anthropic
+
+            key = read_api_key(self.role)
+            self._client = anthropic.AsyncAnthropic(
+                api_key=key or "none", base_url=self.role.base_url or None, max_retries=0, timeout=self.role.timeout_s
+            )
+        return self._client
+
+    async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer:
+        client = self.client()
+        if request.prompt is not None:
+            system, messages = None, [{"role": "user", "content": request.prompt}]
+        else:
+            system = "\n\n".join(m["content"] for m in request.messages if m.get("role") == "system") or None
+            messages = [dict(m) for m in request.messages if m.get("role") != "system"]
+        kwargs: dict[str, Any] = {"model": self.role.model, "messages": messages, "max_tokens": params["max_tokens"]}
+        if system:
+            kwargs["system"] = system
+        if params.get("stop"):
+            kwargs["stop_sequences"] = list(params["stop"])
+        # anthropic 2.x dropped temperature/top_p from the signature; the API still takes them (Claude 3).
+        extra = {"temperature": params["temperature"]}
+        if params.get("top_p") is not None:
+            extra["top_p"] = params["top_p"]
+        kwargs["extra_body"] = {**extra, **self.role.extra_body}
+        response = await client.messages.create(**kwargs)
+        blocks = getattr(response, "content", None)
+        if blocks is None:
+            raise MalformedResponse("no content in the response")
+        text = "".join(getattr(block, "text", "") or "" for block in blocks if getattr(block, "type", "") == "text")
+        usage = getattr(response, "usage", None)
+        return Answer(
+            text=_check_text(text),
+            finish_reason=getattr(response, "stop_reason", None),
+            usage=Usage(int(usage.input_tokens or 0), int(usage.output_tokens or 0)) if usage else None,
+            model=getattr(response, "model", None) or self.role.model,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

@@ -1,0 +1,122 @@
+"""What went wrong with a request: retry or not, how long to wait, and a reason safe to write down."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import random
+import re
+import time
+from collections.abc import Iterable
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+# Secret-looking strings redacted from every reason even when we do not know the value (a server may
+# echo a key we never had, e.g. one from a proxy).
+_SECRET_PATTERNS = (
+    (re.compile(r"(?i)(bearer\s+)[^\s'\",}]+"), r"\1<redacted>"),
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "<redacted>"),
+    (re.compile(r"(?i)(x-api-key['\"]?\s*[:=]\s*['\"]?)[^\s'\",}]+"), r"\1<redacted>"),
+)
+
+
+class MalformedResponse(Exception):
+    """The server answered, but not with a usable completion object (retried: often transient)."""
+
+
+class EmptyCompletion(Exception):
+    """The completion has no text (not retried: with the same input it tends to happen again)."""
+
+
+def status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429, 5xx, timeouts, connection errors and malformed answers are worth another try."""
+    import anthropic
+    import httpx
+    import openai
+
+    if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
+        return True
+    if isinstance(exc, EmptyCompletion):
+        return False
+    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, anthropic.APITimeoutError,
+                        anthropic.APIConnectionError, httpx.TimeoutException, httpx.TransportError,
+                        TimeoutError, ConnectionError)):  # fmt: skip
+        return True
+    status = status_of(exc)
+    return status in RETRYABLE_STATUS if status is not None else False
+
+
+def retry_after_s(exc: BaseException) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms`, `Retry-After` seconds or HTTP date)."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if not headers:
+        return None
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(0.0, float(value) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class BackoffWait:
+    """A tenacity wait: the server's Retry-After when given (capped), else exponential with jitter."""
+
+    def __init__(self, initial_s: float, max_s: float, max_retry_after_s: float):
+        self.initial_s, self.max_s, self.max_retry_after_s = initial_s, max_s, max_retry_after_s
+
+    def __call__(self, retry_state) -> float:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        asked = retry_after_s(exc) if exc is not None else None
+        if asked is not None:
+            return min(asked, self.max_retry_after_s)
+        exponential = self.initial_s * 2 ** (retry_state.attempt_number - 1)
+        return min(self.max_s, exponential + random.uniform(0, self.initial_s))
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for the failures file (the caller redacts it)."""
+    import anthropic
+    import openai
+
+    status = status_of(exc)
+    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, TimeoutError)):
+        kind = "timeout"
+    elif isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, ConnectionError)):
+        kind = "connection error"
+    elif isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
+        kind = "malformed response"
+    elif isinstance(exc, EmptyCompletion):
+        kind = "empty completion"
+    elif status is not None:
+        kind = f"http {status}"
+    else:
+        kind = type(exc).__name__
+    detail = " ".join(str(exc).split())[:300]
+    return f"{kind}: {detail}" if detail and detail != kind else kind
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with the given secret values and anything that looks like a key removed."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text

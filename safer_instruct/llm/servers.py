@@ -1,0 +1,195 @@
+"""Managed local servers: `transformers serve` (CPU/GPU) or `vllm serve` (GPU) on a free loopback port.
+
+A role with a local model and an empty `base_url` gets one. The server runs in its own process group
+so that stopping it stops everything it started (vLLM's workers too); it is stopped when the session
+ends (also on Ctrl-C, SIGTERM and errors), at interpreter exit, and, on Linux, by the kernel if our
+process dies without cleaning up (parent-death signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.llm.config import ServerConfig
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+LOG_TAIL_LINES = 40
+
+
+class ServerStartError(SaferInstructError):
+    """A managed server did not become healthy (the message holds its log tail)."""
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind to 0 and let the kernel choose)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def transformers_command(model_path: str, port: int, cfg: ServerConfig) -> list[str]:
+    """`transformers serve` pinned to one model (preloaded, so health means ready)."""
+    cmd = [sys.executable, "-m", "transformers.cli.transformers", "serve", model_path,
+           "--host", LOOPBACK, "--port", str(port), "--device", cfg.device, "--dtype", cfg.dtype]  # fmt: skip
+    return cmd + list(cfg.extra_args)
+
+
+def vllm_executable() -> str:
+    beside = Path(sys.executable).parent / "vllm"
+    return str(beside) if beside.exists() else (shutil.which("vllm") or "vllm")
+
+
+def vllm_command(model_path: str, port: int, cfg: ServerConfig) -> list[str]:
+    """`vllm serve` with tensor parallelism from config (GPU nodes)."""
+    cmd = [vllm_executable(), "serve", model_path, "--host", LOOPBACK, "--port", str(port),
+           "--tensor-parallel-size", str(cfg.tensor_parallel_size), "--dtype", cfg.dtype]  # fmt: skip
+    if cfg.gpu_memory_utilization is not None:
+        cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+    if cfg.max_model_len is not None:
+        cmd += ["--max-model-len", str(cfg.max_model_len)]
+    return cmd + list(cfg.extra_args)
+
+
+COMMANDS = {"transformers": transformers_command, "vllm": vllm_command}
+
+
+def _parent_death_signal() -> None:  # runs in the child between fork and exec
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort, not on Linux
+        pass
+
+
+class ManagedServer:
+    """One local server process serving one model."""
+
+    def __init__(self, model_ref: str, model_path: str, cfg: ServerConfig, log_dir: str | Path | None = None,
+                 hidden_env: tuple[str, ...] = ()):  # fmt: skip
+        self.model_ref = model_ref
+        self.model_path = model_path
+        self.cfg = cfg
+        self.log_dir = Path(cfg.log_dir or log_dir or tempfile.gettempdir())
+        self.hidden_env = hidden_env
+        self.port = 0
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def served_model(self) -> str:
+        """The model name requests must carry (both servers name it by the path they loaded)."""
+        return self.model_path
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def command(self, port: int) -> list[str]:
+        return COMMANDS[self.cfg.kind](self.model_path, port, self.cfg)
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in self.hidden_env}
+        # transformers serve answers 500 on /v1/models when the hub cache folder is missing.
+        hub_cache = Path(env.get("HF_HUB_CACHE") or Path(env.get("HF_HOME", Path.home() / ".cache/huggingface")) / "hub")
+        hub_cache.mkdir(parents=True, exist_ok=True)
+        env["HF_HUB_CACHE"] = str(hub_cache)
+        if Path(self.model_path).is_dir():
+            env["HF_HUB_OFFLINE"] = "1"
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def start(self) -> ManagedServer:
+        with self._lock:
+            if self.running:
+                return self
+            self.port = free_port()
+            cmd = self.command(self.port)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self.log_path = self.log_dir / f"{self.cfg.kind}-serve-{self.port}.log"
+            log.info("starting %s serve for %s on %s (log: %s)", self.cfg.kind, self.model_ref, self.url, self.log_path)
+            if self.cfg.kind == "vllm" and not shutil.which(cmd[0]) and not Path(cmd[0]).exists():
+                raise ServerStartError(
+                    f"server.kind=vllm needs the `vllm` command (pip install vllm on a GPU machine); not found for "
+                    f"{sys.executable}. Use server.kind=transformers on CPU."
+                )
+            with open(self.log_path, "ab") as log_file:
+                self.proc = subprocess.Popen(
+                    cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
+                    start_new_session=True,  # own process group: stop() signals all of it
+                    preexec_fn=_parent_death_signal if threading.current_thread() is threading.main_thread() else None,
+                )  # fmt: skip
+            try:
+                self._wait_healthy()
+            except BaseException:
+                self.stop()
+                raise
+            return self
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ServerStartError(
+                    f"{self.cfg.kind} serve for {self.model_ref} exited with code {self.proc.returncode} before "
+                    f"becoming healthy. Log {self.log_path}, last lines:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        log.info("%s serve for %s healthy after %.1f s", self.cfg.kind, self.model_ref,
+                                 time.monotonic() - started)  # fmt: skip
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(0.25)
+        raise ServerStartError(
+            f"{self.cfg.kind} serve for {self.model_ref} was not healthy after {self.cfg.startup_timeout_s:.0f} s "
+            f"(server.startup_timeout_s). Log {self.log_path}, last lines:\n{self.log_tail()}"
+        )
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return "(no log)"
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:]) or "(empty log)"
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        log.info("stopping %s serve for %s (pid %d)", self.cfg.kind, self.model_ref, proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace_s)
+        # Whatever is left of the group (the leader if it ignored SIGTERM, or workers it spawned).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10.0)

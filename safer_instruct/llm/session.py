@@ -1,0 +1,521 @@
+"""`LLMSession` and `LLMRole`: the one way every stage asks a language model something.
+
+    with LLMSession(roles={"expert": cfg.expert}, cache_dir=cfg.cache.dir,
+                    failures_path=out_dir / "failures.jsonl", budget_usd=cfg.llm.budget_usd) as session:
+        for result in session.role("expert").generate(requests, stage="filter_instructions"):
+            ...  # Completion or Failure, in completion order; match by result.request_id
+
+How a request travels: the caller's thread pulls requests from the iterable a chunk at a time,
+answers what the cache holds at once, reserves the worst-case cost against the budget, and hands the
+rest to an asyncio loop in a background thread, never more than `2 * max_concurrency` at a time (so
+memory does not grow with the corpus). In the loop a semaphore bounds concurrency, a token bucket
+enforces `rpm`/`tpm`, and tenacity retries 429/5xx/timeouts/connection errors/malformed answers with
+exponential backoff and jitter, or as long as the server's Retry-After asks. Answers are cached;
+requests that still fail are yielded as `Failure`s and appended to the failures file. Nothing raises
+for a per-request problem; a problem of the whole role (a missing API key, a server that will not
+start) raises a `SaferInstructError` before anything is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.errors import ConfigError
+from safer_instruct.llm.backends import AnthropicBackend, OpenAIBackend
+from safer_instruct.llm.cache import AnswerCache, cache_key
+from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
+from safer_instruct.llm.faults import BackoffWait, describe, is_retryable, redact
+from safer_instruct.llm.limits import (
+    CONSERVATIVE_CHARS_PER_TOKEN,
+    Budget,
+    RateLimiter,
+    estimate_prompt_tokens,
+)
+from safer_instruct.llm.servers import ManagedServer
+from safer_instruct.llm.types import ChatRequest, Completion, Failure, Result, Usage
+
+log = logging.getLogger(__name__)
+
+CHUNK = 64  # requests pulled from the input (and looked up in the cache) at a time
+BUDGET_REASON = "budget: not sent, budget_usd would be exceeded"
+STAT_KEYS = ("requests", "cache_hits", "cache_misses", "failures", "retries", "budget_skipped",
+             "prompt_tokens", "completion_tokens", "cost_usd", "elapsed_s")  # fmt: skip
+
+
+def model_identity(model: str) -> str:
+    """What the cache calls a model: API models by name, local weights by a hash of their files.
+
+    Hashing (config, file names and sizes, first and last 64 KiB of each weight file) means a model
+    retrained into the same folder is a new model, and the same weights anywhere are the same one.
+    """
+    path = Path(model).expanduser()
+    if model.startswith("kit:"):
+        from safer_instruct.model_kit import resolve_model
+
+        path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for name in ("config.json", "generation_config.json"):
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
+    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with open(weights, "rb") as handle:
+            digest.update(handle.read(65536))
+            handle.seek(max(0, size - 65536))
+            digest.update(handle.read(65536))
+    return "local:" + digest.hexdigest()[:20]
+
+
+class LLMSession:
+    """Roles, their backends and servers, the answer cache, the failures file and the budget."""
+
+    def __init__(
+        self,
+        roles: Mapping[str, Any],
+        cache_dir: str | Path | None = None,
+        failures_path: str | Path | None = None,
+        budget_usd: float | None = None,
+        progress: bool = True,
+        log_dir: str | Path | None = None,
+    ):
+        self.roles_config: dict[str, RoleConfig] = {
+            name: node if isinstance(node, RoleConfig) else parse_role(name, node) for name, node in roles.items()
+        }
+        self.cache = AnswerCache(cache_dir) if cache_dir else None
+        self.failures_path = Path(failures_path) if failures_path else None
+        if budget_usd is not None and float(budget_usd) < 0:
+            raise ConfigError(f"budget_usd must be >= 0 or null, got {budget_usd}")
+        self.budget = Budget(float(budget_usd) if budget_usd is not None else None)
+        self.progress = progress
+        self.log_dir = Path(log_dir) if log_dir else (self.failures_path.parent if self.failures_path else None)
+        self.prices: dict[str, Price | None] = {}
+        for name, cfg in self.roles_config.items():
+            price = price_for(cfg)
+            if price is None and self.budget.limit_usd is not None:
+                raise ConfigError(
+                    f"role '{name}': no price for model '{cfg.model}' in conf/llm/prices.yaml, so budget_usd "
+                    f"cannot be enforced: set {name}.price.input_per_mtok and {name}.price.output_per_mtok"
+                )
+            if price is None:
+                log.warning("role '%s': no price known for model '%s'; its cost is reported as 0", name, cfg.model)
+            self.prices[name] = price
+        for noisy in ("httpx", "httpx2"):
+            # The SDKs' HTTP clients log every request at INFO; Hydra's job logging shows INFO.
+            if logging.getLogger(noisy).level == logging.NOTSET:
+                logging.getLogger(noisy).setLevel(logging.WARNING)
+        self._roles: dict[str, LLMRole] = {}
+        self._servers: dict[tuple, ManagedServer] = {}
+        self._lock = threading.RLock()
+        self._failures_file = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._old_sigterm = None
+        self.closed = False
+
+    # --- lifecycle ---
+    def __enter__(self) -> LLMSession:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # SIGTERM (Slurm preemption, `kill`) would end us without cleanup and orphan the servers.
+            self._old_sigterm = signal.signal(signal.SIGTERM, _raise_system_exit)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            if self._loop is not None:
+                for role in self._roles.values():
+                    if role.backend is not None:
+                        with contextlib.suppress(Exception):
+                            asyncio.run_coroutine_threadsafe(role.backend.aclose(), self._loop).result(10)
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join(10)
+                if not self._loop.is_running():
+                    self._loop.close()
+        finally:
+            for server in self._servers.values():
+                server.stop()
+            if self.cache is not None:
+                self.cache.close()
+            if self._failures_file is not None:
+                self._failures_file.close()
+            if self._old_sigterm is not None:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+                self._old_sigterm = None
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self.closed:
+                raise RuntimeError("the LLM session is closed")
+            if self._loop is None:
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self._loop.run_forever, name="llm-session", daemon=True)
+                self._thread.start()
+            return self._loop
+
+    # --- roles and servers ---
+    def role(self, name: str) -> LLMRole:
+        with self._lock:
+            if name not in self._roles:
+                if name not in self.roles_config:
+                    raise ConfigError(f"no LLM role '{name}' in this session (roles: {', '.join(self.roles_config)})")
+                self._roles[name] = LLMRole(self, self.roles_config[name], self.prices[name])
+            return self._roles[name]
+
+    def server_for(self, cfg: RoleConfig) -> ManagedServer:
+        """The managed server for a role's model, started on first use; shared by roles with the same model."""
+        from safer_instruct.model_kit import resolve_model
+
+        model_path = resolve_model(cfg.model)
+        key = (cfg.server.kind, model_path)
+        with self._lock:
+            server = self._servers.get(key)
+            if server is not None and server.cfg != cfg.server:
+                log.warning("role '%s' shares the %s server of %s started with another role's server settings",
+                            cfg.name, cfg.server.kind, cfg.model)  # fmt: skip
+            if server is None:
+                hidden = tuple(c.api_key_env for c in self.roles_config.values() if c.api_key_env)
+                server = ManagedServer(cfg.model, model_path, cfg.server, log_dir=self.log_dir, hidden_env=hidden)
+                self._servers[key] = server
+            if not server.running:
+                server.start()
+            return server
+
+    @property
+    def servers(self) -> list[ManagedServer]:
+        return list(self._servers.values())
+
+    def secrets(self) -> list[str]:
+        return [os.environ[c.api_key_env] for c in self.roles_config.values() if os.environ.get(c.api_key_env or "")]
+
+    def record_failure(self, failure: Failure, role: str, stage: str) -> None:
+        if self.failures_path is None:
+            return
+        record = {
+            "request_id": failure.request_id, "role": role, "stage": stage, "model": failure.model,
+            "reason": failure.reason, "attempts": failure.attempts,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metadata": failure.metadata,
+        }  # fmt: skip
+        with self._lock:
+            if self._failures_file is None:
+                self.failures_path.parent.mkdir(parents=True, exist_ok=True)
+                self._failures_file = open(self.failures_path, "a", encoding="utf-8")  # noqa: SIM115
+            line = redact(json.dumps(record, ensure_ascii=False, default=str), self.secrets())
+            self._failures_file.write(line + "\n")
+            self._failures_file.flush()
+
+    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{role: {stage: counters}} for every role used so far."""
+        return {name: role.stats() for name, role in self._roles.items()}
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return self.budget.exhausted
+
+
+def _raise_system_exit(signum, frame) -> None:  # noqa: ARG001
+    raise SystemExit(128 + signum)
+
+
+@dataclasses.dataclass
+class _Pending:
+    request: ChatRequest
+    key: str
+    reserved_usd: float
+
+
+class LLMRole:
+    """One configured role (its backend, limits and counters) inside a session."""
+
+    def __init__(self, session: LLMSession, cfg: RoleConfig, price: Price | None):
+        self.session = session
+        self.cfg = cfg
+        self.name = cfg.name
+        self.price = price
+        self.backend = None
+        self._identity: str | None = None
+        self._stats: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
+        self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
+        self._wait = BackoffWait(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_retry_after_s)
+
+    # --- identity, parameters, keys ---
+    @property
+    def identity(self) -> str:
+        if self._identity is None:
+            self._identity = model_identity(self.cfg.model)
+        return self._identity
+
+    def params(self, request: ChatRequest) -> dict[str, Any]:
+        """The sampling parameters a request is sent (and cached) with."""
+        cfg = self.cfg
+        return {
+            "temperature": float(request.temperature if request.temperature is not None else cfg.temperature),
+            "max_tokens": int(request.max_tokens if request.max_tokens is not None else cfg.max_tokens),
+            "top_p": cfg.top_p,
+            "stop": list(request.stop) if request.stop else (list(cfg.stop) if cfg.stop else None),
+            "seed": cfg.seed + request.sample_index if cfg.seed is not None else None,
+        }
+
+    def key(self, request: ChatRequest, params: dict[str, Any] | None = None) -> str:
+        return cache_key(self.identity, request, params if params is not None else self.params(request))
+
+    def _counters(self, stage: str) -> dict[str, Any]:
+        if stage not in self._stats:
+            self._stats[stage] = dict.fromkeys(STAT_KEYS, 0)
+            self._stats[stage]["cost_usd"] = 0.0
+            self._stats[stage]["elapsed_s"] = 0.0
+        return self._stats[stage]
+
+    def stats(self, stage: str | None = None) -> dict[str, Any]:
+        """Counters of one stage, or {stage: counters} of all stages."""
+        with self._lock:
+            if stage is not None:
+                return dict(self._counters(stage))
+            return {name: dict(values) for name, values in self._stats.items()}
+
+    # --- the backend, made ready on the first request that needs sending ---
+    def ready(self):
+        with self._lock:
+            if self.backend is not None:
+                return self.backend
+            cfg = self.cfg
+            if cfg.backend == "anthropic":
+                backend = AnthropicBackend(cfg)
+            elif cfg.backend == "inprocess":
+                from safer_instruct.llm.inprocess import InProcessBackend
+
+                backend = InProcessBackend(cfg)
+            elif cfg.base_url:
+                backend = OpenAIBackend(cfg, cfg.base_url, served_model=cfg.model)
+            else:
+                server = self.session.server_for(cfg)
+                backend = OpenAIBackend(cfg, server.base_url, served_model=server.served_model, report_model=cfg.model)
+            backend.prepare()
+            self.backend = backend
+            return backend
+
+    # --- dry run ---
+    def estimate(self, requests: Iterable[ChatRequest]) -> dict[str, Any]:
+        """What `generate` would send and cost, sending nothing (completion tokens: `max_tokens`, an upper bound)."""
+        totals = {"requests": 0, "cached": 0, "to_send": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0}
+        iterator = iter(requests)
+        while chunk := list(islice(iterator, 512)):
+            keyed = [(request, self.params(request)) for request in chunk]
+            keys = [self.key(request, params) for request, params in keyed]
+            cached = self.session.cache.contains_many(keys) if self.session.cache else set()
+            for (request, params), key in zip(keyed, keys, strict=True):
+                totals["requests"] += 1
+                if key in cached:
+                    totals["cached"] += 1
+                    continue
+                totals["to_send"] += 1
+                totals["est_prompt_tokens"] += estimate_prompt_tokens(request)
+                totals["est_completion_tokens"] += params["max_tokens"]
+        cost = self.price.cost(totals["est_prompt_tokens"], totals["est_completion_tokens"]) if self.price else None
+        return {"role": self.name, "model": self.cfg.model, **totals, "est_cost_usd": cost,
+                "price_known": self.price is not None}  # fmt: skip
+
+    # --- the hot path ---
+    def generate(self, requests: Iterable[ChatRequest], stage: str = "default", progress: bool | None = None,
+                 ) -> Iterator[Result]:  # fmt: skip
+        """Yield one Completion or Failure per request, in completion order (match by `request_id`)."""
+        session = self.session
+        counters = self._counters(stage)
+        total = len(requests) if hasattr(requests, "__len__") else None  # type: ignore[arg-type]
+        bar = _progress_bar(f"{self.name}/{stage}", total, session.progress if progress is None else progress)
+        window = max(2, 2 * self.cfg.max_concurrency)
+        iterator = iter(requests)
+        inflight: dict[concurrent.futures.Future, _Pending] = {}
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        exhausted = False
+        warned_budget = False
+        started = time.perf_counter()
+        last_postfix = 0.0
+
+        def count(result: Result, key: str, hit: bool = False) -> None:
+            nonlocal last_postfix
+            with self._lock:
+                if hit:
+                    counters["cache_hits"] += 1
+                elif not result.ok:
+                    counters["failures"] += 1
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_postfix > 0.5:
+                bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=False)
+                last_postfix = now
+
+        try:
+            while True:
+                while not exhausted and len(inflight) < window:
+                    chunk = list(islice(iterator, CHUNK))
+                    if not chunk:
+                        exhausted = True
+                        break
+                    keyed = [(request, self.params(request)) for request in chunk]
+                    keys = [self.key(request, params) for request, params in keyed]
+                    hits = session.cache.get_many(keys) if session.cache else {}
+                    with self._lock:
+                        counters["requests"] += len(chunk)
+                        counters["cache_misses"] += sum(1 for key in keys if key not in hits)
+                    for (request, params), key in zip(keyed, keys, strict=True):
+                        hit = hits.get(key)
+                        if hit is not None:
+                            result = dataclasses.replace(hit, request_id=request.id, metadata=request.metadata)
+                            count(result, key, hit=True)
+                            yield result
+                            continue
+                        backend = self.ready()
+                        reserved = self._worst_case_cost(request, params)
+                        if not session.budget.try_reserve(reserved):
+                            if not warned_budget:
+                                log.warning("%s/%s: budget_usd=%s reached (spent %.4f USD): requests not sent "
+                                            "are listed in the failures file", self.name, stage,
+                                            session.budget.limit_usd, session.budget.spent_usd)  # fmt: skip
+                                warned_budget = True
+                            failure = Failure(request.id, BUDGET_REASON, self.cfg.model, 0, request.metadata)
+                            with self._lock:
+                                counters["budget_skipped"] += 1
+                            session.record_failure(failure, self.name, stage)
+                            count(failure, key)
+                            yield failure
+                            continue
+                        future = asyncio.run_coroutine_threadsafe(self._call(backend, request, params), session.loop())
+                        inflight[future] = _Pending(request, key, reserved)
+                        future.add_done_callback(done.put)
+                if not inflight:
+                    if exhausted:
+                        break
+                    continue
+                future = _get(done)
+                pending = inflight.pop(future)
+                result = self._finish(future, pending, stage, counters)
+                count(result, pending.key)
+                yield result
+        finally:
+            for future, pending in inflight.items():
+                future.cancel()
+                session.budget.settle(pending.reserved_usd, 0.0)
+            with self._lock:
+                counters["elapsed_s"] += time.perf_counter() - started
+            bar.close()
+            if counters["requests"]:
+                log.info("%s/%s: %d requests, %d cached, %d failed, %d retries, %.4f USD", self.name, stage,
+                         counters["requests"], counters["cache_hits"], counters["failures"], counters["retries"],
+                         counters["cost_usd"])  # fmt: skip
+
+    def _worst_case_cost(self, request: ChatRequest, params: dict[str, Any]) -> float:
+        if not self.price:
+            return 0.0
+        prompt = estimate_prompt_tokens(request, CONSERVATIVE_CHARS_PER_TOKEN)
+        return self.price.cost(prompt, params["max_tokens"])
+
+    def _finish(self, future: concurrent.futures.Future, pending: _Pending, stage: str, counters: dict) -> Result:
+        request = pending.request
+        try:
+            result, attempts = future.result()
+        except BaseException as err:  # noqa: BLE001 - cancelled or a bug: still one answer per request
+            result, attempts = Failure(request.id, redact(describe(err), self.session.secrets()), self.cfg.model,
+                                       0, request.metadata), 0  # fmt: skip
+        cost = self.price.cost(result.usage.prompt_tokens, result.usage.completion_tokens) if (
+            result.ok and self.price) else 0.0  # fmt: skip
+        self.session.budget.settle(pending.reserved_usd, cost)
+        with self._lock:
+            counters["retries"] += max(0, attempts - 1)
+            if result.ok:
+                counters["prompt_tokens"] += result.usage.prompt_tokens
+                counters["completion_tokens"] += result.usage.completion_tokens
+                counters["cost_usd"] += cost
+        if result.ok:
+            if self.session.cache is not None:
+                self.session.cache.put(pending.key, result)
+        else:
+            self.session.record_failure(result, self.name, stage)
+        return result
+
+    async def _call(self, backend, request: ChatRequest, params: dict[str, Any]) -> tuple[Result, int]:
+        """One request with retries; never raises (a Failure carries the reason)."""
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        attempts = 0
+        estimated = estimate_prompt_tokens(request) + params["max_tokens"]
+        async with self._semaphore:
+            try:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(self.cfg.max_retries + 1), wait=self._wait,
+                    retry=retry_if_exception(is_retryable), reraise=True,
+                ):  # fmt: skip
+                    with attempt:
+                        attempts += 1
+                        if self._limiter.active:
+                            await self._limiter.acquire(estimated)
+                        started = time.perf_counter()
+                        answer = await backend.complete(request, params)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - every problem becomes a recorded Failure
+                reason = redact(describe(err), self.session.secrets())
+                return Failure(request.id, reason, self.cfg.model, attempts, request.metadata), attempts
+        usage = answer.usage
+        if usage is None:  # the server did not count: estimate, so that cost and limits still work
+            usage = Usage(estimate_prompt_tokens(request), max(1, len(answer.text) // 4))
+        self._limiter.settle(estimated, usage.total_tokens)
+        completion = Completion(
+            request_id=request.id, text=answer.text, model=answer.model, finish_reason=answer.finish_reason,
+            usage=usage, latency_s=time.perf_counter() - started, cached=False, metadata=request.metadata,
+        )  # fmt: skip
+        return completion, attempts
+
+
+def _get(done: queue.SimpleQueue):
+    # A timeout keeps the wait interruptible (Ctrl-C, SIGTERM) on every platform.
+    while True:
+        try:
+            return done.get(timeout=0.5)
+        except queue.Empty:
+            continue
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None: ...
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _progress_bar(desc: str, total: int | None, enabled: bool):
+    """tqdm: rate and ETA (with a known total); cached and failed counts in the postfix.
+    `TQDM_DISABLE=1` turns every bar off (tests, CI logs)."""
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
