@@ -39,6 +39,19 @@ class StepResult:
     note: str = ""
 
 
+def incomplete_reason(plan: Plan, name: str) -> str | None:
+    """Why a step is not complete, or None when it is."""
+    step, step_dir = plan.steps[name], plan.step_dir(name)
+    if state.is_complete(step_dir, step.fingerprint, step.outputs):
+        return None
+    marker = state.read_marker(step_dir)
+    if marker and marker.get("fingerprint") != step.fingerprint:
+        return "arguments changed"
+    if marker:
+        return f"output missing: {state.missing_outputs(step_dir, step.outputs)[0]}"
+    return "not done"
+
+
 def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
     """Why each step must run, or None when it is complete (decided before anything runs).
 
@@ -46,23 +59,11 @@ def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
     """
     reasons: dict[str, str | None] = {}
     for name, step in plan.steps.items():
-        step_dir = plan.step_dir(name)
         upstream = [dep for dep in step.deps if reasons.get(dep)]
         if name in force or "all" in force:
             reasons[name] = "forced"
-        elif upstream:
-            reasons[name] = f"{upstream[0]} reruns"
-        elif state.is_complete(step_dir, step.fingerprint, step.outputs):
-            reasons[name] = None
         else:
-            marker = state.read_marker(step_dir)
-            if marker and marker.get("fingerprint") != step.fingerprint:
-                reasons[name] = "arguments changed"
-            elif marker:
-                missing = state.missing_outputs(step_dir, step.outputs)
-                reasons[name] = f"output missing: {missing[0]}"
-            else:
-                reasons[name] = "not done"
+            reasons[name] = incomplete_reason(plan, name) or (f"{upstream[0]} reruns" if upstream else None)
     return reasons
 
 
@@ -80,8 +81,12 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
         step_dir = plan.step_dir(name)
         prefix = f"[{index}/{total}] {name} ({step.stage_name})"
         # Decided again here: a step reused from a sweep sibling does not force its dependents.
-        must_run = reasons[name] == "forced" or any(dep in ran for dep in step.deps)
-        if not must_run and state.is_complete(step_dir, step.fingerprint, step.outputs):
+        rerun_deps = [dep for dep in step.deps if dep in ran]
+        must_run = reasons[name] == "forced" or bool(rerun_deps)
+        reason = "forced" if reasons[name] == "forced" else (
+            f"{rerun_deps[0]} reran" if rerun_deps else incomplete_reason(plan, name)
+        )
+        if not must_run and reason is None:
             marker = state.read_marker(step_dir) or {}
             if not step_dir.is_symlink():
                 registry.register(step.fingerprint, step_dir)
@@ -99,7 +104,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
             moved = state.prepare_step_dir(step_dir, step.fingerprint, plan.exp_dir)
             if moved:
                 print(f"{prefix}: arguments changed; previous outputs moved to {moved}", flush=True)
-            print(f"{prefix}: running ({reasons[name] or 'upstream reran'}), log {step_dir / LOG_NAME}", flush=True)
+            print(f"{prefix}: running ({reason}), log {step_dir / LOG_NAME}", flush=True)
             wall_s = _run_stage(plan, name, step_dir, verbose)
             missing = state.missing_outputs(step_dir, step.outputs)
             if missing:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.io import atomic_write_json, atomic_write_text
@@ -52,6 +51,7 @@ def write_plan(plan: Plan, reasons: dict[str, str | None]) -> None:
                     "outputs": list(step.outputs),
                     "dir": str(plan.step_dir(name)),
                     "command": shlex.join(["safer-instruct", *plan.command(name)]),
+                    "overrides": plan.overrides(name),
                     "would_run": reasons[name],
                 }
                 for name, step in plan.steps.items()
@@ -112,10 +112,3 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
         return 0
     raise ConfigError(f"launcher.name must be local or slurm, got '{launcher.name}'")
 
-
-def load_plan_file(exp_dir: Path) -> dict:
-    return json.loads((exp_dir / PLAN_FILE).read_text())
-
-
-def describe(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg.experiment)

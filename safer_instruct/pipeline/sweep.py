@@ -1,13 +1,141 @@
-"""Hydra callback: after a multirun sweep of experiments, one report over all its points."""
+"""One report over the points of a sweep (`safer-instruct run experiment=X -m train.beta=0.05,0.1`).
+
+Each point of a Hydra multirun is a whole experiment in `<sweep dir>/<n>/`, with `sweep_point.json`
+naming its overrides. When the sweep ends (`on_multirun_end`, with any Hydra launcher: the basic one
+here, submitit on Slurm) the runs that each point's report step compared are collected into one
+`report` stage run in `<sweep dir>/report/`: a step shared by all points (the base model's
+evaluation) appears once, a step of one point appears under the point's overrides, e.g.
+`train.beta=0.05 eval_dpo`. Also runnable by hand: `python -m safer_instruct.pipeline.sweep DIR`.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from safer_instruct.errors import SaferInstructError
+from safer_instruct.paths import PROJECT_ROOT
+from safer_instruct.pipeline import state
+from safer_instruct.pipeline.plan import hydra_value
+from safer_instruct.pipeline.summary import REPORT_TABLE, _markdown, short_table
+
+POINTS_DIR = "points"  # labelled links to each point's own runs, so the report's rows say which point
+REPORT_DIR = "report"
+
+
+def _point_labels(overrides: list[list[str]]) -> list[str]:
+    """Each point's label: the overrides that differ between points (the swept values)."""
+    common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
+    labels = []
+    for point in overrides:
+        label = ",".join(o for o in point if o not in common and not o.startswith(("hydra/", "hydra.")))
+        labels.append(re.sub(r"[^A-Za-z0-9_.,=+-]+", "_", label) or "default")
+    return labels
+
+
+def _parse_list(override: str) -> list[str]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    value = OverridesParser.create().parse_override(override).value()
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Finished points ({label, exp_dir, report_args}) and the problems of unfinished ones."""
+    points, problems = [], []
+    for point_file in sorted(sweep_dir.glob("*/sweep_point.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+        exp_dir = point_file.parent
+        point = json.loads(point_file.read_text())
+        plan = json.loads((exp_dir / "experiment.json").read_text())
+        report_step = plan.get("report_step")
+        if not report_step:
+            problems.append(f"{exp_dir}: the experiment has no report step")
+            continue
+        step = plan["steps"][report_step]
+        if not state.is_complete(Path(step["dir"]), step["fingerprint"], tuple(step["outputs"])):
+            problems.append(f"{exp_dir}: step '{report_step}' is not complete")
+            continue
+        points.append({"overrides": point["overrides"], "exp_dir": exp_dir, "report_args": step["overrides"]})
+    for point, label in zip(points, _point_labels([p["overrides"] for p in points]), strict=True):
+        point["label"] = label
+    return points, problems
+
+
+def sweep_report_command(sweep_dir: Path, points: list[dict[str, Any]]) -> list[str]:
+    """`safer-instruct report` over every point's runs: shared ones once, own ones labelled."""
+    owners: dict[str, list[tuple[str, Path]]] = {}
+    for point in points:
+        runs_arg = next(a for a in point["report_args"] if a.startswith("runs="))
+        for run in _parse_list(runs_arg):
+            owners.setdefault(str(Path(run).resolve()), []).append((point["label"], Path(run)))
+    links = sweep_dir / POINTS_DIR
+    links.mkdir(parents=True, exist_ok=True)
+    runs: list[str] = []
+    for real, users in owners.items():
+        if len(users) == len(points) and len(points) > 1:
+            runs.append(real)  # the same step in every point (e.g. the base model's evaluation)
+            continue
+        for label, run in users:
+            link = links / f"{label} {run.name}"
+            if link.is_symlink():
+                link.unlink()
+            link.symlink_to(real, target_is_directory=True)
+            runs.append(str(link))
+    keep = [a for a in points[0]["report_args"] if not a.startswith(("runs=", "out_dir="))]
+    return ["report", *keep, f"runs={hydra_value(runs)}", f"out_dir={hydra_value(str(sweep_dir / REPORT_DIR))}"]
+
+
+def build_sweep_report(sweep_dir: Path) -> Path:
+    points, problems = collect_points(sweep_dir)
+    if problems or not points:
+        raise SaferInstructError(
+            f"sweep {sweep_dir}: cannot report yet: " + ("; ".join(problems) or "no finished points")
+        )
+    command = sweep_report_command(sweep_dir, points)
+    out = subprocess.run([sys.executable, "-m", "safer_instruct.cli", *command], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    report_dir = sweep_dir / REPORT_DIR
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "stage.log").write_text(out.stdout + out.stderr)
+    if out.returncode != 0:
+        raise SaferInstructError(f"sweep report failed (exit {out.returncode}); log: {report_dir / 'stage.log'}")
+    import csv
+
+    with open(report_dir / REPORT_TABLE, newline="", encoding="utf-8") as handle:
+        table = short_table(list(csv.DictReader(handle)))
+    print(f"\nsweep of {len(points)} points: {report_dir / 'report.md'}\n" + "\n".join(_markdown(table)), flush=True)
+    return report_dir / "report.md"
+
 
 class SweepReport(Callback):
+    """Hydra callback (conf/run.yaml): build the sweep's report when a multirun of `run` ends."""
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        pass
+        if config.get("dry_run") or config.launcher.name != "local":
+            return  # nothing ran (dry run), or the points only submitted jobs (launcher=slurm)
+        build_sweep_report(Path(str(config.hydra.sweep.dir)).resolve())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m safer_instruct.pipeline.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        build_sweep_report(args.sweep_dir.resolve())
+    except SaferInstructError as err:
+        print(f"safer-instruct: error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
