@@ -122,8 +122,10 @@ def _parses_as(text: str, value: str) -> bool:
 
 
 def _quote(value: str) -> str:
-    # Inside quotes Hydra still interpolates `${...}` and treats `\'` as an escaped quote.
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
+    # Inside quotes Hydra still interpolates `${...}`, reads `\'` as a quote, and wants the
+    # backslashes right before a quote (or the closing quote) doubled; others are literal.
+    escaped = re.sub(r"(\\*)'", lambda m: m.group(1) * 2 + "\\'", value.replace("${", "\\${"))
+    escaped = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, escaped)
     return f"'{escaped}'"
 
 
