@@ -68,19 +68,47 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=config_name):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(_one_line(err)) from None
 
 
 def validate_overrides(config_name: str, overrides: Sequence[str], multirun: bool = False) -> DictConfig:
     """Check overrides against a stage's config tree before anything heavy is imported.
 
+    Unknown keys, unknown group options, missing `???` values and values of the wrong type (text
+    where the default is a number or a boolean) are reported, each as a one-line ConfigError.
     For a multirun sweep (`a=1,2`) each swept key is checked with its first value.
     """
     if multirun:
         overrides = list(_first_sweep_values(overrides))
     cfg = compose(config_name, overrides)
     check_required(cfg)
+    _check_override_types(config_name, overrides, cfg)
     return cfg
+
+
+def _check_override_types(config_name: str, overrides: Sequence[str], cfg: DictConfig) -> None:
+    """Reject `key=text` where the default of `key` is a number or a boolean (e.g. max_steps=ten)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import Container
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    # A value override sets a leaf; a group override (model=tiny) selects a whole node.
+    is_value = [
+        not o.is_delete() and not isinstance(OmegaConf.select(cfg, o.key_or_group, default=None), Container)
+        for o in parsed
+    ]
+    if not any(is_value):
+        return
+    defaults = compose(config_name, [o.input_line for o, value in zip(parsed, is_value, strict=True) if not value])
+    for override, value_override in zip(parsed, is_value, strict=True):
+        if not value_override:
+            continue
+        key = override.key_or_group
+        default = OmegaConf.select(defaults, key, default=None)
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(default, (bool, int, float)) and isinstance(value, str):
+            kind = "true/false" if isinstance(default, bool) else "a number"
+            raise ConfigError(f"{key} expects {kind}, got '{value}' (override '{override.input_line}')")
 
 
 def _first_sweep_values(overrides: Iterable[str]) -> Iterable[str]:
@@ -94,9 +122,24 @@ def _first_sweep_values(overrides: Iterable[str]) -> Iterable[str]:
             yield override.input_line
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    return " ".join(line.strip() for line in text.splitlines()[:2] if line.strip())
+def _one_line(err: BaseException) -> str:
+    """Hydra's multi-line composition errors as one line: options listed, search path dropped."""
+    text = str(err).split("Config search path:")[0].strip() or type(err).__name__
+    text = re.sub(r"^Could not override '([^']+)'\.", r"unknown config key '\1'.", text)
+    parts: list[str] = []
+    options: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("\t"):  # Hydra lists available options one per tab-indented line
+            options.append(line.strip())
+            continue
+        if options:
+            parts.append(", ".join(options))
+            options = []
+        if line.strip():
+            parts.append(line.strip())
+    if options:
+        parts.append(", ".join(options))
+    return " ".join(parts)
 
 
 def is_main_process() -> bool:
