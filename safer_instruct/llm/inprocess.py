@@ -28,7 +28,7 @@ class InProcessBackend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{role.name}")
         self._pending: list[tuple[ChatRequest, dict[str, Any], asyncio.Future]] = []
         self._batcher: asyncio.Task | None = None
-        self.batches_run = 0  # observable: tests check that requests were batched
+        self.batches: list[list[int]] = []  # prompt lengths (tokens) of each batch run, for tests and logs
 
     def prepare(self) -> None:
         if self.model is not None:
@@ -50,6 +50,9 @@ class InProcessBackend:
             return request.prompt
         return self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
 
+    def prompt_length(self, request: ChatRequest) -> int:
+        return len(self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"])
+
     async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer:
         future = asyncio.get_running_loop().create_future()
         self._pending.append((request, params, future))
@@ -68,7 +71,7 @@ class InProcessBackend:
                 key = repr((request.prompt is None, sorted(params.items())))
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
-                items.sort(key=lambda item: len(self.render(item[0])))
+                items.sort(key=lambda item: self.prompt_length(item[0]))
                 for start in range(0, len(items), self.role.batch_size):
                     batch = items[start : start + self.role.batch_size]
                     live = [item for item in batch if not item[2].done()]
@@ -111,7 +114,7 @@ class InProcessBackend:
             kwargs["tokenizer"] = self.tokenizer
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        self.batches_run += 1
+        self.batches.append([int(n) for n in enc["attention_mask"].sum(dim=1).tolist()])
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         prompt_len = enc["input_ids"].shape[1]

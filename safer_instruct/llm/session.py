@@ -98,9 +98,15 @@ class LLMSession:
         progress: bool = True,
         log_dir: str | Path | None = None,
     ):
-        self.roles_config: dict[str, RoleConfig] = {
-            name: node if isinstance(node, RoleConfig) else parse_role(name, node) for name, node in roles.items()
-        }
+        self.roles_config: dict[str, RoleConfig] = {}
+        # A role that is configured but unusable (e.g. `policy.model` empty when answers are pre-generated)
+        # is an error only when a stage asks for it.
+        self._invalid: dict[str, ConfigError] = {}
+        for name, node in roles.items():
+            try:
+                self.roles_config[name] = node if isinstance(node, RoleConfig) else parse_role(name, node)
+            except ConfigError as err:
+                self._invalid[name] = err
         self.cache = AnswerCache(cache_dir) if cache_dir else None
         self.failures_path = Path(failures_path) if failures_path else None
         if budget_usd is not None and float(budget_usd) < 0:
@@ -182,6 +188,8 @@ class LLMSession:
     def role(self, name: str) -> LLMRole:
         with self._lock:
             if name not in self._roles:
+                if name in self._invalid:
+                    raise self._invalid[name]
                 if name not in self.roles_config:
                     raise ConfigError(f"no LLM role '{name}' in this session (roles: {', '.join(self.roles_config)})")
                 self._roles[name] = LLMRole(self, self.roles_config[name], self.prices[name])
