@@ -1,0 +1,275 @@
+"""The construction pipeline: build the steps from config, run the selected ones, write the outputs.
+
+`run_construct(cfg, out_dir)` is everything `safer-instruct construct` does. Stages run in the fixed
+order of `STAGE_ORDER`; `stages=[...]` selects a subset, and a selected stage reads the finished
+output of the one before it from `out_dir` (a ConfigError says which to run first if it is missing).
+A stage already finished under the same settings is not run again; one stopped midway continues.
+The LLM session (and any managed server behind a role) is opened only when a stage has requests
+to send.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from safer_instruct.construct import outputs
+from safer_instruct.construct.heuristics import InstructionHeuristics
+from safer_instruct.construct.steps import (
+    STAGE_ORDER,
+    UPSTREAM,
+    AssembleSettings,
+    AssembleStep,
+    ExpertStep,
+    InduceStep,
+    LeakageGuard,
+    RoleRunner,
+    StepContext,
+    instruction_pre_check,
+)
+from safer_instruct.construct.store import StageStore, signature_of
+from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
+from safer_instruct.data.corpus import CorpusReader, CorpusSpec, resolve_corpus_path
+from safer_instruct.errors import ConfigError, SaferInstructError
+
+log = logging.getLogger(__name__)
+
+# Role settings that change answers (and so the stage's results); concurrency, URLs and keys do not.
+ANSWER_KEYS = ("model", "backend", "temperature", "max_tokens", "top_p", "seed", "stop")
+EXPERT_STAGES = ("filter_instructions", "respond", "filter_responses")
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def selected_stages(stages: Any) -> list[str]:
+    names = [str(s) for s in (_plain(stages) or [])]
+    unknown = [s for s in names if s not in STAGE_ORDER]
+    if unknown:
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_ORDER)}")
+    if not names:
+        raise ConfigError(f"stages is empty; choose from {', '.join(STAGE_ORDER)}")
+    return [s for s in STAGE_ORDER if s in names]
+
+
+def reverse_prompt() -> tuple[Callable[[str], str], dict[str, str]]:
+    """The reversed model's prompt for a response, and the template it comes from (version, text).
+
+    Rendered by the same function the reversed instruction tuning uses (`formatting.reverse_template`),
+    so induction prompts the model exactly as it was trained.
+    """
+    from safer_instruct.formatting import reverse_template
+
+    try:
+        template = reverse_template()
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"the reversed-model template: {err}") from None
+    return template.render, {"version": template.version, "template": template.template}
+
+
+def corpus_signature(spec: CorpusSpec) -> dict[str, Any]:
+    """The corpus settings plus the file's size and time, so that an edited corpus restarts induce."""
+    payload = dict(vars(spec))
+    if ":" not in spec.path or spec.path.startswith("conf:"):
+        path = resolve_corpus_path(spec.path)
+        if path.is_file():
+            stat = path.stat()
+            payload["file"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return payload
+
+
+def _role_answer_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
+    node = _plain(cfg.get(role)) or {}
+    return {key: node.get(key) for key in ANSWER_KEYS}
+
+
+def _load_leakage(cfg: DictConfig) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """The evaluation prompt sets of `assemble.leakage.sets`, read with the eval stage's own loader."""
+    from safer_instruct.evaluation.prompts import load_prompt_set
+
+    leakage = cfg.assemble.get("leakage") or {}
+    prompts: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    for name, set_cfg in sorted((_plain(leakage.get("sets")) or {}).items()):
+        set_cfg = dict(set_cfg or {}, limit=None, sources=[])  # the guard checks the whole set
+        try:
+            prompts[name] = [item.prompt for item in load_prompt_set(set_cfg)]
+        except SaferInstructError as err:
+            if leakage.get("require_all"):
+                raise
+            log.warning("leakage guard: prompt set %s not checked: %s", name, err)
+            skipped[name] = str(err)
+    return prompts, skipped
+
+
+class ConstructRun:
+    """One `safer-instruct construct` run in one out_dir."""
+
+    def __init__(self, cfg: DictConfig, out_dir: str | Path):
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.stages = selected_stages(cfg.stages)
+        self.corpus_spec = CorpusSpec.from_config(_plain(cfg.corpus))
+        self.render_reverse, self.reverse_template = reverse_prompt()
+        self.templates = {name: load_template(name, _plain(cfg.prompts.get(name))) for name in EXPERT_STAGES}
+        self.heuristics = InstructionHeuristics.from_config(_plain(cfg.filter_instructions.heuristics))
+        self.signatures = self._signatures()
+        self.stores = {name: StageStore(self.out_dir, name, self.signatures[name]) for name in STAGE_ORDER}
+
+    # -- settings
+
+    def template_tags(self) -> dict[str, str]:
+        return {"reverse": f"reverse@{self.reverse_template['version']}",
+                **{name: tpl.tag for name, tpl in self.templates.items()}}  # fmt: skip
+
+    def _signatures(self) -> dict[str, str]:
+        cfg = self.cfg
+        payloads = {
+            "induce": {"corpus": corpus_signature(self.corpus_spec), "template": self.reverse_template,
+                       "inducer": _role_answer_settings(cfg, "inducer"), "induce": _plain(cfg.induce)},
+            "filter_instructions": {"heuristics": vars(self.heuristics), "settings": _plain(cfg.filter_instructions),
+                                    "template": vars(self.templates["filter_instructions"])},
+            "respond": {"settings": _plain(cfg.respond), "template": vars(self.templates["respond"])},
+            "filter_responses": {"settings": _plain(cfg.filter_responses),
+                                 "template": vars(self.templates["filter_responses"])},
+            "assemble": {"settings": _plain(cfg.assemble), "source": cfg.dataset.source,
+                         "tags": self.template_tags(), "models": self.models()},
+        }  # fmt: skip
+        signatures: dict[str, str] = {}
+        for name in STAGE_ORDER:
+            payload = dict(payloads[name])
+            if name in EXPERT_STAGES and (name != "filter_instructions" or cfg.filter_instructions.expert_check):
+                payload["expert"] = _role_answer_settings(cfg, "expert")
+            if name in UPSTREAM:
+                payload["upstream"] = signatures[UPSTREAM[name]]
+            signatures[name] = signature_of(payload)
+        return signatures
+
+    def models(self) -> dict[str, str]:
+        return {"inducer": str(self.cfg.inducer.model), "expert": str(self.cfg.expert.model)}
+
+    def provenance(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        return {"id": row["id"], "sample_index": int(row.get("sample_index", 0)), "corpus": self.corpus_spec.label,
+                **self.models(), "templates": self.template_tags()}  # fmt: skip
+
+    # -- steps
+
+    def _step(self, name: str):
+        cfg = self.cfg
+        if name == "induce":
+            task = InduceTask(self.render_reverse, int(cfg.induce.samples_per_text), _plain(cfg.induce.stop) or (),
+                              chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"])  # fmt: skip
+            return InduceStep(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
+        if name == "filter_instructions":
+            task = VerdictTask(name, self.templates[name], "instruction_check")
+            return ExpertStep(name, task, enabled=bool(cfg.filter_instructions.expert_check),
+                              pre_check=instruction_pre_check(self.heuristics))  # fmt: skip
+        if name == "respond":
+            return ExpertStep(name, RespondTask(self.templates[name], bool(cfg.respond.drop_truncated)))
+        if name == "filter_responses":
+            task = VerdictTask(name, self.templates[name], "response_check")
+            return ExpertStep(name, task, enabled=bool(cfg.filter_responses.expert_check))
+        leakage = cfg.assemble.get("leakage") or {}
+        prompts, skipped = _load_leakage(cfg)
+        guard = LeakageGuard.from_prompts(prompts, float(leakage.get("threshold", 0.7)), skipped)
+        settings = AssembleSettings(test_size=float(cfg.assemble.test_size), seed=int(cfg.assemble.seed),
+                                    dedup=bool(cfg.assemble.dedup),
+                                    near_duplicate_threshold=float(cfg.assemble.near_duplicate_threshold))  # fmt: skip
+        return AssembleStep(settings, guard, self.provenance, source=str(cfg.dataset.source))
+
+    def pending(self) -> list[str]:
+        return [name for name in self.stages if not self.stores[name].is_done()]
+
+    def roles_needed(self, pending: list[str]) -> dict[str, Any]:
+        roles = {}
+        if "induce" in pending:
+            roles["inducer"] = self.cfg.inducer
+        expert_used = {"filter_instructions": self.cfg.filter_instructions.expert_check, "respond": True,
+                       "filter_responses": self.cfg.filter_responses.expert_check}  # fmt: skip
+        if any(expert_used[name] for name in pending if name in expert_used):
+            roles["expert"] = self.cfg.expert
+        return roles
+
+    def check_inputs(self) -> None:
+        for name in self.stages:
+            upstream = UPSTREAM.get(name)
+            if upstream and upstream not in self.stages and not self.stores[upstream].is_done():
+                raise ConfigError(
+                    f"stage '{name}' needs the finished output of '{upstream}' in {self.out_dir} (made with the "
+                    f"same settings); add {upstream} to stages or run it first"
+                )
+
+    def run(self) -> dict[str, Any]:
+        self.check_inputs()
+        pending = self.pending()
+        skipped = [name for name in self.stages if name not in pending]
+        if skipped:
+            log.info("stages already finished in %s (kept): %s", self.out_dir, ", ".join(skipped))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        failures_path = self.out_dir / "failures.jsonl"
+        failures_path.touch()
+        with ExitStack() as stack:
+            session_holder: dict[str, Any] = {}
+
+            def open_role(role: str):
+                if "session" not in session_holder:
+                    from safer_instruct.llm import LLMSession
+
+                    roles = self.roles_needed(pending)
+                    session_holder["session"] = stack.enter_context(LLMSession(
+                        roles=roles, cache_dir=self.cfg.cache.dir, failures_path=failures_path,
+                        budget_usd=self.cfg.llm.get("budget_usd")))  # fmt: skip
+                return session_holder["session"].role(role)
+
+            ctx = StepContext(self.out_dir, RoleRunner(open_role), self.stores)
+            for name in pending:
+                log.info("stage %s", name)
+                info = self._step(name).run(ctx)
+                funnel = info["funnel"]
+                log.info("stage %s: %d in, %d out, dropped %s", name, funnel["in"], funnel["out"], funnel["dropped"])
+        return self.write_outputs(ran=pending, kept=skipped)
+
+    # -- outputs
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """done.json of every stage finished under the current settings, in chain order."""
+        done = {}
+        for name in STAGE_ORDER:
+            if self.stores[name].is_done():
+                done[name] = self.stores[name].done_info()
+        return done
+
+    def write_outputs(self, ran: list[str], kept: list[str]) -> dict[str, Any]:
+        done = self.finished()
+        run_info = {"run": {"stages_run": ran, "stages_kept": kept, "out_dir": str(self.out_dir)},
+                    "provenance": {"models": self.models(), "templates": self.template_tags(),
+                                   "corpus": self.corpus_spec.path, "domain": str(self.cfg.dataset.domain)}}  # fmt: skip
+        stats = outputs.build_stats(done, run_info)
+        outputs.write_stats(self.out_dir / "stats.json", stats)
+        if stats["problems"]:
+            raise SaferInstructError(f"the funnel does not add up: {'; '.join(stats['problems'])}")
+        outputs.write_funnel_plot(self.out_dir / "funnel.png", stats)
+        train, test = self.out_dir / "preference.jsonl", self.out_dir / "preference_test.jsonl"
+        if "assemble" in done:
+            outputs.write_datasets(self.out_dir, {"train": train, "test": test})
+        templates = {"reverse": {"version": self.reverse_template["version"], "template": self.reverse_template["template"]},
+                     **{name: {"version": tpl.version, "template": tpl.template, "system": tpl.system}
+                        for name, tpl in self.templates.items()}}  # fmt: skip
+        card = outputs.dataset_card(stats, purpose=str(self.cfg.dataset.purpose or ""), templates=templates,
+                                    models=self.models(), examples=outputs.first_rows(train),
+                                    corpus=self.corpus_spec.path)  # fmt: skip
+        outputs.write_card(self.out_dir / "README.md", card)
+        repo_id = self.cfg.push.get("repo_id")
+        if repo_id and "assemble" in done:
+            outputs.push_to_hub(self.out_dir, str(repo_id), private=bool(self.cfg.push.private))
+        return stats
+
+
+def run_construct(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Run the selected construction stages in out_dir; returns stats.json's content."""
+    return ConstructRun(cfg, out_dir).run()

@@ -1,0 +1,244 @@
+"""The construction stages as steps: rows in (the previous stage's output), rows out (this stage's).
+
+Each step writes every item's fate into its `StageStore` as soon as it is known, and asks its LLM role
+only for the items that have no final record yet, so a rerun after a kill continues where it stopped
+and never repeats an answered request. Items flow in id order and every output is sorted by id, so
+the result does not depend on the order in which answers arrived.
+
+    induce              corpus text -> k (instruction, text) candidates       role: inducer
+    filter_instructions heuristics, then the expert's pass/fail verdict       role: expert
+    respond             the expert writes the preferred response (chosen)     role: expert
+    filter_responses    the expert checks chosen vs rejected                  role: expert
+    assemble            dedup, leakage guard, held-out split, preference rows (no LLM)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.construct.dedup import NearDuplicateIndex, build_index
+from safer_instruct.construct.heuristics import InstructionHeuristics
+from safer_instruct.construct.store import DROPPED, KEPT, StageStore
+from safer_instruct.construct.tasks import InduceTask, Outcome, RespondTask, VerdictTask
+from safer_instruct.data.corpus import CorpusReader
+from safer_instruct.data.schema import PreferenceRecord
+from safer_instruct.io import atomic_write_json
+from safer_instruct.llm.types import ChatRequest
+
+log = logging.getLogger(__name__)
+
+STAGE_ORDER = ("induce", "filter_instructions", "respond", "filter_responses", "assemble")
+UPSTREAM = dict(zip(STAGE_ORDER[1:], STAGE_ORDER[:-1], strict=True))
+
+
+class RoleRunner:
+    """Sends requests to a role of the LLM session, opening the session only when there is work.
+
+    `generate(role, requests, stage)` yields one result per request; with no requests at all the
+    session (and any managed server behind it) is never started.
+    """
+
+    def __init__(self, open_role: Callable[[str], Any]):
+        self._open_role = open_role
+        self.stats: dict[str, dict[str, Any]] = {}
+
+    def generate(self, role_name: str, requests: Iterable[ChatRequest], stage: str) -> Iterator[Any]:
+        requests = iter(requests)
+        first = next(requests, None)
+        if first is None:
+            return
+        role = self._open_role(role_name)
+        yield from role.generate(itertools.chain([first], requests), stage=stage)
+        self.stats[stage] = dict(role.stats(stage))
+
+
+@dataclass
+class StepContext:
+    out_dir: Path
+    runner: RoleRunner
+    stores: dict[str, StageStore]
+
+
+def _record(store: StageStore, outcome: Outcome) -> None:
+    store.append(outcome.row["id"], outcome.status, outcome.row, reason=outcome.reason,
+                 category=outcome.row.get("category", ""))  # fmt: skip
+
+
+@dataclass
+class InduceStep:
+    """Sample k instructions per corpus text with the reversed model."""
+
+    task: InduceTask
+    corpus: CorpusReader
+    name: str = "induce"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        store = ctx.stores[self.name]
+        store.open()
+        done = store.final_ids()
+        spec = self.corpus.spec
+        if spec.on_bad_row == "error" and not spec.path.startswith("hub:"):
+            # Read the whole corpus once before sending anything: a bad row at the end must not
+            # stop the run after every text before it has been paid for.
+            for _ in CorpusReader(spec):
+                pass
+
+        def requests() -> Iterator[ChatRequest]:
+            for text in self.corpus:
+                row = {"source_id": text.source_id, "text": text.text, "category": text.category}
+                yield from self.task.requests(row, skip=done)
+
+        for result in ctx.runner.generate(self.task.role, requests(), self.name):
+            _record(store, self.task.parse(result))
+        counts = self.corpus.counts.to_dict()
+        return store.finish({"corpus": counts, "texts": counts["kept"], "samples_per_text": self.task.samples,
+                             "llm": ctx.runner.stats.get(self.name, {})})  # fmt: skip
+
+
+@dataclass
+class ExpertStep:
+    """Ask the expert about each upstream row; an optional pre-check drops rows first (no request)."""
+
+    name: str
+    task: VerdictTask | RespondTask
+    enabled: bool = True
+    pre_check: Callable[[], Callable[[Mapping[str, Any]], str | None]] | None = None
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        store = ctx.stores[self.name]
+        store.open()
+        done = store.final_ids()
+        check = self.pre_check() if self.pre_check else None
+
+        def requests() -> Iterator[ChatRequest]:
+            for row in ctx.stores[UPSTREAM[self.name]].iter_output():
+                # The pre-check runs over every row in id order on every run (it is deterministic and
+                # stateful: dedup), but only rows without a record get one.
+                reason = check(row) if check else None
+                if row["id"] in done:
+                    continue
+                if reason is not None:
+                    store.append(row["id"], DROPPED, row, reason=reason, category=row.get("category", ""))
+                elif not self.enabled:
+                    store.append(row["id"], KEPT, row, category=row.get("category", ""))
+                else:
+                    yield from self.task.requests(row)
+
+        for result in ctx.runner.generate(self.task.role, requests(), self.name):
+            _record(store, self.task.parse(result))
+        return store.finish({"expert_check": self.enabled, "llm": ctx.runner.stats.get(self.name, {})})
+
+
+def instruction_pre_check(heuristics: InstructionHeuristics) -> Callable[[], Callable[[Mapping[str, Any]], str | None]]:
+    """Heuristics of `filter_instructions`: per-row checks, then dedup among the rows that pass them."""
+
+    def make() -> Callable[[Mapping[str, Any]], str | None]:
+        dedup = heuristics.deduplicator()
+
+        def check(row: Mapping[str, Any]) -> str | None:
+            return heuristics.check(row["instruction"], row["text"]) or dedup.check_and_add(row["id"], row["instruction"])
+
+        return check
+
+    return make
+
+
+# ---------------------------------------------------------------- assemble
+
+
+@dataclass
+class LeakageGuard:
+    """Evaluation prompts that must never appear, exactly or nearly, in the training output."""
+
+    index: NearDuplicateIndex
+    sets: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_prompts(cls, prompts: Mapping[str, list[str]], threshold: float, skipped: Mapping[str, str] | None = None):
+        pairs = ((f"{name}/{i}", text) for name, texts in prompts.items() for i, text in enumerate(texts))
+        return cls(build_index(pairs, threshold), {name: len(texts) for name, texts in prompts.items()},
+                   dict(skipped or {}))  # fmt: skip
+
+    def check(self, prompt: str) -> str | None:
+        if self.index.exact_match(prompt) is not None:
+            return "eval_leak_exact"
+        if self.index.near_match(prompt) is not None:
+            return "eval_leak_near"
+        return None
+
+
+@dataclass
+class AssembleSettings:
+    test_size: float = 0.1
+    seed: int = 42
+    dedup: bool = True
+    near_duplicate_threshold: float = 0.8
+
+
+@dataclass
+class AssembleStep:
+    """Dedup prompts, drop evaluation-set leaks, hold out a test split, write the preference rows."""
+
+    settings: AssembleSettings
+    guard: LeakageGuard
+    provenance: Callable[[Mapping[str, Any]], dict[str, Any]]
+    source: str
+    name: str = "assemble"
+
+    def run(self, ctx: StepContext) -> dict[str, Any]:
+        store = ctx.stores[self.name]
+        store.reset()  # cheap and deterministic: always rebuilt from the upstream output
+        store.open()
+        dedup = NearDuplicateIndex(threshold=self.settings.near_duplicate_threshold) if self.settings.dedup else None
+        for row in ctx.stores[UPSTREAM[self.name]].iter_output():
+            category = row.get("category", "")
+            reason = self.guard.check(row["instruction"])
+            if reason is None and dedup is not None:
+                verdict, _ = dedup.check_and_add(row["id"], row["instruction"])
+                reason = {"duplicate": "duplicate_prompt", "near_duplicate": "near_duplicate_prompt"}.get(verdict)
+            store.append(row["id"], DROPPED if reason else KEPT, row, reason=reason, category=category)
+        info = store.finish({"leakage": {"sets": self.guard.sets, "skipped": self.guard.skipped}})
+        info["splits"] = self._write_splits(ctx.out_dir, store)
+        atomic_write_json(store.done_path, info)
+        return info
+
+    def test_sources(self, store: StageStore) -> set[str]:
+        """Held-out source texts: all samples of one text land in the same split (no near-twins across)."""
+        sources = sorted({row["source_id"] for row in store.iter_output()})
+        random.Random(self.settings.seed).shuffle(sources)
+        n_test = round(self.settings.test_size * len(sources))
+        if self.settings.test_size > 0 and n_test == 0 and len(sources) > 1:
+            n_test = 1
+        return set(sources[:n_test])
+
+    def _write_splits(self, out_dir: Path, store: StageStore) -> dict[str, int]:
+        test_sources = self.test_sources(store)
+        counts = {"train": 0, "test": 0}
+        paths = {"train": out_dir / "preference.jsonl", "test": out_dir / "preference_test.jsonl"}
+        handles = {split: path.with_name(f".{path.name}.tmp").open("w", encoding="utf-8") for split, path in paths.items()}
+        try:
+            for row in store.iter_output():
+                split = "test" if row["source_id"] in test_sources else "train"
+                record = PreferenceRecord(prompt=row["instruction"], chosen=row["chosen"], rejected=row["text"],
+                                          category=row.get("category", ""), source=self.source,
+                                          source_id=row["source_id"], provenance=self.provenance(row))  # fmt: skip
+                handles[split].write(_json_line(record.to_dict()))
+                counts[split] += 1
+        finally:
+            for handle in handles.values():
+                handle.close()
+        for path in paths.values():
+            path.with_name(f".{path.name}.tmp").replace(path)
+        return counts
+
+
+def _json_line(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str) + "\n"

@@ -1,0 +1,150 @@
+"""Tasks: a prompt template plus the parsing of its answer, for each LLM stage (distilabel's split).
+
+A task turns an item (a dict row) into `ChatRequest`s for its LLM role and reads each answer back
+into an `Outcome`: kept (with the fields the stage adds) or dropped (with the reason counted in the
+funnel). Verdicts are read by the one parser, `safer_instruct.verdict.parse_verdict`; an answer it
+cannot read is dropped as `unparseable_verdict`, never taken as a pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from safer_instruct.construct.heuristics import clean_instruction
+from safer_instruct.construct.store import DROPPED, FAILED, KEPT
+from safer_instruct.construct.templates import PromptTemplate
+from safer_instruct.llm.types import ChatRequest, Completion, Failure
+from safer_instruct.verdict import FILTER_VERDICTS, format_instructions, parse_verdict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # kept | dropped | failed
+    reason: str | None
+    row: dict[str, Any]
+
+
+def _failed(row: Mapping[str, Any], result: Failure) -> Outcome:
+    return Outcome(FAILED, "llm_failure", {**row, "failure": result.reason})
+
+
+class InduceTask:
+    """Sample k instructions for one corpus text with the reversed model (the `inducer` role).
+
+    Args:
+        render_prompt: the reversed-model prompt for a response text (the function the reversed
+            training uses, so that induction sees exactly the training prompt).
+        samples: k, instructions sampled per text (distinct `sample_index`, distinct cache entries).
+        stop_markers: text that ends an instruction (the model may go on to write a response).
+        chat: send the rendered prompt as a user message instead of a plain completion prompt
+            (for an instruction-tuned inducer rather than a reversed base model).
+    """
+
+    name = "induce"
+    role = "inducer"
+
+    def __init__(self, render_prompt: Callable[[str], str], samples: int, stop_markers: Sequence[str] = (),
+                 chat: bool = False, template_tag: str = ""):  # fmt: skip
+        if samples < 1:
+            raise ValueError("induce.samples_per_text must be at least 1")
+        self.render_prompt, self.samples, self.chat = render_prompt, samples, chat
+        self.stop_markers = tuple(stop_markers)
+        self.template_tag = template_tag
+
+    @staticmethod
+    def item_id(source_id: str, sample_index: int) -> str:
+        return f"{source_id}#{sample_index:02d}"
+
+    def item_ids(self, row: Mapping[str, Any]) -> list[str]:
+        return [self.item_id(row["source_id"], i) for i in range(self.samples)]
+
+    def requests(self, row: Mapping[str, Any], skip: set[str] = frozenset()) -> Iterable[ChatRequest]:
+        prompt = self.render_prompt(row["text"])
+        for index in range(self.samples):
+            request_id = self.item_id(row["source_id"], index)
+            if request_id in skip:
+                continue
+            kwargs = {"messages": ({"role": "user", "content": prompt},)} if self.chat else {"prompt": prompt}
+            yield ChatRequest(id=request_id, sample_index=index, stop=self.stop_markers or None,
+                              metadata={"row": dict(row), "sample_index": index}, **kwargs)  # fmt: skip
+
+    def parse(self, result: Completion | Failure) -> Outcome:
+        row = result.metadata["row"]
+        base = {"id": result.request_id, "source_id": row["source_id"], "sample_index": result.metadata["sample_index"],
+                "category": row["category"], "text": row["text"]}  # fmt: skip
+        if not result.ok:
+            return _failed(base, result)
+        instruction = clean_instruction(result.text, self.stop_markers)
+        row_out = {**base, "instruction": instruction, "inducer_model": result.model}
+        if not instruction:
+            return Outcome(DROPPED, "empty_instruction", row_out)
+        return Outcome(KEPT, None, row_out)
+
+
+class VerdictTask:
+    """An expert check that answers pass/fail (instruction filter, response filter)."""
+
+    role = "expert"
+
+    def __init__(self, name: str, template: PromptTemplate, verdict_field: str):
+        self.name, self.template, self.verdict_field = name, template, verdict_field
+
+    def requests(self, row: Mapping[str, Any]) -> Iterable[ChatRequest]:
+        values = {**row, "rejected": row.get("text", ""), "format_instructions": format_instructions(FILTER_VERDICTS)}
+        yield ChatRequest(id=row["id"], messages=self.template.messages(**values), metadata={"row": dict(row)})
+
+    def parse(self, result: Completion | Failure) -> Outcome:
+        row = result.metadata["row"]
+        if not result.ok:
+            return _failed(row, result)
+        verdict = parse_verdict(result.text, FILTER_VERDICTS)
+        row_out = {**row, self.verdict_field: {"verdict": verdict.verdict, "rationale": verdict.rationale},
+                   "expert_model": result.model}  # fmt: skip
+        if verdict.verdict is None:
+            return Outcome(DROPPED, "unparseable_verdict", {**row_out, "raw": result.text[:500]})
+        if verdict.verdict != "pass":
+            return Outcome(DROPPED, "expert_fail", row_out)
+        return Outcome(KEPT, None, row_out)
+
+
+class RespondTask:
+    """The expert writes the preferred (chosen) response to a kept instruction."""
+
+    name = "respond"
+    role = "expert"
+
+    def __init__(self, template: PromptTemplate, drop_truncated: bool = False):
+        self.template, self.drop_truncated = template, drop_truncated
+
+    def requests(self, row: Mapping[str, Any]) -> Iterable[ChatRequest]:
+        yield ChatRequest(id=row["id"], messages=self.template.messages(instruction=row["instruction"]),
+                          metadata={"row": dict(row)})  # fmt: skip
+
+    def parse(self, result: Completion | Failure) -> Outcome:
+        row = result.metadata["row"]
+        if not result.ok:
+            return _failed(row, result)
+        chosen = result.text.strip()
+        row_out = {**row, "chosen": chosen, "expert_model": result.model, "finish_reason": result.finish_reason}
+        if not chosen:
+            return Outcome(DROPPED, "empty_response", row_out)
+        if self.drop_truncated and result.finish_reason == "length":
+            return Outcome(DROPPED, "truncated_response", row_out)
+        return Outcome(KEPT, None, row_out)
+
+
+# Fields each template may use; the required ones must appear.
+TEMPLATE_FIELDS = {
+    "filter_instructions": ({"instruction", "text", "format_instructions"}, {"instruction", "text", "category",
+                                                                              "format_instructions"}),
+    "respond": ({"instruction"}, {"instruction"}),
+    "filter_responses": ({"instruction", "chosen", "rejected", "format_instructions"},
+                         {"instruction", "chosen", "rejected", "category", "format_instructions"}),
+}  # fmt: skip
+
+
+def load_template(name: str, cfg: Mapping[str, Any] | None) -> PromptTemplate:
+    required, allowed = TEMPLATE_FIELDS[name]
+    return PromptTemplate.from_config(name, cfg, required=required, allowed=allowed)

@@ -1,0 +1,95 @@
+"""Kill -9 in the middle of a stage, rerun the same command: same dataset, no answered request repeated.
+
+The construct run is a real `safer-instruct construct` process; the inducer and expert are SCRIPTED
+(tests/construct/scripted.py) so that both runs produce identical answers and the server can count
+every answer it gave. The first server stops answering after a fixed number of answers (in the
+middle of filter_instructions); once the client has recorded them, the process group gets SIGKILL.
+The rerun talks to a fresh server: anything answered before the kill must not be asked again.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from safer_instruct.config import compose
+from safer_instruct.construct.pipeline import run_construct
+from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
+from tests.helpers.servers import FaultServer
+
+ROOT = Path(__file__).resolve().parents[2]
+INDUCE_ANSWERS = 24  # 12 texts x 2 samples
+ANSWERED_BEFORE_KILL = INDUCE_ANSWERS + 8  # 8 instruction verdicts into filter_instructions
+
+
+def cli(overrides: list[str]) -> list[str]:
+    return [sys.executable, "-m", "safer_instruct.cli", "construct", *overrides]
+
+
+def progress_lines(out: Path, stage: str) -> list[dict]:
+    path = out / "stages" / stage / "progress.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def test_sigkill_mid_stage_then_rerun_gives_the_same_dataset_without_repeating_answers(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    # The uninterrupted reference run.
+    reference_models = ScriptedModels()
+    with FaultServer(responder=reference_models) as server:
+        overrides = scripted_overrides(server.base_url, tmp_path / "reference", corpus, tmp_path / "cache-ref")
+        run_construct(compose("construct", overrides), tmp_path / "reference")
+
+    # The interrupted run: the server holds every answer after ANSWERED_BEFORE_KILL.
+    out = tmp_path / "resumed"
+    first_models = ScriptedModels(hold_after=ANSWERED_BEFORE_KILL)
+    with FaultServer(responder=first_models) as server:
+        overrides = scripted_overrides(server.base_url, out, corpus, tmp_path / "cache")
+        proc = subprocess.Popen(cli(overrides), cwd=ROOT, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert first_models.held.wait(180), "the construct process never reached the hold point"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:  # until every given answer is recorded
+                answered = [r for r in progress_lines(out, "filter_instructions") if r["reason"] in (None, "expert_fail",
+                                                                                                   "unparseable_verdict")]
+                if len(answered) >= 8:
+                    break
+                time.sleep(0.05)
+            assert len(answered) == 8
+            assert proc.poll() is None, proc.stderr.read()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+            first_models.release()
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "stages" / "induce" / "done.json").is_file()
+    assert not (out / "stages" / "filter_instructions" / "done.json").exists()
+    assert not (out / "preference.jsonl").exists()
+
+    # The same command again (a fresh server: only the URL differs).
+    second_models = ScriptedModels()
+    with FaultServer(responder=second_models) as server:
+        overrides = scripted_overrides(server.base_url, out, corpus, tmp_path / "cache")
+        done = subprocess.run(cli(overrides), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    assert (out / "preference.jsonl").read_bytes() == (tmp_path / "reference" / "preference.jsonl").read_bytes()
+    assert (out / "preference_test.jsonl").read_bytes() == (tmp_path / "reference" / "preference_test.jsonl").read_bytes()
+    first, second, reference = first_models.answered, second_models.answered, reference_models.answered
+    assert sum(first.values()) == ANSWERED_BEFORE_KILL
+    assert not set(first) & set(second), "an answered request was asked again after the kill"
+    assert max(first.values()) == max(second.values()) == 1
+    assert first + second == reference  # together: exactly the requests of the uninterrupted run
+    stats = json.loads((out / "stats.json").read_text())
+    reference_stats = json.loads((tmp_path / "reference" / "stats.json").read_text())
+    for stage in stats["stages"]:
+        assert stats["stages"][stage]["dropped"] == reference_stats["stages"][stage]["dropped"]
+    assert stats["run"]["stages_kept"] == ["induce"]
