@@ -291,10 +291,11 @@ def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Map
             low.append(rate - 100 * ci[0])
             high.append(100 * ci[1] - rate)
         ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=f"{row.label} ({row.run})")
-    for ref in references:
-        ax.axhline(100 * float(ref["rate"]), linestyle="--", linewidth=1, color=ref.get("color", "gray"))
-        ax.annotate(f"{ref['label']}: {100 * float(ref['rate']):.1f}%", (len(groups) - 0.5, 100 * float(ref["rate"])),
-                    ha="right", va="bottom", fontsize=7, color="dimgray")  # fmt: skip
+    # The paper reports overall rates only: its figures are drawn across the "overall" group.
+    for ref, style in zip(references, ("--", ":", "-."), strict=False):
+        rate = 100 * float(ref["rate"])
+        ax.hlines(rate, -0.45, 0.45, colors="black", linestyles=style, linewidth=1.2,
+                  label=f"{ref['label']}: {rate:.1f}% (reference)")  # fmt: skip
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylim(0, 105)
     ax.set_ylabel("harmless responses (%)")
