@@ -11,6 +11,9 @@ An experiment preset (`conf/experiment/NAME.yaml`) lists its steps under `experi
       overrides: []                         # raw overrides appended as given (optional)
       outputs: [model/config.json]          # files the stage must leave in its out_dir
       after: []                             # extra dependencies without a @{ref} (optional)
+      group: null                           # out_dir <experiment dir>/<group>/<step>; `@{group}` is
+                                            #   that folder and depends on all its steps (a report
+                                            #   row per group: one model's evaluations together)
       profile: train                        # Slurm resource profile (default: by stage)
       resources: {}                         # per-step Slurm resources over the profile's
       enabled: true
@@ -56,6 +59,7 @@ class Step:
     deps: tuple[str, ...]
     profile: str
     resources: dict[str, Any] = field(default_factory=dict)
+    group: str | None = None
     fingerprint: str = ""
 
     @property
@@ -74,12 +78,17 @@ class Plan:
     report_step: str | None = None
 
     def step_dir(self, name: str) -> Path:
-        return self.exp_dir / name
+        group = self.steps[name].group if name in self.steps else None
+        return self.exp_dir / group / name if group else self.exp_dir / name
+
+    def ref_dir(self, name: str) -> Path:
+        """The folder `@{name}` stands for: a step's out_dir, or a group's folder."""
+        return self.step_dir(name) if name in self.steps else self.exp_dir / name
 
     def resolve(self, value: Any) -> Any:
-        """Replace `@{step}` references (in strings, lists, mappings) by that step's output dir."""
+        """Replace `@{step}` / `@{group}` references (in strings, lists, mappings) by their folder."""
         if isinstance(value, str):
-            return REF.sub(lambda m: str(self.step_dir(m.group(1))), value)
+            return REF.sub(lambda m: str(self.ref_dir(m.group(1))), value)
         if isinstance(value, (list, tuple)):
             return [self.resolve(v) for v in value]
         if isinstance(value, Mapping):
@@ -232,14 +241,25 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
     raw_steps = OmegaConf.to_container(experiment.steps, resolve=True)
     if not isinstance(raw_steps, dict) or not raw_steps:
         raise ConfigError(f"experiment '{name}' has no steps (experiment.steps is empty)")
-    enabled = {k: v for k, v in raw_steps.items() if (v or {}).get("enabled", True)}
+    skip = {str(s) for s in cfg.get("skip") or []}
+    unknown_skip = skip - set(raw_steps)
+    if unknown_skip:
+        raise ConfigError(f"skip: unknown step(s) {', '.join(sorted(unknown_skip))} (steps: {', '.join(raw_steps)})")
+    enabled = {k: v for k, v in raw_steps.items() if (v or {}).get("enabled", True) and k not in skip}
     disabled = set(raw_steps) - set(enabled)
 
+    groups: dict[str, list[str]] = {}
+    for step_name, spec in enabled.items():
+        if (spec or {}).get("group"):
+            groups.setdefault(str(spec["group"]), []).append(step_name)
+    clash = set(groups) & set(raw_steps)
+    if clash:
+        raise ConfigError(f"experiment '{name}': group name(s) {', '.join(sorted(clash))} are also step names")
     steps: dict[str, Step] = {}
     for step_name, spec in enabled.items():
         if not STEP_NAME.match(step_name):
             raise ConfigError(f"experiment '{name}': step name '{step_name}' must be a Python identifier")
-        unknown = set(spec) - {"stage", "args", "overrides", "outputs", "after", "profile", "resources", "enabled"}
+        unknown = set(spec) - {"stage", "args", "overrides", "outputs", "after", "group", "profile", "resources", "enabled"}
         if unknown:
             raise ConfigError(f"experiment step '{step_name}': unknown key(s) {', '.join(sorted(unknown))}")
         if "stage" not in spec:
@@ -247,17 +267,19 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
         words = _stage_words(step_name, spec["stage"])
         args: list[tuple[str, Any] | str] = [*flatten_args(spec.get("args") or {})]
         args += [str(o) for o in spec.get("overrides") or []]
-        deps = _refs(s for arg in args for s in _strings(arg))
-        for extra in spec.get("after") or []:
-            if extra not in deps:
-                deps.append(str(extra))
+        deps = []
+        for ref in [*_refs(s for arg in args for s in _strings(arg)), *(str(a) for a in spec.get("after") or [])]:
+            if ref in groups:  # a group stands for all of its steps (but not for the step itself)
+                deps += [m for m in groups[ref] if m not in deps and m != step_name]
+            elif ref not in deps:
+                deps.append(ref)
         for dep in deps:
             if dep in disabled:
-                raise ConfigError(f"experiment step '{step_name}' needs step '{dep}', which is disabled")
+                raise ConfigError(f"experiment step '{step_name}' needs step '{dep}', which is disabled or skipped")
             if dep not in raw_steps:
                 raise ConfigError(
                     f"experiment step '{step_name}' refers to unknown step '{dep}' "
-                    f"(steps: {', '.join(raw_steps)})"
+                    f"(steps: {', '.join(raw_steps)}; groups: {', '.join(groups) or 'none'})"
                 )
             if dep == step_name:
                 raise ConfigError(f"experiment step '{step_name}' refers to its own output dir")
@@ -269,6 +291,7 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
             deps=tuple(deps),
             profile=str(spec.get("profile") or PROFILE_BY_STAGE.get(words[0], "cpu")),
             resources=dict(spec.get("resources") or {}),
+            group=str(spec["group"]) if spec.get("group") else None,
         )
 
     steps = _topological(steps, name)
@@ -281,6 +304,7 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
                 "args": [a if isinstance(a, str) else f"{a[0]}={hydra_value(a[1])}" for a in step.args],
                 "common": fingerprinted,
                 "outputs": step.outputs,
+                "group": step.group,
                 "deps": {dep: steps[dep].fingerprint for dep in step.deps},
             }
         )

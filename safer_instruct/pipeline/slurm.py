@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,16 @@ from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
 from safer_instruct.pipeline.plan import Plan, Step
 
-TEMPLATES = {"train": PROJECT_ROOT / "slurm" / "train.sbatch", "stage": PROJECT_ROOT / "slurm" / "stage.sbatch"}
+TEMPLATES = {
+    "train": PROJECT_ROOT / "slurm" / "train.sbatch",
+    "stage": PROJECT_ROOT / "slurm" / "stage.sbatch",
+    "induce": PROJECT_ROOT / "slurm" / "induce_array.sbatch",
+}
 JOBS_FILE = "jobs.json"
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
-RESOURCE_KEYS = {"nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "accelerate_config", "constraint"}
+RESOURCE_KEYS = {"nodes", "gpus_per_node", "cpus_per_task", "mem", "time", "accelerate_config", "constraint",
+                 "shards", "shard_parallel"}  # fmt: skip
+INDUCE_SUFFIX = ".induce"  # the array job of a sharded construct step
 
 
 class SlurmError(SaferInstructError):
@@ -67,13 +73,27 @@ def _template_body(template: Path) -> str:
     return "\n".join(lines[start:]) + "\n"
 
 
-def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: Mapping[str, Any]) -> list[str]:
-    options = [
-        f"--job-name={launcher.job_name_prefix}{plan.name}.{step.name}",
-        f"--output={plan.step_dir(step.name)}/slurm-%j.out",
-        "--open-mode=append",
-        f"--nodes={resources.get('nodes', 1)}",
-    ]
+def shard_count(step: Step, resources: Mapping[str, Any]) -> int:
+    shards = int(resources.get("shards") or 1)
+    if shards > 1 and step.stage[0] != "construct":
+        raise ConfigError(f"step '{step.name}': `shards` applies to construct steps only (induction)")
+    return shards
+
+
+def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: Mapping[str, Any],
+                      array: bool = False) -> list[str]:  # fmt: skip
+    step_dir = plan.step_dir(step.name)
+    if array:
+        shards = shard_count(step, resources)
+        parallel = int(resources.get("shard_parallel") or shards)
+        options = [
+            f"--job-name={launcher.job_name_prefix}{plan.name}.{step.name}{INDUCE_SUFFIX}",
+            f"--array=0-{shards - 1}%{parallel}",
+            f"--output={step_dir}/shards/slurm-%A_%a.out",
+        ]
+    else:
+        options = [f"--job-name={launcher.job_name_prefix}{plan.name}.{step.name}", f"--output={step_dir}/slurm-%j.out"]
+    options += ["--open-mode=append", f"--nodes={1 if array else resources.get('nodes', 1)}"]
     if step.stage[0] == "train":
         options.append("--ntasks-per-node=1")  # one accelerate launcher per node
     else:
@@ -96,11 +116,13 @@ def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: M
     return [f"#SBATCH {option}" for option in options]
 
 
-def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: DictConfig) -> str:
+def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: DictConfig,
+                      array: bool = False) -> str:  # fmt: skip
+    """The job script of a step (or, with array=True, of its sharded induction)."""
     from safer_instruct.cli import STAGES
 
     resources = step_resources(step, launcher, experiment)
-    template = template_for(step)
+    template = TEMPLATES["induce"] if array else template_for(step)
     env = {
         "SAFER_INSTRUCT_ROOT": str(PROJECT_ROOT),
         "SAFER_INSTRUCT_VENV": str(launcher.get("venv") or sys.prefix),
@@ -112,6 +134,9 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
         "SAFER_INSTRUCT_FINGERPRINT": step.fingerprint,
         "SAFER_INSTRUCT_OUTPUTS": json.dumps(list(step.outputs)),
     }
+    if array:
+        env = {k: v for k, v in env.items() if k not in {"SAFER_INSTRUCT_FINGERPRINT", "SAFER_INSTRUCT_OUTPUTS"}}
+        env["SAFER_INSTRUCT_SHARDS"] = str(shard_count(step, resources))
     if step.stage[0] == "train":
         script = next(s.script for s in STAGES if s.words == step.stage)
         env["SAFER_INSTRUCT_SCRIPT"] = script
@@ -120,9 +145,10 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
             env["ACCELERATE_CONFIG"] = str(resources["accelerate_config"])
     lines = [
         "#!/bin/bash",
-        *sbatch_directives(plan, step, launcher, resources),
+        *sbatch_directives(plan, step, launcher, resources, array=array),
         "",
-        f"# Step '{step.name}' of experiment '{plan.name}', written by `safer-instruct run launcher=slurm`;",
+        f"# Step '{step.name}'{' (sharded induction)' if array else ''} of experiment '{plan.name}', "
+        "written by `safer-instruct run launcher=slurm`;",
         f"# the lines after `set --` are {template.relative_to(PROJECT_ROOT)} (submittable by hand).",
         *(f"export {key}={shlex.quote(value)}" for key, value in env.items()),
         "set -- " + " \\\n  ".join([shlex.join(step.stage), *(shlex.quote(a) for a in plan.overrides(step.name))]),
@@ -140,21 +166,28 @@ def sbatch_args(script: Path, dep_ids: list[str]) -> list[str]:
     return [*args, str(script)]
 
 
-def script_path(plan: Plan, name: str) -> Path:
-    return plan.exp_dir / "slurm" / f"{name}.sbatch"
+def script_path(plan: Plan, name: str, array: bool = False) -> Path:
+    return plan.exp_dir / "slurm" / f"{name}{INDUCE_SUFFIX if array else ''}.sbatch"
+
+
+def is_sharded(plan: Plan, name: str, launcher: DictConfig, experiment: DictConfig) -> bool:
+    step = plan.steps[name]
+    return shard_count(step, step_resources(step, launcher, experiment)) > 1
 
 
 @dataclass
 class Submission:
     jobs: dict[str, str]  # step -> Slurm job id, for the steps submitted
     skipped: list[str]  # complete steps, not submitted
+    arrays: dict[str, str] = field(default_factory=dict)  # sharded construct step -> its induce array job
 
 
 def _running_jobs(plan: Plan) -> list[str]:
     previous = plan.exp_dir / "slurm" / JOBS_FILE
     if not previous.exists():
         return []
-    ids = list(json.loads(previous.read_text()).get("jobs", {}).values())
+    known = json.loads(previous.read_text())
+    ids = [*known.get("jobs", {}).values(), *known.get("arrays", {}).values()]
     if not ids:
         return []
     out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
@@ -170,60 +203,90 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
             "wait for them or `scancel` them before submitting again"
         )
     jobs: dict[str, str] = {}
+    arrays: dict[str, str] = {}
     skipped: list[str] = []
+
+    def sbatch(label: str, script: Path, deps: list[str]) -> str:
+        out = subprocess.run(["sbatch", *sbatch_args(script, deps)], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SlurmError(f"sbatch refused {label}: {out.stderr.strip() or out.stdout.strip()}")
+        job_id = out.stdout.strip().split(";")[0]
+        print(f"submitted {label:<24} job {job_id}" + (f"  afterok:{':'.join(deps)}" if deps else ""), flush=True)
+        return job_id
+
     try:
         for name, step in plan.steps.items():
             if reasons[name] is None:
                 skipped.append(name)
                 continue
             state.prepare_step_dir(plan.step_dir(name), step.fingerprint, plan.exp_dir)
+            deps = [jobs[dep] for dep in step.deps if dep in jobs]
+            if is_sharded(plan, name, launcher, experiment):
+                array_script = script_path(plan, name, array=True)
+                array_script.parent.mkdir(parents=True, exist_ok=True)
+                array_script.write_text(render_job_script(plan, step, launcher, experiment, array=True))
+                (plan.step_dir(name) / "shards").mkdir(parents=True, exist_ok=True)  # Slurm writes logs there
+                arrays[name] = sbatch(f"{name}{INDUCE_SUFFIX} (array)", array_script, deps)
+                deps = [*deps, arrays[name]]
             script = script_path(plan, name)
             script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_job_script(plan, step, launcher, experiment))
-            deps = [jobs[dep] for dep in step.deps if dep in jobs]
-            out = subprocess.run(["sbatch", *sbatch_args(script, deps)], capture_output=True, text=True)
-            if out.returncode != 0:
-                raise SlurmError(f"sbatch refused step '{name}': {out.stderr.strip() or out.stdout.strip()}")
-            jobs[name] = out.stdout.strip().split(";")[0]
-            print(f"submitted {name:<16} job {jobs[name]}" + (f"  afterok:{':'.join(deps)}" if deps else ""), flush=True)
+            jobs[name] = sbatch(name, script, deps)
     except BaseException:
-        if jobs:  # never leave half a chain in the queue
-            subprocess.run(["scancel", *jobs.values()], capture_output=True)
+        if jobs or arrays:  # never leave half a chain in the queue
+            subprocess.run(["scancel", *arrays.values(), *jobs.values()], capture_output=True)
         raise
     (plan.exp_dir / "slurm" / JOBS_FILE).write_text(
-        json.dumps({"experiment": plan.name, "jobs": jobs, "skipped": skipped}, indent=2) + "\n"
+        json.dumps({"experiment": plan.name, "jobs": jobs, "arrays": arrays, "skipped": skipped}, indent=2) + "\n"
     )
-    return Submission(jobs=jobs, skipped=skipped)
+    return Submission(jobs=jobs, skipped=skipped, arrays=arrays)
+
+
+def _combine(states: list[str]) -> str:
+    """The state of an array job from its tasks' states."""
+    if any(s not in TERMINAL for s in states):
+        return "RUNNING"
+    bad = [s for s in states if s != "COMPLETED"]
+    return bad[0] if bad else "COMPLETED"
 
 
 def job_states(ids: list[str]) -> dict[str, str]:
     """Current state of each job: sacct when accounting runs, else scontrol (finished jobs age out)."""
     found: dict[str, str] = {}
+    tasks: dict[str, list[str]] = {}
     out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(ids)],
                          capture_output=True, text=True)  # fmt: skip
     if out.returncode == 0:
         for line in out.stdout.splitlines():
             job_id, _, job_state = line.partition("|")
-            if job_id in ids and job_state:
+            if not job_state:
+                continue
+            base, _, task = job_id.partition("_")
+            if task and base in ids:  # an array task: 12_0, 12_1, or 12_[2-7] while pending
+                tasks.setdefault(base, []).append(job_state.split()[0])
+            elif job_id in ids:
                 found[job_id] = job_state.split()[0]
+    for base, states in tasks.items():
+        found[base] = _combine(states)
     for job_id in ids:
         if job_id in found:
             continue
         show = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
-        for field in show.stdout.split():
-            if field.startswith("JobState="):
-                found[job_id] = field.split("=", 1)[1]
+        for item in show.stdout.split():
+            if item.startswith("JobState="):
+                found[job_id] = item.split("=", 1)[1]
     return found
 
 
 def wait(submission: Submission, poll_s: float, timeout_s: float | None = None) -> dict[str, str]:
-    """Poll until every submitted job has finished; step -> final state."""
-    ids = list(submission.jobs.values())
+    """Poll until every submitted job has finished; step (or `step.induce`) -> final state."""
+    named = {**{f"{step}{INDUCE_SUFFIX}": i for step, i in submission.arrays.items()}, **submission.jobs}
+    ids = list(named.values())
     started = time.monotonic()
     last: dict[str, str] = {}
     while True:
         found = job_states(ids)
-        last = {step: found.get(job_id, "UNKNOWN") for step, job_id in submission.jobs.items()}
+        last = {step: found.get(job_id, "UNKNOWN") for step, job_id in named.items()}
         if all(s in TERMINAL for s in last.values()):
             return last
         if timeout_s is not None and time.monotonic() - started > timeout_s:
@@ -234,12 +297,14 @@ def wait(submission: Submission, poll_s: float, timeout_s: float | None = None) 
 # --- dry run --------------------------------------------------------------------------------------
 
 
-def graph_comment(plan: Plan, reasons: Mapping[str, str | None]) -> list[str]:
+def graph_comment(plan: Plan, reasons: Mapping[str, str | None], sharded: Mapping[str, int]) -> list[str]:
     width = max(len(name) for name in plan.steps)
     lines = ["# Dependency graph (step <- steps it needs), and what this run would do:"]
     for name, step in plan.steps.items():
         needs = f"<- {', '.join(step.deps)}" if step.deps else ""
         what = f"run ({reasons[name]})" if reasons[name] else "skip (complete)"
+        if reasons[name] and sharded.get(name, 1) > 1:
+            what += f", after an induction array of {sharded[name]} shards"
         lines.append(f"#   {name.ljust(width)}  {needs:<40} {what}")
     return lines
 
@@ -247,11 +312,14 @@ def graph_comment(plan: Plan, reasons: Mapping[str, str | None]) -> list[str]:
 def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig,
                    experiment: DictConfig, invocation: str) -> str:  # fmt: skip
     """A bash script doing what the run would do: the job scripts and sbatch calls, or the commands."""
+    sharded = {}
+    if launcher.name == "slurm":
+        sharded = {n: shard_count(s, step_resources(s, launcher, experiment)) for n, s in plan.steps.items()}
     lines = [
         "#!/usr/bin/env bash",
         f"# {invocation}",
         f"# Dry run (launcher={launcher.name}): nothing was run or submitted. Experiment dir: {plan.exp_dir}",
-        *graph_comment(plan, reasons),
+        *graph_comment(plan, reasons, sharded),
         "set -euo pipefail",
     ]
     todo = [name for name in plan.steps if reasons[name]]
@@ -259,19 +327,23 @@ def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: Dict
         lines.append(f"mkdir -p {shlex.quote(str(plan.exp_dir / 'slurm'))}")
         for name in todo:
             step = plan.steps[name]
-            script = script_path(plan, name)
-            lines += [
-                "",
-                f"# --- step {name}: {step.stage_name} ---",
-                f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
-                f"cat > {shlex.quote(str(script))} <<'SAFER_INSTRUCT_JOB'",
-                render_job_script(plan, step, launcher, experiment).rstrip("\n"),
-                "SAFER_INSTRUCT_JOB",
-            ]
             deps = [f"${{jid_{dep}}}" for dep in step.deps if dep in todo]
-            args = " ".join(a if a.startswith("--dependency") else shlex.quote(a) for a in sbatch_args(script, deps))
-            lines.append(f'jid_{name}=$(sbatch {args} | cut -d";" -f1)')
-            lines.append(f'echo "submitted {name}: job $jid_{name}"')
+            lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}"]
+            jobs = [(False, name)]
+            if is_sharded(plan, name, launcher, experiment):
+                jobs.insert(0, (True, f"{name}_induce"))
+                lines.append(f"mkdir -p {shlex.quote(str(plan.step_dir(name) / 'shards'))}")
+            for array, var in jobs:
+                script = script_path(plan, name, array=array)
+                lines += [
+                    f"cat > {shlex.quote(str(script))} <<'SAFER_INSTRUCT_JOB'",
+                    render_job_script(plan, step, launcher, experiment, array=array).rstrip("\n"),
+                    "SAFER_INSTRUCT_JOB",
+                ]
+                args = " ".join(a if a.startswith("--dependency") else shlex.quote(a) for a in sbatch_args(script, deps))
+                lines.append(f'jid_{var}=$(sbatch {args} | cut -d";" -f1)')
+                lines.append(f'echo "submitted {var}: job $jid_{var}"')
+                deps = [*deps, f"${{jid_{var}}}"]
     else:
         lines.append(f"cd {shlex.quote(str(PROJECT_ROOT))}")
         for name in todo:
