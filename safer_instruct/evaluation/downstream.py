@@ -13,9 +13,10 @@ ones from `include_path` (conf/lm_eval_tasks: offline tests and the demo). With
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,9 @@ def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: boo
 
         base_url = harness.get("base_url")
         if not base_url:
-            raise ConfigError("harness.backend=api needs harness.base_url (an OpenAI-compatible server)")
+            raise ConfigError(
+                "harness.backend=api needs harness.base_url (or leave it empty to serve model.path)"
+            )
         name = "local-chat-completions" if chat else "local-completions"
         endpoint = "chat/completions" if chat else "completions"
         args = {
@@ -109,8 +112,44 @@ def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: boo
             "max_retries": int(harness.get("max_retries") or 3),
             "tokenized_requests": False,
         }
+        tokenizer = harness.get("tokenizer") or _local_model(str(model_cfg["path"]))
+        if tokenizer:  # lm-eval counts tokens with it; by default it loads the served name from the hub
+            args["tokenizer"] = tokenizer
         return registry.get_model(name)(**args)
     raise ConfigError(f"harness.backend must be hf or api, got '{backend}'")
+
+
+@contextlib.contextmanager
+def served(model_cfg: Mapping[str, Any], harness: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """For backend=api without a base_url: serve model.path on loopback for the run (the LLM layer's
+    managed server: transformers serve, or vLLM with `harness.server.kind=vllm`), then stop it."""
+    harness = dict(harness)
+    if str(harness.get("backend") or "hf") != "api" or harness.get("base_url"):
+        yield harness
+        return
+    from safer_instruct.llm.config import parse_role
+    from safer_instruct.llm.servers import ManagedServer
+    from safer_instruct.model_kit import resolve_model
+
+    role = parse_role("harness", {"model": model_cfg["path"], "server": dict(harness.get("server") or {})})
+    server = ManagedServer(str(model_cfg["path"]), resolve_model(str(model_cfg["path"])), role.server)
+    server.start()
+    try:
+        yield {**harness, "base_url": server.base_url, "served_model": server.served_model}
+    finally:
+        server.stop()
+
+
+def _local_model(ref: str) -> str | None:
+    """The local folder of a model reference, or None when it is not on this machine."""
+    from safer_instruct.errors import ModelNotFoundError
+    from safer_instruct.model_kit import resolve_model
+
+    try:
+        path = resolve_model(ref)
+    except ModelNotFoundError:
+        return None
+    return path if Path(path).is_dir() else None
 
 
 def primary_metric(
@@ -127,6 +166,12 @@ def primary_metric(
     return metric, metrics[chosen], stderr if isinstance(stderr, (int, float)) else None
 
 
+def settings_served(harness: Mapping[str, Any]) -> str | None:
+    if str(harness.get("backend") or "hf") != "api":
+        return None
+    return str(harness.get("base_url") or "managed loopback server")
+
+
 def run_downstream(
     model_cfg: Mapping[str, Any], tasks: list[str], harness: Mapping[str, Any], seed: int = 0
 ) -> dict[str, Any]:
@@ -134,7 +179,6 @@ def run_downstream(
 
     The raw harness results (without per-sample logs) are under the key `lm_eval`.
     """
-    import lm_eval
 
     if not tasks:
         raise ConfigError("tasks: give at least one lm-eval task, e.g. tasks=[arc_challenge,hellaswag]")
@@ -144,7 +188,6 @@ def run_downstream(
         harness.get("chat_template", "auto"), str(model_cfg.get("prompt_format") or "chat")
     )
     system = harness.get("system_instruction") or (model_cfg.get("system_prompt") if chat else None)
-    lm = build_lm(model_cfg, harness, chat)
     settings = {
         "tasks": list(tasks),
         "backend": str(harness.get("backend") or "hf"),
@@ -155,12 +198,36 @@ def run_downstream(
         "fewshot_as_multiturn": bool(chat and harness.get("fewshot_as_multiturn", True)),
         "system_instruction": system,
         "bootstrap_iters": int(harness.get("bootstrap_iters") or 0),
+        "served": settings_served(harness),
         "gen_kwargs": dict(harness.get("gen_kwargs") or {}) or None,
         "seed": seed,
         "include_path": harness.get("include_path"),
     }
     started = time.perf_counter()
-    results = lm_eval.simple_evaluate(
+    with served(model_cfg, harness) as harness_run:
+        lm = build_lm(model_cfg, harness_run, chat)
+        try:
+            results = _evaluate(lm, manager, tasks, settings, chat, system, seed)
+        except (KeyError, TypeError, NotImplementedError) as err:
+            if settings["backend"] != "api":
+                raise
+            raise ConfigError(
+                f"the server cannot score these tasks ({type(err).__name__}: {err}): multiple-choice tasks need "
+                "prompt log-probabilities, which chat endpoints and transformers serve do not return; use "
+                "harness.backend=hf, or a vLLM server with chat_template=false"
+            ) from None
+    elapsed = time.perf_counter() - started
+    if not results:  # simple_evaluate returns None on non-zero ranks
+        return {}
+    return _summary(results, harness, settings, elapsed)
+
+
+def _evaluate(
+    lm, manager, tasks: list[str], settings: Mapping[str, Any], chat: bool, system: str | None, seed: int
+):
+    import lm_eval
+
+    return lm_eval.simple_evaluate(
         model=lm,
         tasks=list(tasks),
         num_fewshot=settings["num_fewshot"],
@@ -177,9 +244,13 @@ def run_downstream(
         torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
-    elapsed = time.perf_counter() - started
-    if not results:  # simple_evaluate returns None on non-zero ranks
-        return {}
+
+
+def _summary(
+    results: Mapping[str, Any], harness: Mapping[str, Any], settings: Mapping[str, Any], elapsed: float
+):
+    import lm_eval
+
     overrides = dict(harness.get("primary_metrics") or {})
     scores: dict[str, Any] = {}
     for task, metrics in results["results"].items():

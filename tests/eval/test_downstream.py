@@ -11,7 +11,11 @@ from safer_instruct.cli import main as cli
 from safer_instruct.errors import ConfigError
 from safer_instruct.evaluation.downstream import run_downstream
 
-LOCAL = ["harness.include_path=conf/lm_eval_tasks", "harness.include_defaults=false", "harness.bootstrap_iters=50"]
+LOCAL = [
+    "harness.include_path=conf/lm_eval_tasks",
+    "harness.include_defaults=false",
+    "harness.bootstrap_iters=50",
+]
 
 
 def test_downstream_local_tasks_tiny_model(tmp_path, tiny_model):
@@ -47,3 +51,23 @@ def test_unknown_task_fails_before_the_model_loads():
 
 def test_missing_model_preset_is_a_config_error(tmp_path):
     assert cli(["eval", "downstream", "tasks=[si_local_mc]", f"out_dir={tmp_path}"]) == 2
+
+
+@pytest.mark.slow
+def test_served_model_generation_task(tmp_path, tiny_model):
+    """backend=api without base_url: the tiny model is served on loopback for the run, then stopped."""
+    out = tmp_path / "served"
+    assert cli(["eval", "downstream", "model=tiny", "tasks=[si_local_gen]", "harness.backend=api",
+                "harness.server.device=cpu", f"out_dir={out}", *LOCAL]) == 0  # fmt: skip
+    result = json.loads((out / "downstream.json").read_text())
+    assert result["settings"]["served"] == "managed loopback server" and result["settings"]["chat_template"]
+    assert result["scores"]["si_local_gen"]["n"] == 4
+
+
+def test_loglikelihood_task_on_a_server_without_logprobs_is_a_clear_error(tmp_path, tiny_model):
+    from tests.helpers.servers import FaultServer
+
+    with FaultServer() as server, pytest.raises(ConfigError, match="prompt log-probabilities"):
+        run_downstream({"path": tiny_model, "prompt_format": "alpaca"}, ["si_local_mc"],
+                       {"backend": "api", "base_url": server.base_url, "served_model": "m", "limit": 2,
+                        "include_path": "conf/lm_eval_tasks", "include_defaults": False, "max_retries": 1})  # fmt: skip
