@@ -396,7 +396,8 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
     md.append(markdown_table(header, cells))
     md += ["", "## Paper reference", ""]
     if not figures:
-        md.append("Not shown (disabled in the report config).")
+        disabled = not reference.get("enabled", True)
+        md.append("Not shown (disabled in the report config)." if disabled else "No published figures configured.")
     elif shown_refs:
         md.append(f"Rows with the paper's judge and test set: {', '.join(matching)}. Published figures "
                   "(Safer-Instruct, arXiv 2311.08685; for reference only: a different judging prompt, "

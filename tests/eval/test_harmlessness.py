@@ -144,7 +144,7 @@ def test_policy_requests_use_the_model_prompt_format(tmp_path, tiny_model, style
     assert result["rate"] == 1.0 and result["n"] == 2 and result["generation"]["prompt_format"] == style
 
 
-def test_pregenerated_release_answers_per_source_with_second_judge_and_pairwise(tmp_path, release_test_set):
+def test_pregenerated_release_answers_per_source_with_second_judge(tmp_path, release_test_set):
     with open(release_test_set, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     # Expected numbers straight from the CSV and the scripted rule.
