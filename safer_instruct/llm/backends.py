@@ -87,16 +87,20 @@ class OpenAIBackend:
             )
         return self._client
 
-    def _kwargs(self, params: dict[str, Any]) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"model": self.served_model, "max_tokens": params["max_tokens"],
-                                  "temperature": params["temperature"]}  # fmt: skip
+    def body(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body of a chat or text completion request."""
+        body: dict[str, Any] = {"model": self.served_model, "max_tokens": params["max_tokens"],
+                                "temperature": params["temperature"]}  # fmt: skip
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = [dict(m) for m in request.messages]
         if params.get("top_p") is not None:
-            kwargs["top_p"] = params["top_p"]
+            body["top_p"] = params["top_p"]
         if params.get("stop"):
-            kwargs["stop"] = list(params["stop"])
+            body["stop"] = list(params["stop"])
         if params.get("seed") is not None:
-            kwargs["seed"] = params["seed"]
-        extra = dict(self.role.extra_body)
+            body["seed"] = params["seed"]
         if self.role.sends_hf_generation_config:
             # transformers serve keeps the model's own do_sample (often False) unless told otherwise.
             gen = {"do_sample": params["temperature"] > 0}
@@ -104,29 +108,38 @@ class OpenAIBackend:
                 gen["temperature"] = params["temperature"]
                 if params.get("top_p") is not None:
                     gen["top_p"] = params["top_p"]
-            extra["generation_config"] = json.dumps(gen)
-        if extra:
-            kwargs["extra_body"] = extra
-        return kwargs
+            body["generation_config"] = json.dumps(gen)
+        body.update(self.role.extra_body)
+        return body
 
     async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer:
+        import httpx
+
         client = self.client()
-        kwargs = self._kwargs(params)
+        path = "/completions" if request.prompt is not None else "/chat/completions"
+        # The SDK's generic `post` (auth, base_url, timeouts, typed status errors) with a plain JSON
+        # body: `create()`'s typed-parameter transform and response models cost more CPU than the
+        # request itself on a fast local server, and reading the JSON here lets us tell a malformed
+        # answer from a good one.
+        response = await client.post(path, body=self.body(request, params), cast_to=httpx.Response)
+        try:
+            data = json.loads(response.content)
+        except ValueError as err:
+            raise MalformedResponse(f"the response is not JSON ({err})") from None
+        if not isinstance(data, dict):
+            raise MalformedResponse(f"the response is a JSON {type(data).__name__}, not an object")
+        choice = _first_choice(data)
         if request.prompt is not None:
-            response = await client.completions.create(prompt=request.prompt, **kwargs)
-            choice = _first_choice(response)
-            text = getattr(choice, "text", None)
+            text = choice.get("text")
         else:
-            response = await client.chat.completions.create(messages=list(request.messages), **kwargs)
-            choice = _first_choice(response)
-            message = getattr(choice, "message", None)
-            text = getattr(message, "content", None)
-        usage = getattr(response, "usage", None)
+            message = choice.get("message")
+            text = message.get("content") if isinstance(message, dict) else None
+        usage = data.get("usage")
         return Answer(
             text=_check_text(text),
-            finish_reason=getattr(choice, "finish_reason", None),
-            usage=Usage(int(usage.prompt_tokens or 0), int(usage.completion_tokens or 0)) if usage else None,
-            model=self.report_model or getattr(response, "model", None) or self.role.model,
+            finish_reason=choice.get("finish_reason"),
+            usage=_usage(usage, "prompt_tokens", "completion_tokens"),
+            model=self.report_model or data.get("model") or self.role.model,
         )
 
     async def aclose(self) -> None:
@@ -135,11 +148,20 @@ class OpenAIBackend:
             self._client = None
 
 
-def _first_choice(response: Any) -> Any:
-    choices = getattr(response, "choices", None)
-    if not choices:
-        raise MalformedResponse(f"no choices in the response ({type(response).__name__})")
+def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
+    choices = data.get("choices")
+    if not choices or not isinstance(choices, list) or not isinstance(choices[0], dict):
+        raise MalformedResponse("no choices in the response")
     return choices[0]
+
+
+def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    try:
+        return Usage(int(usage.get(prompt_key) or 0), int(usage.get(completion_key) or 0))
+    except (TypeError, ValueError):
+        return None
 
 
 class AnthropicBackend:

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 # sqlite limits the number of host parameters in one statement (999 in old builds).
 _LOOKUP_CHUNK = 500
+COMMIT_EVERY = 64
+COMMIT_INTERVAL_S = 1.0
 
 
 def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
@@ -99,6 +101,9 @@ class AnswerCache:
         return set(self.get_many(list(keys)))
 
     def put(self, key: str, completion: Completion) -> None:
+        """Store an answer. Commits are grouped (every `COMMIT_EVERY` answers or `COMMIT_INTERVAL_S`):
+        a commit per answer costs more than the request on a fast server. `flush()` commits the rest;
+        a crash loses at most one group, which the next run asks again."""
         conn = self._connect()
         conn.execute(
             "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -107,7 +112,18 @@ class AnswerCache:
                 completion.usage.prompt_tokens, completion.usage.completion_tokens, time.time(),
             ),
         )  # fmt: skip
-        conn.commit()
+        self._local.uncommitted = getattr(self._local, "uncommitted", 0) + 1
+        now = time.monotonic()
+        if self._local.uncommitted >= COMMIT_EVERY or now - getattr(self._local, "committed_at", 0.0) > COMMIT_INTERVAL_S:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit this thread's pending answers."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "uncommitted", 0):
+            conn.commit()
+        self._local.uncommitted = 0
+        self._local.committed_at = time.monotonic()
 
     def __len__(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM answers").fetchone()[0]
@@ -115,6 +131,8 @@ class AnswerCache:
     def close(self) -> None:
         with self._lock:
             conns, self._connections = self._connections, []
+        self.flush()
         for conn in conns:
+            conn.commit()  # answers put by other threads that did not flush
             conn.close()
         self._local = threading.local()

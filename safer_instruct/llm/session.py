@@ -431,6 +431,8 @@ class LLMRole:
             for future, pending in inflight.items():
                 future.cancel()
                 session.budget.settle(pending.reserved_usd, 0.0)
+            if session.cache is not None:
+                session.cache.flush()
             with self._lock:
                 counters["elapsed_s"] += time.perf_counter() - started
             bar.close()

@@ -30,19 +30,23 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import itertools
 import json
 import re
 import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-import pytest
+try:
+    import pytest
+except ImportError:  # the benchmarks use the servers without pytest
+    pytest = None
 
+_IDS = itertools.count(1)
 FAULT = re.compile(r"\[\[fault:(\w+?)(?:x(\d+))?\]\]")
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests",
            500: "Internal Server Error", 503: "Service Unavailable", 529: "Overloaded"}  # fmt: skip
@@ -77,7 +81,9 @@ def _last_text(body: dict) -> str:
 class _FaultCore:
     """Request handling shared by the in-thread and child-process servers."""
 
-    def __init__(self, delay_s: float = 0.0, hang_s: float = 30.0, retry_after: str = "1", responder=None):
+    def __init__(self, delay_s: float = 0.0, hang_s: float = 30.0, retry_after: str = "1", responder=None,
+                 record_bodies: bool = True):  # fmt: skip
+        self.record_bodies = record_bodies
         self.delay_s = delay_s
         self.hang_s = hang_s
         self.retry_after = retry_after
@@ -124,7 +130,8 @@ class _FaultCore:
             attempt = self.attempts[text]
             self.attempt_times[text].append(time.monotonic())
             self.auth_headers.append(headers.get("authorization") or headers.get("x-api-key") or "")
-            self.bodies.append(body)
+            if self.record_bodies:
+                self.bodies.append(body)
             self.inflight += 1
             self.max_inflight = max(self.max_inflight, self.inflight)
         try:
@@ -164,7 +171,7 @@ class _FaultCore:
         completion_tokens = len(text.split())
         if path == "/v1/messages":
             return {
-                "id": f"msg_{uuid.uuid4().hex[:12]}", "type": "message", "role": "assistant", "model": model,
+                "id": f"msg_{next(_IDS)}", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}] if text else [],
                 "stop_reason": "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
@@ -173,10 +180,10 @@ class _FaultCore:
                  "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
         if path == "/v1/completions":
             choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-            return {"id": f"cmpl-{uuid.uuid4().hex[:12]}", "object": "text_completion", "created": int(time.time()),
+            return {"id": f"cmpl-{next(_IDS)}", "object": "text_completion", "created": int(time.time()),
                     "model": model, "choices": [choice], "usage": usage}  # fmt: skip
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
+        return {"id": f"chatcmpl-{next(_IDS)}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": [choice], "usage": usage}  # fmt: skip
 
 
@@ -288,7 +295,8 @@ class FaultServerProcess:
     """The same server in a child process (benchmarks), answered by its own CPU and GIL."""
 
     def __init__(self, delay_s: float = 0.0, hang_s: float = 30.0, retry_after: str = "1"):
-        self.args = ["--delay", str(delay_s), "--hang", str(hang_s), "--retry-after", retry_after]
+        # Bodies are not kept: a benchmark sends many.
+        self.args = ["--delay", str(delay_s), "--hang", str(hang_s), "--retry-after", retry_after, "--no-bodies"]
         self.port = 0
         self.proc: subprocess.Popen | None = None
 
@@ -365,12 +373,15 @@ def tiny_role_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-@pytest.fixture(scope="session")
-def tiny_serve_role():
+def _tiny_serve_role():
     """A role config (DictConfig) for a real `transformers serve` of kit:tiny on loopback."""
     from omegaconf import OmegaConf
 
     return OmegaConf.create(tiny_role_config())
+
+
+if pytest is not None:
+    tiny_serve_role = pytest.fixture(scope="session", name="tiny_serve_role")(_tiny_serve_role)
 
 
 def _main() -> None:
@@ -378,8 +389,9 @@ def _main() -> None:
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--hang", type=float, default=30.0)
     parser.add_argument("--retry-after", default="1")
+    parser.add_argument("--no-bodies", action="store_true", help="do not keep request bodies for /_stats")
     args = parser.parse_args()
-    core = _FaultCore(args.delay, args.hang, args.retry_after)
+    core = _FaultCore(args.delay, args.hang, args.retry_after, record_bodies=not args.no_bodies)
 
     async def serve() -> None:
         server = await asyncio.start_server(lambda r, w: _serve_connection(core, r, w), "127.0.0.1", 0)

@@ -1,0 +1,131 @@
+"""LLM access layer throughput: concurrency against a plain sequential loop, and the cache-hit path.
+
+A loopback OpenAI-compatible server (tests/helpers/servers.py, in its own process) answers every
+request after a fixed delay (100 ms). Measured side by side in one run:
+
+* a plain sequential loop with the `openai` SDK, one request after another;
+* the same number of requests through `LLMSession` at `max_concurrency=32` (ideal: 32x faster);
+* the same requests again from a fresh session over the same cache (ideal: no request at all).
+
+    python bench/bench_llm.py [--quick] [--out FILE.json]
+
+Rows: `llm_concurrency` (speedup, target >= 25.6 = 80% of the ideal 32x) and `llm_cache` (cached
+rerun time / uncached time, target < 2%). Absolute times are in `details` (noisy on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off: measure the layer, not the terminal
+
+from safer_instruct.llm import ChatRequest, LLMSession  # noqa: E402
+from tests.helpers.servers import FaultServerProcess  # noqa: E402
+
+
+def requests(n: int, tag: str) -> list[ChatRequest]:
+    return [ChatRequest(id=f"{tag}{i}", messages=({"role": "user", "content": f"{tag} question {i}"},)) for i in range(n)]
+
+
+def sequential(server: FaultServerProcess, items: list[ChatRequest], warmup: int = 2) -> float:
+    """A plain loop with the SDK's synchronous client, warmed up (connection open) before timing."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.base_url, api_key="none", max_retries=0)
+
+    def ask(request: ChatRequest) -> None:
+        response = client.chat.completions.create(model="bench", messages=list(request.messages), max_tokens=16)
+        assert response.choices[0].message.content
+
+    for request in requests(warmup, "warm-seq"):
+        ask(request)
+    started = time.perf_counter()
+    for request in items:
+        ask(request)
+    elapsed = time.perf_counter() - started
+    client.close()
+    return elapsed
+
+
+def through_layer(server: FaultServerProcess, items: list[ChatRequest], cache_dir: str, concurrency: int,
+                  warmup: int = 0):  # fmt: skip
+    """`generate` over the items in a session (warmed up with `warmup` other requests, not timed)."""
+    role = server.role(model="bench", max_concurrency=concurrency, max_tokens=16, timeout_s=30)
+    with LLMSession(roles={"bench": role}, cache_dir=cache_dir, progress=False) as session:
+        if warmup:
+            list(session.role("bench").generate(requests(warmup, "warm-layer"), stage="warmup"))
+        started = time.perf_counter()
+        results = list(session.role("bench").generate(items, stage="bench"))
+        elapsed = time.perf_counter() - started
+        stats = session.role("bench").stats("bench")
+    assert len(results) == len(items) and all(r.ok for r in results), stats
+    return elapsed, stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke check, not a measurement)")
+    parser.add_argument("--out", type=Path, default=None, help="write the result rows here (JSON)")
+    parser.add_argument("--requests", type=int, default=None, help="requests per run (default 500, quick 96)")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--delay", type=float, default=0.1, help="server delay per request, seconds")
+    args = parser.parse_args(argv)
+    n = args.requests or (96 if args.quick else 500)
+    ideal = float(args.concurrency)
+    target_ratio = 0.8 * ideal
+
+    with FaultServerProcess(delay_s=args.delay) as server, tempfile.TemporaryDirectory() as cache_dir:
+        # Both sides are timed warm (imports done, connections open): steady-state throughput.
+        seq_s = sequential(server, requests(n, "seq"))
+        layer_items = requests(n, "layer")
+        before = server.stats()["requests"]
+        layer_s, layer_stats = through_layer(server, layer_items, cache_dir, args.concurrency, warmup=args.concurrency)
+        sent = server.stats()["requests"] - before - args.concurrency
+        # The rerun is a fresh session over the same cache (what a resumed run does), timed cold.
+        cached_s, cached_stats = through_layer(server, layer_items, cache_dir, args.concurrency)
+        sent_on_rerun = server.stats()["requests"] - before - args.concurrency - sent
+        max_inflight = server.stats()["max_inflight"]
+
+    ratio = seq_s / layer_s
+    cache_fraction = cached_s / layer_s
+    common = {"requests": n, "server_delay_s": args.delay, "quick": args.quick}
+    rows = [
+        {
+            "benchmark": "llm_concurrency",
+            "metric": f"speedup of LLMSession at max_concurrency={args.concurrency} over a sequential loop",
+            "value": round(ratio, 2),
+            "target": f">= {target_ratio:g}x (80% of the ideal {ideal:g}x)",
+            "met": ratio >= target_ratio,
+            "details": {**common, "sequential_s": round(seq_s, 3), "layer_s": round(layer_s, 3),
+                        "ideal_layer_s": round(n * args.delay / ideal, 3), "efficiency": round(ratio / ideal, 3),
+                        "requests_sent": sent, "max_inflight_at_server": max_inflight,
+                        "layer_retries": layer_stats["retries"]},  # fmt: skip
+        },
+        {
+            "benchmark": "llm_cache",
+            "metric": "fully cached rerun time / uncached time",
+            "value": round(cache_fraction, 5),
+            "target": "< 0.02",
+            "met": cache_fraction < 0.02 and sent_on_rerun == 0,
+            "details": {**common, "uncached_s": round(layer_s, 3), "cached_s": round(cached_s, 4),
+                        "requests_sent_on_rerun": sent_on_rerun, "cache_hits": cached_stats["cache_hits"]},  # fmt: skip
+        },
+    ]
+    text = json.dumps(rows, indent=2)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
