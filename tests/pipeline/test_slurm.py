@@ -1,0 +1,109 @@
+"""On a real Slurm cluster (the localhost one `bash slurm/ci/up.sh` starts): chains and sweeps.
+
+Skipped with a reason when `sbatch` is not on PATH or the controller does not answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from safer_instruct.pipeline.state import MARKER
+from tests.pipeline.helpers import run_cli
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _cluster_problem() -> str | None:
+    if shutil.which("sbatch") is None:
+        return "sbatch is not on PATH (start the localhost cluster with `bash slurm/ci/up.sh`)"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if ping.returncode != 0 or "UP" not in ping.stdout:
+        return f"the Slurm controller does not answer ({(ping.stdout + ping.stderr).strip()})"
+    return None
+
+
+_problem = _cluster_problem()
+if _problem:
+    pytestmark.append(pytest.mark.skip(reason=_problem))
+
+
+def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """JobID -> State, Start, End, Dependency-free facts from the accounting database (polled)."""
+    for _ in range(50):
+        out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,JobName,State,Start,End", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, check=True)  # fmt: skip
+        rows = {}
+        for line in out.stdout.splitlines():
+            job_id, name, state, start, end = line.split("|")
+            rows[job_id] = {"name": name, "state": state.split()[0], "start": start, "end": end}
+        if set(job_ids) <= set(rows):
+            return rows
+        time.sleep(0.2)
+    raise AssertionError(f"sacct never listed {job_ids}")
+
+
+def test_smoke_chain_runs_through_sbatch_with_afterok(tmp_path):
+    exp = tmp_path / "exp"
+    out = run_cli("run", "experiment=smoke", "launcher=slurm", "launcher.wait=true", "launcher.poll_s=2",
+                  f"out_dir={exp}", f"cache.dir={tmp_path / 'llm'}", timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    jobs = json.loads((exp / "slurm" / "jobs.json").read_text())["jobs"]
+    plan = json.loads((exp / "experiment.json").read_text())["steps"]
+    assert set(jobs) == set(plan)
+    rows = sacct(list(jobs.values()))
+    assert {rows[j]["state"] for j in jobs.values()} == {"COMPLETED"}
+    # afterok held: no job started before every job it needs had ended.
+    for step, info in plan.items():
+        for dep in info["needs"]:
+            assert rows[jobs[step]]["start"] >= rows[jobs[dep]]["end"], (step, dep)
+        assert (exp / info["dir"].removeprefix(str(exp) + "/") / MARKER).exists()
+    with open(exp / "report" / "report.csv", newline="") as handle:
+        assert {"base", "dpo"} <= {row["model"] for row in csv.DictReader(handle)}
+    assert "Report:" in out.stdout
+
+
+def test_a_job_whose_dependency_failed_is_cancelled(tmp_path):
+    exp = tmp_path / "exp"
+    # The reversed-tuning data file does not exist: the first job fails at run time.
+    out = run_cli("run", "experiment=smoke", "launcher=slurm", "launcher.wait=true", "launcher.poll_s=1",
+                  f"out_dir={exp}", "+experiment.steps.reverse.args.data.path=/nonexistent/data.jsonl",
+                  "skip=[harmless_base,downstream_base]", "experiment.steps.report.args.runs=[@{dpo_model}]",
+                  timeout=600)  # fmt: skip
+    assert out.returncode == 1
+    assert "reverse FAILED" in out.stderr
+    jobs = json.loads((exp / "slurm" / "jobs.json").read_text())["jobs"]
+    rows = sacct(list(jobs.values()))
+    assert rows[jobs["reverse"]]["state"] == "FAILED"
+    for step in ("construct", "sft", "dpo", "harmless_dpo", "downstream_dpo", "report"):
+        assert rows[jobs[step]]["state"] == "CANCELLED", step
+    queue = subprocess.run(["squeue", "-h", "-j", ",".join(jobs.values())], capture_output=True, text=True)
+    assert queue.stdout.strip() == ""  # nothing left pending
+    assert not (exp / "construct" / MARKER).exists()
+
+
+def test_submitit_sweep_of_two_points_comes_back_in_one_report(tmp_path):
+    exp = tmp_path / "exp"
+    out = run_cli("run", "-m", "experiment=smoke", f"out_dir={exp}", f"cache.dir={tmp_path / 'llm'}",
+                  "train.beta=0.05,0.5", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=15",
+                  "hydra.launcher.cpus_per_task=1", timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sweep = exp / "sweep"
+    points = sorted(json.loads(p.read_text())["overrides"] for p in sweep.glob("*/sweep_point.json"))
+    assert [[o for o in p if o.startswith("train.beta")] for p in points] == [["train.beta=0.05"], ["train.beta=0.5"]]
+    # Each point ran as a Slurm job (submitit's logs), and trained with its own beta.
+    assert len(list(sweep.glob(".submitit/*_0/*_log.out"))) == 1 and len(list(sweep.glob(".submitit/*_1/*_log.out"))) == 1
+    for n, beta in ((0, 0.05), (1, 0.5)):
+        assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
+    # Steps the swept value does not change ran once, in one point, and the other reused them.
+    assert sum((sweep / str(n) / "reverse").is_symlink() for n in (0, 1)) == 1
+    with open(sweep / "report" / "report.csv", newline="") as handle:
+        runs = [row["run"] for row in csv.DictReader(handle)]
+    assert any("train.beta=0.05" in r for r in runs) and any("train.beta=0.5" in r for r in runs)
+    assert any(r == "base_model" for r in runs)
+    assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
