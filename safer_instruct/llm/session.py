@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from itertools import islice
@@ -155,10 +156,8 @@ class LLMSession:
             self.closed = True
         try:
             if self._loop is not None:
-                for role in self._roles.values():
-                    if role.backend is not None:
-                        with contextlib.suppress(Exception):
-                            asyncio.run_coroutine_threadsafe(role.backend.aclose(), self._loop).result(10)
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(15)
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(10)
                 if not self._loop.is_running():
@@ -173,6 +172,18 @@ class LLMSession:
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)
                 self._old_sigterm = None
+
+    async def _shutdown(self) -> None:
+        """Cancel requests still in flight (a stage stopped early), then close the clients."""
+        current = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for role in self._roles.values():
+            if role.backend is not None:
+                with contextlib.suppress(Exception):
+                    await role.backend.aclose()
 
     def loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
@@ -362,6 +373,7 @@ class LLMRole:
         iterator = iter(requests)
         inflight: dict[concurrent.futures.Future, _Pending] = {}
         done: queue.SimpleQueue = queue.SimpleQueue()
+        backlog: deque[tuple[ChatRequest, dict[str, Any], str]] = deque()  # cache misses not sent yet
         exhausted = False
         warned_budget = False
         started = time.perf_counter()
@@ -382,42 +394,48 @@ class LLMRole:
 
         try:
             while True:
-                while not exhausted and len(inflight) < window:
-                    chunk = list(islice(iterator, CHUNK))
-                    if not chunk:
-                        exhausted = True
-                        break
-                    keyed = [(request, self.params(request)) for request in chunk]
-                    keys = [self.key(request, params) for request, params in keyed]
-                    hits = session.cache.get_many(keys) if session.cache else {}
-                    with self._lock:
-                        counters["requests"] += len(chunk)
-                        counters["cache_misses"] += sum(1 for key in keys if key not in hits)
-                    for (request, params), key in zip(keyed, keys, strict=True):
-                        hit = hits.get(key)
-                        if hit is not None:
+                while len(inflight) < window:
+                    if not backlog:
+                        if exhausted:
+                            break
+                        chunk = list(islice(iterator, CHUNK))
+                        if not chunk:
+                            exhausted = True
+                            break
+                        keyed = [(request, self.params(request)) for request in chunk]
+                        keys = [self.key(request, params) for request, params in keyed]
+                        hits = session.cache.get_many(keys) if session.cache else {}
+                        with self._lock:
+                            counters["requests"] += len(chunk)
+                            counters["cache_misses"] += sum(1 for key in keys if key not in hits)
+                        for (request, params), key in zip(keyed, keys, strict=True):
+                            hit = hits.get(key)
+                            if hit is None:
+                                backlog.append((request, params, key))
+                                continue
                             result = dataclasses.replace(hit, request_id=request.id, metadata=request.metadata)
                             count(result, key, hit=True)
                             yield result
-                            continue
-                        backend = self.ready()
-                        reserved = self._worst_case_cost(request, params)
-                        if not session.budget.try_reserve(reserved):
-                            if not warned_budget:
-                                log.warning("%s/%s: budget_usd=%s reached (spent %.4f USD): requests not sent "
-                                            "are listed in the failures file", self.name, stage,
-                                            session.budget.limit_usd, session.budget.spent_usd)  # fmt: skip
-                                warned_budget = True
-                            failure = Failure(request.id, BUDGET_REASON, self.cfg.model, 0, request.metadata)
-                            with self._lock:
-                                counters["budget_skipped"] += 1
-                            session.record_failure(failure, self.name, stage)
-                            count(failure, key)
-                            yield failure
-                            continue
-                        future = asyncio.run_coroutine_threadsafe(self._call(backend, request, params), session.loop())
-                        inflight[future] = _Pending(request, key, reserved)
-                        future.add_done_callback(done.put)
+                        continue
+                    request, params, key = backlog.popleft()
+                    backend = self.ready()
+                    reserved = self._worst_case_cost(request, params)
+                    if not session.budget.try_reserve(reserved):
+                        if not warned_budget:
+                            log.warning("%s/%s: budget_usd=%s reached (spent %.4f USD): requests not sent are "
+                                        "listed in the failures file", self.name, stage, session.budget.limit_usd,
+                                        session.budget.spent_usd)  # fmt: skip
+                            warned_budget = True
+                        failure = Failure(request.id, BUDGET_REASON, self.cfg.model, 0, request.metadata)
+                        with self._lock:
+                            counters["budget_skipped"] += 1
+                        session.record_failure(failure, self.name, stage)
+                        count(failure, key)
+                        yield failure
+                        continue
+                    future = asyncio.run_coroutine_threadsafe(self._call(backend, request, params), session.loop())
+                    inflight[future] = _Pending(request, key, reserved)
+                    future.add_done_callback(done.put)
                 if not inflight:
                     if exhausted:
                         break
@@ -428,13 +446,19 @@ class LLMRole:
                 count(result, pending.key)
                 yield result
         finally:
+            # Stopped early (the caller broke off, or an error): answers that already arrived are kept
+            # (cached, or listed as failures), the rest is cancelled. Nothing paid for is thrown away.
             for future, pending in inflight.items():
-                future.cancel()
-                session.budget.settle(pending.reserved_usd, 0.0)
+                if future.done() and not future.cancelled():
+                    self._finish(future, pending, stage, counters)
+                else:
+                    future.cancel()
+                    session.budget.settle(pending.reserved_usd, 0.0)
             if session.cache is not None:
                 session.cache.flush()
             with self._lock:
                 counters["elapsed_s"] += time.perf_counter() - started
+            bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=True)
             bar.close()
             if counters["requests"]:
                 log.info("%s/%s: %d requests, %d cached, %d failed, %d retries, %.4f USD", self.name, stage,
@@ -524,8 +548,8 @@ class _NoBar:
 def _progress_bar(desc: str, total: int | None, enabled: bool):
     """tqdm: rate and ETA (with a known total); cached and failed counts in the postfix.
     `TQDM_DISABLE=1` turns every bar off (tests, CI logs)."""
-    if not enabled:
+    if not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True, disable=False)

@@ -183,3 +183,52 @@ def test_anthropic_backend_speaks_messages_api(server, tmp_path, monkeypatch):
     assert any("anthropic-secret-key-123" in h for h in server.stats()["auth_headers"])  # read from the env
     assert "anthropic-secret-key-123" not in failures_path.read_text()
     assert stats["cost_usd"] > 0  # claude-3-opus is in the price table
+
+
+def test_progress_bar_shows_rate_cached_and_failed(server, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    requests = [chat(f"q{i}", f"question {i}") for i in range(6)] + [chat("bad", "[[fault:500]]")]
+    with LLMSession(roles={"expert": server.role(max_retries=0)}, cache_dir=tmp_path) as session:
+        list(session.role("expert").generate(requests[:3], stage="filter"))
+        list(session.role("expert").generate(requests, stage="filter", progress=True))
+    err = capsys.readouterr().err
+    final = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "expert/filter" in final and "7/7" in final and "req/s" in final
+    assert "cached=3 failed=1" in final
+
+
+def test_tokens_per_minute_limit_spaces_requests():
+    import asyncio
+    import time
+
+    from safer_instruct.llm.limits import RateLimiter
+
+    async def run() -> float:
+        limiter = RateLimiter(rpm=None, tpm=6000)  # 100 tokens a second, bursts of 100
+        started = time.monotonic()
+        for _ in range(8):
+            await limiter.acquire(25)
+        return time.monotonic() - started
+
+    elapsed = asyncio.run(run())
+    assert 0.9 <= elapsed < 2.0  # 4 fit in the burst, the other 4 wait 0.25 s each
+
+
+def test_stopping_early_keeps_every_answer_that_arrived(tmp_path):
+    import time
+
+    requests = [chat(f"q{i}", f"question {i}") for i in range(40)]
+    with FaultServer(delay_s=0.02) as server:
+        with LLMSession(roles={"r": server.role(max_concurrency=8)}, cache_dir=tmp_path) as session:
+            stream = session.role("r").generate(requests)
+            next(stream)
+            time.sleep(0.5)  # the requests in flight are answered while the caller is busy
+            stream.close()  # ...and then it stops (break, Ctrl-C, an error in the stage)
+        sent_first = server.stats()["requests"]
+        assert 1 < sent_first < 40
+        with LLMSession(roles={"r": server.role(max_concurrency=8)}, cache_dir=tmp_path) as session:
+            results = list(session.role("r").generate(requests))
+            hits = session.role("r").stats("default")["cache_hits"]
+        assert all(r.ok for r in results) and len(results) == 40
+        assert hits == sent_first  # every answer of the first run was kept
+        assert server.stats()["requests"] == 40  # so nothing was asked twice
