@@ -38,6 +38,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(("eval", "harmlessness"), "eval_harmlessness", "eval/harmlessness.py", "harmlessness rate of answers to harmful prompts, by an LLM judge"),
     Stage(("eval", "downstream"), "eval_downstream", "eval/downstream.py", "downstream ability with lm-evaluation-harness"),
     Stage(("report",), "report", "eval/report.py", "comparison table, charts and DPO curves from finished runs"),
+    Stage(("run",), "run", "safer_instruct/pipeline/main.py", "every stage of an experiment, locally or as Slurm jobs (experiment=demo|smoke|paper_*)"),
 )
 
 # Flags that Hydra itself understands; they go to the entry script untouched.
