@@ -19,6 +19,7 @@ start) raises a `SaferInstructError` before anything is sent.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -220,6 +221,7 @@ class LLMSession:
             if server is None:
                 hidden = tuple(c.api_key_env for c in self.roles_config.values() if c.api_key_env)
                 server = ManagedServer(cfg.model, model_path, cfg.server, log_dir=self.log_dir, hidden_env=hidden)
+                atexit.register(server.stop)  # a session never closed still stops its servers at exit
                 self._servers[key] = server
             if not server.running:
                 server.start()

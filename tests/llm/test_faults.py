@@ -232,3 +232,28 @@ def test_stopping_early_keeps_every_answer_that_arrived(tmp_path):
         assert all(r.ok for r in results) and len(results) == 40
         assert hits == sent_first  # every answer of the first run was kept
         assert server.stats()["requests"] == 40  # so nothing was asked twice
+
+
+def test_one_cache_file_shared_by_concurrent_sessions(tmp_path):
+    import threading
+
+    batches = [[chat(f"{t}-{i}", f"thread {t} question {i}") for i in range(60)] for t in range(3)]
+    errors: list[BaseException] = []
+
+    def run(batch) -> None:
+        try:  # each thread its own session over one cache file, as separate processes would
+            with LLMSession(roles={"r": server.role(max_concurrency=6)}, cache_dir=tmp_path) as session:
+                assert all(r.ok for r in session.role("r").generate(batch))
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    with FaultServer(delay_s=0.005) as server:
+        threads = [threading.Thread(target=run, args=(batch,)) for batch in batches]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        with LLMSession(roles={"r": server.role()}, cache_dir=tmp_path) as session:
+            again = list(session.role("r").generate([r for batch in batches for r in batch]))
+        assert server.stats()["requests"] == 180 and all(r.cached for r in again) and len(again) == 180
