@@ -220,7 +220,7 @@ def load_price_table(path: Path = PRICE_TABLE) -> dict[str, Price]:
 
 def price_for(role: RoleConfig, table: Mapping[str, Price] | None = None) -> Price | None:
     """The role's price: its own `price`, else the table (exact name, then longest prefix), else
-    zero for models we run ourselves, else None (unknown)."""
+    zero for local weights (run by us, or by a local server), else None (unknown)."""
     if role.price is not None:
         return role.price
     table = load_price_table() if table is None else table
@@ -229,6 +229,6 @@ def price_for(role: RoleConfig, table: Mapping[str, Price] | None = None) -> Pri
     prefixes = [name for name in table if role.model.startswith(name)]
     if prefixes:
         return table[max(prefixes, key=len)]
-    if role.managed:
-        return Price()
+    if role.managed or role.model.startswith("kit:") or Path(role.model).expanduser().is_dir():
+        return Price()  # weights on this machine, served by us or by a server the user started
     return None

@@ -96,3 +96,9 @@ def test_price_table_and_unknown_prices(tmp_path):
         assert session.prices["k"].cost(1000, 1000) == 0.0  # models we run ourselves cost nothing
     with pytest.raises(ConfigError, match=r"no price for model 'mystery-model'.*m\.price\.input_per_mtok"):
         LLMSession(roles={"m": {"model": "mystery-model", "base_url": "http://127.0.0.1:9/v1"}}, budget_usd=5)
+
+
+def test_local_weights_behind_any_server_cost_nothing(tiny_model):
+    role = {"model": tiny_model, "base_url": "http://127.0.0.1:9/v1"}
+    with LLMSession(roles={"policy": role}, budget_usd=1.0) as session:
+        assert session.prices["policy"].cost(10**6, 10**6) == 0.0
