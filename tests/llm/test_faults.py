@@ -211,7 +211,7 @@ def test_tokens_per_minute_limit_spaces_requests():
         return time.monotonic() - started
 
     elapsed = asyncio.run(run())
-    assert 0.9 <= elapsed < 2.0  # 4 fit in the burst, the other 4 wait 0.25 s each
+    assert 0.9 <= elapsed < 3.0  # 4 fit in the burst, the other 4 wait 0.25 s each
 
 
 def test_stopping_early_keeps_every_answer_that_arrived(tmp_path):
