@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,8 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
         "world_size": world_size(),
         "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
         "global_batch_size": plan.train.global_batch_size,
-        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        # ZeRO-3 shards parameters: ds_numel is the full size
+        "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad),
         "data": {"train_rows": len(trainer.train_dataset), **data_stats.get("tokenization", {})},
         **(extra or {}),
     }
@@ -144,7 +146,7 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
 
 
 def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
-                    extra_files: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+                    extra_files: dict[str, str] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:  # fmt: skip
     """SFT and reversed instruction tuning: (prompt, completion) sequences, loss on the completion."""
     from trl import SFTConfig, SFTTrainer
 
@@ -172,23 +174,26 @@ def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
             processing_class=plan.tokenizer,
             peft_config=plan.peft.lora_config(),
             quantization_config=plan.peft.quantization_config(),
-            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl")],
+            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl"), *callbacks],
         )
         return _train_and_save(plan, trainer, cfg, out_dir, tracking, data_stats, extra_files=extra_files)
 
 
-def run_sft(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Supervised fine-tuning on instructions or on the chosen responses of preference data."""
+def run_sft(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Supervised fine-tuning on instructions or on the chosen responses of preference data.
+
+    `callbacks`: extra transformers `TrainerCallback`s (tests use them to watch the parameters).
+    """
     from safer_instruct.formatting import PromptFormat
     from safer_instruct.training.preprocess import sft_columns
 
     def build(encoder, tokenizer, rows):
         return sft_columns(encoder, PromptFormat.for_model(cfg.model, tokenizer), rows)
 
-    return _sequence_stage(cfg, out_dir, "train_sft", build)
+    return _sequence_stage(cfg, out_dir, "train_sft", build, callbacks=callbacks)
 
 
-def run_reverse(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_reverse(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Reversed instruction tuning: learn P(instruction | response) with the versioned reverse template."""
     from safer_instruct.formatting import reverse_template
     from safer_instruct.training.preprocess import reverse_columns
@@ -201,7 +206,7 @@ def run_reverse(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     # The reversed model carries the template it was trained with, so `induce` can check the version.
     extra_files = {"reverse_prompt.json": _json({"version": template.version, "template": template.template})}
-    return _sequence_stage(cfg, out_dir, "train_reverse", build, extra_files)
+    return _sequence_stage(cfg, out_dir, "train_reverse", build, extra_files, callbacks)
 
 
 def _json(value: Any) -> str:
@@ -210,7 +215,7 @@ def _json(value: Any) -> str:
     return json.dumps(value, indent=2) + "\n"
 
 
-def run_dpo(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """DPO from the SFT model (also the reference), with persisted reference log-probs."""
     import trl
 
@@ -270,7 +275,7 @@ def run_dpo(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             processing_class=plan.tokenizer,
             peft_config=plan.peft.lora_config(),
             quantization_config=plan.peft.quantization_config(),
-            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl")],
+            callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl"), *callbacks],
             ref_store=store,
             ref_key_parts=key_parts,
             dataset_fingerprints=fingerprints,

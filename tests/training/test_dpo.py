@@ -1,0 +1,113 @@
+"""DPO on the tiny model: full, LoRA, QLoRA; learning on separable pairs; persisted reference log-probs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from safer_instruct.errors import DataError
+from safer_instruct.training.run import run_dpo
+from safer_instruct.training.trainers import read_metrics
+from tests.training.helpers import ParamWatcher, separable_pairs, stage_config, write_jsonl
+
+QUICK = ["model=tiny", "train.learning_rate=1e-3", "train.global_batch_size=4", "train.per_device_batch_size=2",
+         "train.save_steps=0"]  # fmt: skip
+
+
+@pytest.fixture()
+def pairs_file(tmp_path):
+    return write_jsonl(tmp_path / "data" / "preference.jsonl", separable_pairs(16))
+
+
+def _dpo(out, pairs_file, store, *overrides):
+    cfg = stage_config("train_dpo", out, *QUICK, f"data.path={pairs_file}", f"train.ref_logps_dir={store}", *overrides)
+    return cfg
+
+
+@pytest.mark.parametrize("peft", ["none", "lora", "qlora"])
+def test_dpo_trains_every_trainable_parameter(tmp_path, pairs_file, peft):
+    overrides = ["train.max_steps=3", f"peft={peft}"]
+    if peft == "qlora":
+        overrides.append("peft.compute_dtype=float32")
+    cfg = _dpo(tmp_path / "run", pairs_file, tmp_path / "store", *overrides)
+    watcher = ParamWatcher()
+    summary = run_dpo(cfg, tmp_path / "run", callbacks=[watcher])
+    assert watcher.checked > 0 and watcher.unchanged == []
+    assert watcher.quantized == (peft == "qlora")
+    rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in row]
+    assert len(rows) == 3
+    for row in rows:
+        for key in ("loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
+            assert math.isfinite(row[key]), key
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # the policy starts equal to its reference
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert (tmp_path / "run" / "adapter").is_dir() == (peft != "none")
+    assert summary["ref_logps"]["events"][0]["status"] == "computed_and_stored"
+
+
+def test_dpo_reward_accuracy_rises_above_half_on_separable_pairs(tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", separable_pairs(40))
+    out = tmp_path / "run"
+    cfg = _dpo(out, data, tmp_path / "store", "train.max_steps=8", "train.eval_size=8", "train.eval_steps=8")
+    run_dpo(cfg, out)
+    metrics = read_metrics(out / "metrics.jsonl")
+    first = next(row for row in metrics if "rewards/accuracies" in row)
+    evals = [row for row in metrics if "eval_rewards/accuracies" in row]
+    assert first["rewards/accuracies"] == 0.0  # at step 1 policy == reference: no margin yet
+    assert evals and evals[-1]["eval_rewards/accuracies"] > 0.5  # on 8 held-out pairs
+    assert evals[-1]["eval_rewards/margins"] > 0
+
+
+def test_beta_sweep_reuses_stored_reference_logps_with_the_same_losses(tmp_path, pairs_file):
+    store = tmp_path / "store"
+    first = run_dpo(_dpo(tmp_path / "b05", pairs_file, store, "train.beta=0.5", "train.max_steps=3"), tmp_path / "b05")
+    second = run_dpo(_dpo(tmp_path / "b01", pairs_file, store, "train.beta=0.1", "train.max_steps=3"), tmp_path / "b01")
+    live = run_dpo(_dpo(tmp_path / "live", pairs_file, store, "train.beta=0.1", "train.max_steps=3",
+                        "train.precompute_ref_logps=false", "train.ref_logps_cache=false"), tmp_path / "live")  # fmt: skip
+
+    assert first["ref_logps"]["forward_batches"] == 4  # 16 pairs / precompute batch of 4
+    assert first["ref_logps"]["events"][0]["status"] == "computed_and_stored"
+    assert second["ref_logps"]["forward_batches"] == 0
+    assert second["ref_logps"]["events"][0]["status"] == "reused"
+    assert live["ref_logps"]["events"] == []
+    stored = [row for row in read_metrics(tmp_path / "b01" / "metrics.jsonl") if "loss" in row]
+    computed = [row for row in read_metrics(tmp_path / "live" / "metrics.jsonl") if "loss" in row]
+    assert len(stored) == len(computed) == 3
+    for a, b in zip(stored, computed, strict=True):  # same reference values => same losses and rewards
+        for key in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
+            assert a[key] == pytest.approx(b[key], abs=1e-4), (a["step"], key)
+    assert stored[1]["loss"] != pytest.approx(stored[0]["loss"], abs=1e-3)  # the policy moved
+
+
+def test_changed_key_or_corrupt_store_recomputes(tmp_path, pairs_file):
+    store = tmp_path / "store"
+    base = run_dpo(_dpo(tmp_path / "a", pairs_file, store, "train.max_steps=1"), tmp_path / "a")
+    key = base["ref_logps"]["events"][0]["key"]
+    entry = store / key / "logps.npz"
+    reference = np.load(entry)["chosen"].copy()
+
+    # another tokenization setting is another key: computed, the first entry untouched
+    other = run_dpo(_dpo(tmp_path / "b", pairs_file, store, "train.max_steps=1", "model.max_prompt_length=12"), tmp_path / "b")
+    assert other["ref_logps"]["events"][0]["status"] == "computed_and_stored"
+    assert other["ref_logps"]["events"][0]["key"] != key
+
+    # flip bytes in the stored file: detected by its checksum, recomputed, stored again
+    blob = bytearray(entry.read_bytes())
+    blob[-40:-30] = bytes(10)
+    entry.write_bytes(bytes(blob))
+    again = run_dpo(_dpo(tmp_path / "c", pairs_file, store, "train.max_steps=1"), tmp_path / "c")
+    assert again["ref_logps"]["events"][0] == {**base["ref_logps"]["events"][0], "status": "computed_and_stored"}
+    assert again["ref_logps"]["forward_batches"] == 4
+    np.testing.assert_allclose(np.load(entry)["chosen"], reference, rtol=1e-5)
+    meta = json.loads((store / key / "meta.json").read_text())
+    assert meta["rows"] == 16 and meta["dataset"] == json.loads((tmp_path / "a" / "data_stats.json").read_text())["fingerprints"]["train"]
+
+
+def test_dpo_refuses_data_without_rejected_responses(tmp_path):
+    data = write_jsonl(tmp_path / "sft_only.jsonl", [{"prompt": f"q{i}", "chosen": "a"} for i in range(4)])
+    cfg = stage_config("train_dpo", tmp_path / "run", *QUICK, f"data.path={data}")
+    with pytest.raises(DataError, match="usable for SFT only"):
+        run_dpo(cfg, tmp_path / "run")
