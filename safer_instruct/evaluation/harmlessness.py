@@ -169,7 +169,7 @@ def references_for(items: list[EvalItem], pairwise: Mapping[str, Any]) -> dict[s
     if not column:
         raise ConfigError("pairwise.reference_column must name the column of reference answers (e.g. gpt4)")
     if pairwise.get("reference_path"):
-        table = read_table(pairwise["reference_path"], name="reference", response_column=column)
+        table = read_table(resolve_path(pairwise["reference_path"]), name="reference", response_column=column)
         by_prompt = {row.prompt.strip(): row.response or "" for row in table}
         return {item.id: by_prompt.get(item.prompt.strip(), "") for item in items}
     if items and all(column not in item.fields for item in items):
