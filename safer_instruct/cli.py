@@ -34,7 +34,9 @@ class Stage:
 # Only stages that are built are listed here: the CLI never offers a placeholder.
 STAGES: tuple[Stage, ...] = (
     Stage(("construct",), "construct", "safer_instruct/construct/main.py", "Safer-Instruct preference data from a corpus of undesired texts (stages=[...]: a subset)"),
+    Stage(("train", "reverse"), "train_reverse", "train/reverse.py", "reversed instruction tuning: learn to write the instruction a response answers"),
     Stage(("train", "sft"), "train_sft", "train/sft.py", "supervised fine-tuning on instructions or chosen responses"),
+    Stage(("train", "dpo"), "train_dpo", "train/dpo.py", "DPO from the SFT model, reference log-probs computed once and reused"),
     Stage(("eval", "harmlessness"), "eval_harmlessness", "eval/harmlessness.py", "harmlessness rate of answers to harmful prompts, by an LLM judge"),
     Stage(("eval", "downstream"), "eval_downstream", "eval/downstream.py", "downstream ability with lm-evaluation-harness"),
     Stage(("report",), "report", "eval/report.py", "comparison table, charts and DPO curves from finished runs"),
