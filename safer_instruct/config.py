@@ -43,7 +43,26 @@ _SECRET_KEY = re.compile(r"(api_?key|token|secret|password)$", re.IGNORECASE)
 
 def missing_keys(cfg: DictConfig) -> list[str]:
     """Mandatory `???` keys still unset, outside Hydra's own node."""
-    return sorted(key for key in OmegaConf.missing_keys(cfg) if not key.startswith("hydra."))
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    try:
+        keys = OmegaConf.missing_keys(cfg)
+    except InterpolationToMissingValueError:
+        # `a: ${b}` with `b: ???` makes OmegaConf raise instead of listing: find the `???` values unresolved.
+        keys = set()
+
+        def walk(node, path: str) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    walk(value, f"{path}.{key}" if path else str(key))
+            elif isinstance(node, list):
+                for index, value in enumerate(node):
+                    walk(value, f"{path}[{index}]")
+            elif node == "???":
+                keys.add(path)
+
+        walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return sorted(key for key in keys if not key.startswith("hydra."))
 
 
 def check_required(cfg: DictConfig) -> None:
