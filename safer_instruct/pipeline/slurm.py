@@ -190,8 +190,10 @@ def _running_jobs(plan: Plan) -> list[str]:
     ids = [*known.get("jobs", {}).values(), *known.get("arrays", {}).values()]
     if not ids:
         return []
-    out = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True, text=True)
-    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    # The whole queue, not `-j IDS`: squeue fails on ids it has already forgotten.
+    out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+    queued = {line.strip().split("_")[0] for line in out.stdout.splitlines() if line.strip()}
+    return [job_id for job_id in ids if job_id in queued]
 
 
 def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, experiment: DictConfig) -> Submission:

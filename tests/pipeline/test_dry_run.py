@@ -56,7 +56,8 @@ def test_slurm_dry_run_has_the_dependency_graph_and_the_configured_resources(tmp
         assert "#SBATCH --requeue" in script
     for name in ("reverse", "sft", "dpo"):  # training: srun + accelerate launch across the nodes
         assert "#SBATCH --nodes=2" in scripts[name] and "#SBATCH --gpus-per-node=4" in scripts[name]
-        assert re.search(r"srun --nodes=\"\$NUM_NODES\".*accelerate launch", scripts[name], re.S)
+        assert re.search(r'LAUNCH="accelerate launch.*--machine_rank \\\$SLURM_PROCID', scripts[name], re.S)
+        assert 'srun --nodes="$NUM_NODES" --ntasks="$NUM_NODES" --ntasks-per-node=1 bash -c "$LAUNCH"' in scripts[name]
         assert f"export SAFER_INSTRUCT_SCRIPT=train/{name}.py" in scripts[name]
     assert "#SBATCH --time=00:30:00" in scripts["harmless_dpo"]
     assert "#SBATCH --nodes=1" in scripts["report"] and "gpus-per-node" not in scripts["report"]

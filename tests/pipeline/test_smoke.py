@@ -98,7 +98,7 @@ def test_a_failed_step_stops_the_chain_and_the_rerun_continues_there(smoke):
     kept = {n: (step_dir(exp, n) / MARKER).stat().st_mtime_ns for n in STEPS if n != "report"}
     old_report = (exp / "report" / "report.md").read_text()
     # A report over a folder that does not exist passes the config check but fails when it runs.
-    broken = run_cli(*smoke["args"], f"+experiment.steps.report.overrides=[runs=[{exp}/nowhere]]")
+    broken = run_cli(*smoke["args"], f"experiment.steps.report.args.runs=[{exp}/nowhere]")
     assert broken.returncode == 1
     assert "step 'report' (report) failed with exit code" in broken.stderr
     assert "rerun the same command to continue" in broken.stderr
