@@ -88,7 +88,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
         )
         if not must_run and reason is None:
             marker = state.read_marker(step_dir) or {}
-            if not step_dir.is_symlink():
+            if not state.is_reused(step_dir):
                 registry.register(step.fingerprint, step_dir)
             results.append(StepResult(name, "skipped", marker.get("wall_s"), step_dir, "complete"))
             print(f"{prefix}: complete, skipped", flush=True)
@@ -97,7 +97,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
             shared = None if must_run else registry.find(step.fingerprint, step.outputs)
             if shared is not None and shared.resolve() != step_dir.resolve():
                 state.move_aside(step_dir, plan.exp_dir)
-                step_dir.symlink_to(shared.resolve(), target_is_directory=True)
+                state.link_reused(step_dir, shared)
                 results.append(StepResult(name, "reused", None, step_dir, f"same step as {shared}"))
                 print(f"{prefix}: reused from {shared}", flush=True)
                 continue

@@ -108,6 +108,32 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def link_reused(step_dir: Path, shared: Path) -> None:
+    """Make `step_dir` show a complete step of another sweep point: a real folder of symlinks.
+
+    A folder of links rather than one link to the folder, because tools that search a tree for
+    result files (the report) do not descend into linked folders but do see linked files.
+    """
+    step_dir.mkdir(parents=True, exist_ok=True)
+    for entry in shared.iterdir():
+        (step_dir / entry.name).symlink_to(entry.resolve(), target_is_directory=entry.is_dir())
+
+
+def is_reused(step_dir: Path) -> bool:
+    """True for a step shown by `link_reused` (or the single link of an older run)."""
+    return step_dir.is_symlink() or (step_dir / MARKER).is_symlink()
+
+
+def fingerprints_under(folder: Path) -> frozenset[str]:
+    """The fingerprints of every completed step in a folder (a step dir, a group, an experiment)."""
+    found = set()
+    for marker in folder.rglob(MARKER):
+        data = _read_json(marker)
+        if data and data.get("fingerprint"):
+            found.add(data["fingerprint"])
+    return frozenset(found)
+
+
 @dataclass
 class StepRegistry:
     """Completed steps by fingerprint, shared by the points of a sweep (or one experiment)."""

@@ -70,24 +70,29 @@ def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def sweep_report_command(sweep_dir: Path, points: list[dict[str, Any]]) -> list[str]:
-    """`safer-instruct report` over every point's runs: shared ones once, own ones labelled."""
-    owners: dict[str, list[tuple[str, Path]]] = {}
+    """`safer-instruct report` over every point's runs: shared ones once, own ones labelled.
+
+    A run (a step's or a group's folder) is shared when every point has the same completed steps in
+    it (same fingerprints), e.g. the base model's evaluations: it is reported once, from point 0.
+    """
+    per_point = []
     for point in points:
         runs_arg = next(a for a in point["report_args"] if a.startswith("runs="))
-        for run in _parse_list(runs_arg):
-            owners.setdefault(str(Path(run).resolve()), []).append((point["label"], Path(run)))
+        per_point.append([Path(run) for run in _parse_list(runs_arg)])
     links = sweep_dir / POINTS_DIR
     links.mkdir(parents=True, exist_ok=True)
     runs: list[str] = []
-    for real, users in owners.items():
-        if len(users) == len(points) and len(points) > 1:
-            runs.append(real)  # the same step in every point (e.g. the base model's evaluation)
+    for index, run in enumerate(per_point[0]):
+        same = [p[index] for p in per_point if len(p) > index and p[index].name == run.name]
+        identities = {state.fingerprints_under(r) for r in same}
+        if len(same) == len(points) > 1 and len(identities) == 1:
+            runs.append(str(run))
             continue
-        for label, run in users:
-            link = links / f"{label} {run.name}"
+        for point, path in zip(points, same, strict=False):
+            link = links / f"{point['label']} {path.name}"
             if link.is_symlink():
                 link.unlink()
-            link.symlink_to(real, target_is_directory=True)
+            link.symlink_to(path.resolve(), target_is_directory=True)
             runs.append(str(link))
     keep = [a for a in points[0]["report_args"] if not a.startswith(("runs=", "out_dir="))]
     return ["report", *keep, f"runs={hydra_value(runs)}", f"out_dir={hydra_value(str(sweep_dir / REPORT_DIR))}"]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from safer_instruct.pipeline.state import MARKER
+from safer_instruct.pipeline.state import MARKER, is_reused
 from tests.pipeline.helpers import run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -73,7 +73,7 @@ def test_a_job_whose_dependency_failed_is_cancelled(tmp_path):
     # The reversed-tuning data file does not exist: the first job fails at run time.
     out = run_cli("run", "experiment=smoke", "launcher=slurm", "launcher.wait=true", "launcher.poll_s=1",
                   f"out_dir={exp}", "+experiment.steps.reverse.args.data.path=/nonexistent/data.jsonl",
-                  "skip=[harmless_base,downstream_base]", "experiment.steps.report.args.runs=[@{dpo_model}]",
+                  "skip=[harmless_base,downstream_base]", "experiment.steps.report.args.runs=['@{dpo_model}']",
                   timeout=600)  # fmt: skip
     assert out.returncode == 1
     assert "reverse FAILED" in out.stderr
@@ -101,9 +101,10 @@ def test_submitit_sweep_of_two_points_comes_back_in_one_report(tmp_path):
     for n, beta in ((0, 0.05), (1, 0.5)):
         assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
     # Steps the swept value does not change ran once, in one point, and the other reused them.
-    assert sum((sweep / str(n) / "reverse").is_symlink() for n in (0, 1)) == 1
+    assert sum(is_reused(sweep / str(n) / "reverse") for n in (0, 1)) == 1
     with open(sweep / "report" / "report.csv", newline="") as handle:
-        runs = [row["run"] for row in csv.DictReader(handle)]
-    assert any("train.beta=0.05" in r for r in runs) and any("train.beta=0.5" in r for r in runs)
-    assert any(r == "base_model" for r in runs)
+        rows = [(row["run"].split("/")[0], row["model"]) for row in csv.DictReader(handle)]
+    # One table: the base model once (the same steps in both points), the trained model per point,
+    # each row with its harmlessness and downstream results together.
+    assert sorted(rows) == [("base_model", "base"), ("train.beta=0.05 dpo_model", "dpo"), ("train.beta=0.5 dpo_model", "dpo")]
     assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
