@@ -87,8 +87,8 @@ def prepare_step_dir(step_dir: Path, fingerprint: str, exp_dir: Path) -> Path | 
     fingerprint stays: the stage resumes from it (checkpoints, LLM caches, partial outputs).
     """
     moved = None
-    if step_dir.is_symlink():
-        move_aside(step_dir, exp_dir)
+    if is_reused(step_dir):  # never write through links into another sweep point's step
+        moved = move_aside(step_dir, exp_dir)
     elif step_dir.exists():
         started = _read_json(step_dir / STARTED) or read_marker(step_dir) or {}
         foreign = started.get("fingerprint") not in (None, fingerprint)

@@ -108,3 +108,37 @@ def test_submitit_sweep_of_two_points_comes_back_in_one_report(tmp_path):
     # each row with its harmlessness and downstream results together.
     assert sorted(rows) == [("base_model", "base"), ("train.beta=0.05 dpo_model", "dpo"), ("train.beta=0.5 dpo_model", "dpo")]
     assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
+
+
+def test_a_job_requeued_near_its_time_limit_starts_again_and_completes(tmp_path):
+    exp = tmp_path / "exp"
+    only = "downstream_base"
+    others = ["reverse", "construct", "sft", "dpo", "harmless_base", "harmless_dpo", "downstream_dpo", "report"]
+    out = run_cli("run", "experiment=smoke", "launcher=slurm", f"out_dir={exp}", f"skip=[{','.join(others)}]",
+                  "experiment.report_step=null")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    job = json.loads((exp / "slurm" / "jobs.json").read_text())["jobs"][only]
+    log = exp / "base_model" / only / f"slurm-{job}.out"
+    deadline = time.monotonic() + 120
+    while not (log.exists() and "(restart 0)" in log.read_text()):
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.2)
+    # What Slurm sends before the time limit (--signal=B:USR1@...): the job script requeues itself.
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    # Slurm holds a requeued job for about two minutes before it may start again: lift that here.
+    while "restart 1" not in log.read_text():
+        state = subprocess.run(["squeue", "-h", "-o", "%T %r", "-j", job], capture_output=True, text=True).stdout
+        if state.startswith("PENDING"):
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        assert time.monotonic() < deadline + 60, state
+        time.sleep(0.5)
+    while True:
+        state = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "State", "-j", job], capture_output=True, text=True)
+        if state.stdout.strip().split("\n")[-1].startswith("COMPLETED"):
+            break
+        assert time.monotonic() < deadline + 120, state.stdout
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "time limit near: requeueing" in text and "(restart 1)" in text
+    assert (exp / "base_model" / only / MARKER).exists()
+    assert json.loads((exp / "base_model" / only / "downstream.json").read_text())["scores"]
