@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,9 @@ class PersistentRefDPOTrainer(DPOTrainer):
             log.info("reference log-probs for %s reused from %s (no reference forward pass)", name,
                      self.ref_store.entry(key))  # fmt: skip
             return _with_ref_columns(dataset, chosen, rejected)
+        started = time.perf_counter()
         chosen, rejected = self._compute_ref_logps(dataset, name, batch_size)
+        seconds = round(time.perf_counter() - started, 3)
         status = "computed"
         if key is not None:
             if self.accelerator.is_main_process:
@@ -122,7 +125,8 @@ class PersistentRefDPOTrainer(DPOTrainer):
                 log.info("reference log-probs for %s stored in %s", name, self.ref_store.entry(key))
             self.accelerator.wait_for_everyone()
             status = "computed_and_stored"
-        self.ref_cache_events.append({"dataset": name, "key": key, "status": status, "rows": len(dataset)})
+        self.ref_cache_events.append({"dataset": name, "key": key, "status": status, "rows": len(dataset),
+                                      "seconds": seconds})  # fmt: skip
         return _with_ref_columns(dataset, chosen, rejected)
 
     def _compute_ref_logps(self, dataset, name: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

