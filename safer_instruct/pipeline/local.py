@@ -137,6 +137,7 @@ def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
+                log.flush()  # `tail -f stage.log` shows progress as it happens
                 tail.append(line.rstrip("\n"))
                 if verbose:
                     print(f"  {name} | {line}", end="", flush=True)

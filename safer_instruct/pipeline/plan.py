@@ -6,8 +6,9 @@ An experiment preset (`conf/experiment/NAME.yaml`) lists its steps under `experi
       stage: train dpo                      # the words of a stage in safer_instruct.cli.STAGES
       args:                                 # nested keys, flattened into Hydra overrides
         model: tiny                         #   -> model=tiny
-        model_path: "@{sft}/model"          #   @{step} is that step's output dir: a dependency
+        model.path: "@{sft}/model"          #   @{step} is that step's output dir: a dependency
         train: {beta: "${train.beta}"}      #   -> train.beta=0.1 (a knob a sweep can vary)
+        llm@expert: inprocess               #   -> llm@expert=inprocess (a defaults-list choice)
       overrides: []                         # raw overrides appended as given (optional)
       outputs: [model/config.json]          # files the stage must leave in its out_dir
       after: []                             # extra dependencies without a @{ref} (optional)
@@ -18,7 +19,7 @@ An experiment preset (`conf/experiment/NAME.yaml`) lists its steps under `experi
       resources: {}                         # per-step Slurm resources over the profile's
       enabled: true
 
-Every step gets its own out_dir `<experiment dir>/<step>`. The dependency graph is read from the
+Every step gets its own out_dir `<experiment dir>/[<group>/]<step>`. The dependency graph is read from the
 `@{step}` references, so it always matches the data flow. A step's fingerprint hashes its stage, its
 arguments (with references kept symbolic) and the fingerprints of the steps it needs: a change
 anywhere upstream changes it, a change of output location does not (sweep points share steps).
