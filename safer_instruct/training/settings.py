@@ -263,15 +263,6 @@ def settings_from(cls: type[T], node: Any, key: str) -> T:
         raise ConfigError(f"{key}: {err}") from None
 
 
-def describe(cls: type) -> str:
-    """Every field of a settings class with its default and help text (for docs and --help)."""
-    lines = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        lines.append(f"{f.name} (default {default!r}): {f.metadata.get('help', '')}")
-    return "\n".join(lines)
-
-
 def deepspeed_config_path(name: str) -> Path:
     """A DeepSpeed JSON by name (conf/deepspeed/<name>.json) or path."""
     candidate = Path(name).expanduser()

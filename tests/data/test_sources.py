@@ -237,3 +237,29 @@ def test_unknown_source_or_key_is_named(tmp_path):
         load_preferences({"source": "instructions", "path": "demo"})
     with pytest.raises(DataError, match="no such file or folder"):
         load_preferences({"source": "constructed", "path": str(tmp_path / "missing.jsonl")})
+
+
+def test_every_source_setting_documents_itself():
+    from dataclasses import fields
+
+    from safer_instruct.data.sources import INSTRUCTION_SOURCES, PREFERENCE_SOURCES
+
+    for name, (cls, _) in {**PREFERENCE_SOURCES, **INSTRUCTION_SOURCES}.items():
+        assert all(f.metadata.get("help") for f in fields(cls)), name
+
+
+def test_every_data_preset_composes_and_validates():
+    from omegaconf import OmegaConf
+
+    from safer_instruct.config import compose
+    from safer_instruct.data.sources import spec_from
+    from safer_instruct.paths import conf_dir
+
+    for preset in sorted(p.stem for p in (conf_dir() / "data").glob("*.yaml")):
+        data = OmegaConf.to_container(compose("train_dpo", ["model=tiny", f"data={preset}"]).data, resolve=True,
+                                      throw_on_missing=False)  # fmt: skip
+        fill = lambda node: {k: ("x.jsonl" if v == "???" else v) for k, v in node.items()}  # noqa: E731
+        values = fill(data)
+        if "components" in values:
+            values["components"] = [fill(c) for c in values["components"]]
+        assert spec_from(values).source == data["source"], preset

@@ -44,11 +44,17 @@ def plain_dpo(tmp_path_factory, pairs) -> Path:
     return out
 
 
-def test_zero2_sft_one_process_matches_plain_run(tmp_path):
-    plain, zero2 = tmp_path / "plain", tmp_path / "zero2"
-    _run([python(), "train/sft.py", *COMMON, f"out_dir={plain}"])
+@pytest.fixture(scope="module")
+def plain_sft(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("plain-sft") / "run"
+    _run([python(), "train/sft.py", *COMMON, f"out_dir={out}"])
+    return out
+
+
+def test_zero2_sft_one_process_matches_plain_run(tmp_path, plain_sft):
+    zero2 = tmp_path / "zero2"
     _run([python(), "train/sft.py", *COMMON, "train.deepspeed=zero2", f"out_dir={zero2}"])
-    assert _losses(zero2) == pytest.approx(_losses(plain), abs=1e-4)
+    assert _losses(zero2) == pytest.approx(_losses(plain_sft), abs=1e-4)
     assert (zero2 / "model" / "model.safetensors").stat().st_size > 100_000
     config = json.loads((zero2 / "train_summary.json").read_text())
     assert config["global_step"] == 2
@@ -82,3 +88,14 @@ def test_zero2_dpo_two_processes_torchrun_same_recipe(tmp_path, pairs, plain_dpo
     assert summary["ref_logps"]["forward_batches"] == 2  # 16 pairs, batches of 4, split over 2 ranks
     assert _losses(out) == pytest.approx(_losses(plain_dpo), abs=1e-4)
     assert len(read_metrics(out / "metrics.jsonl")) == 3  # written once (rank 0): 2 steps + the final summary
+
+
+def test_accelerate_launch_with_the_zero2_config_two_processes(tmp_path, plain_sft):
+    # DeepSpeed comes from conf/accelerate/zero2.yaml (train.deepspeed stays null), as on a GPU node.
+    out = tmp_path / "accelerate"
+    accelerate = str(Path(python()).parent / "accelerate")
+    _run([accelerate, "launch", "--config_file", "conf/accelerate/zero2.yaml", "--num_processes", "2",
+          "--main_process_port", str(free_port()), "train/sft.py", *COMMON, f"out_dir={out}"])  # fmt: skip
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["world_size"], summary["gradient_accumulation_steps"]) == (2, 1)
+    assert _losses(out) == pytest.approx(_losses(plain_sft), abs=1e-4)

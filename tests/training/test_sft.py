@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from omegaconf import open_dict
 from safetensors.torch import load_file
 
 from safer_instruct.data.instructions import DEMO_INSTRUCTIONS
@@ -96,3 +97,17 @@ def test_cli_names_a_missing_model_preset_before_loading_anything(tmp_path):
     proc = run_script([str(Path(python()).parent / "safer-instruct"), "train", "sft", f"out_dir={tmp_path}"], timeout=60)
     assert proc.returncode == 2
     assert "model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # wandb starts its service process
+def test_wandb_offline_run_and_local_metrics_side_by_side(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = stage_config("train_sft", tmp_path, *QUICK, "train.max_steps=2")
+    with open_dict(cfg):
+        cfg.tracking.mode = "offline"
+    run_sft(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
+    logged = [row["step"] for row in read_metrics(tmp_path / "metrics.jsonl") if "loss" in row]
+    assert logged == [1, 2]
