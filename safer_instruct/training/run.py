@@ -278,7 +278,6 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
             callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl"), *callbacks],
             ref_store=store,
             ref_key_parts=key_parts,
-            dataset_fingerprints=fingerprints,
         )
         ref_info = {"ref_logps": {"precomputed": train.precompute_ref_logps, "events": trainer.ref_cache_events,
                                   "forward_batches": trainer.ref_forward_batches,

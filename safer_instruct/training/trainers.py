@@ -24,9 +24,11 @@ import torch
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
+from safer_instruct.training.preprocess import fingerprint_columns
 from safer_instruct.training.ref_logps import RefLogpsStore, store_key
 
 log = logging.getLogger(__name__)
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
 
 # Metrics we promise in metrics.jsonl whenever the trainer reports them (TRL names).
 DPO_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
@@ -76,15 +78,13 @@ class PersistentRefDPOTrainer(DPOTrainer):
     Args (besides DPOTrainer's):
         ref_store: where reference log-probs live; None disables persistence.
         ref_key_parts: the key components that do not depend on the dataset (reference model identity,
-            loading and tokenization settings); the dataset's token-id fingerprint is added per dataset.
-        dataset_fingerprints: {id(dataset) -> fingerprint} of the datasets passed in (train, eval).
+            loading and tokenization settings); the fingerprint of each dataset's token ids is added to them.
     """
 
     def __init__(self, *args, ref_store: RefLogpsStore | None = None, ref_key_parts: dict[str, Any] | None = None,
-                 dataset_fingerprints: dict[str, str] | None = None, **kwargs):  # fmt: skip
+                 **kwargs):  # fmt: skip
         self.ref_store = ref_store
         self.ref_key_parts = dict(ref_key_parts or {})
-        self.dataset_fingerprints = dict(dataset_fingerprints or {})
         self.ref_forward_batches = 0
         self.ref_cache_events: list[dict[str, Any]] = []
         super().__init__(*args, **kwargs)
@@ -101,9 +101,12 @@ class PersistentRefDPOTrainer(DPOTrainer):
     def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
         from accelerate.utils import broadcast_object_list
 
-        fingerprint = self.dataset_fingerprints.get(name)
+        # The key hashes exactly the token ids whose log-probs are looked up (whatever dataset this is).
+        fingerprint = None
+        if self.ref_store is not None and set(TOKEN_COLUMNS) <= set(dataset.column_names):
+            fingerprint = fingerprint_columns({column: dataset[column] for column in TOKEN_COLUMNS})
         key = None
-        if self.ref_store is not None and fingerprint is not None:
+        if fingerprint is not None:
             key = store_key({**self.ref_key_parts, "dataset": fingerprint})
         found = [None]
         if key is not None and self.accelerator.is_main_process:
