@@ -112,3 +112,28 @@ def test_dpo_refuses_data_without_rejected_responses(tmp_path):
     cfg = stage_config("train_dpo", tmp_path / "run", *QUICK, f"data.path={data}")
     with pytest.raises(DataError, match="usable for SFT only"):
         run_dpo(cfg, tmp_path / "run")
+
+
+def test_other_trl_loss_types_combined(tmp_path, pairs_file):
+    cfg = _dpo(tmp_path / "run", pairs_file, tmp_path / "store", "train.max_steps=2", "train.loss_type=[ipo,sft]",
+               "train.loss_weights=[1.0,0.5]")  # fmt: skip
+    run_dpo(cfg, tmp_path / "run")
+    rows = [row for row in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in row]
+    assert len(rows) == 2 and all(math.isfinite(row["loss"]) for row in rows)
+    assert rows[0]["loss"] != pytest.approx(math.log(2), abs=1e-3)  # not the sigmoid loss
+
+
+@pytest.mark.slow
+def test_cli_beta_sweep_multirun_reuses_the_reference(tmp_path, pairs_file):
+    from pathlib import Path
+
+    from tests.training.helpers import python, run_script
+
+    proc = run_script([str(Path(python()).parent / "safer-instruct"), "train", "dpo", "-m", "model=tiny",
+                       f"data.path={pairs_file}", "train.beta=0.1,0.5", "train.max_steps=1", f"out_dir={tmp_path / 'sweep'}",
+                       f"train.ref_logps_dir={tmp_path / 'store'}"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = [json.loads((tmp_path / "sweep" / str(i) / "train_summary.json").read_text()) for i in (0, 1)]
+    assert [job["beta"] for job in jobs] == [0.1, 0.5]
+    assert [job["ref_logps"]["events"][0]["status"] for job in jobs] == ["computed_and_stored", "reused"]
+    assert [job["ref_logps"]["forward_batches"] for job in jobs] == [2, 0]  # 16 pairs, batches of 2 x 4
