@@ -202,8 +202,8 @@ def _hub_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
         dataset = load_dataset(spec.path, data_dir=spec.data_dir, split=spec.split)
     except Exception as err:  # datasets raises many types; the user needs one line
         raise DataError(
-            f"could not load the Hub dataset ({type(err).__name__}: {str(err).splitlines()[0][:200]}); offline, set "
-            "data.path to a local copy in the release format",
+            f"no local file or folder of that name, and it could not be loaded as a Hub dataset ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]}); offline, set data.path to a local copy in the release format",
             path=label,
         ) from None
     stats.files.append(label)
