@@ -94,3 +94,21 @@ def test_templates_are_checked_when_loaded():
         PromptTemplate.from_config("respond", {"version": 1, "template": "{instruction} {"}, required={"instruction"})
     rendered = ok.render(instruction='He said {"verdict": 1}')  # braces in values are left alone
     assert rendered == 'He said {"verdict": 1}' and json.loads(rendered[8:]) == {"verdict": 1}
+
+
+def test_funnel_problems_are_detected_between_and_within_stages():
+    from safer_instruct.construct.outputs import build_stats
+
+    def stage(n_in, n_out, dropped, **extra):
+        return {"funnel": {"in": n_in, "out": n_out, "dropped": dropped, "by_category": {}}, **extra}
+
+    corpus = {"rows": 5, "kept": 4, "quarantined": 1}
+    good = {"induce": stage(8, 8, {}, texts=4, samples_per_text=2, corpus=corpus),
+            "filter_instructions": stage(8, 5, {"duplicate": 3}), "respond": stage(5, 5, {})}  # fmt: skip
+    assert build_stats(good, {})["problems"] == []
+    broken = dict(good, respond=stage(6, 6, {}), filter_instructions=stage(8, 5, {"duplicate": 2}))
+    problems = build_stats(broken, {})["problems"]
+    assert any("filter_instructions: in 8 != out 5 + dropped 2" in p for p in problems)
+    assert any("respond: in 6 != previous stage's out 5" in p for p in problems)
+    wrong_k = dict(good, induce=stage(7, 7, {}, texts=4, samples_per_text=2, corpus=corpus))
+    assert any("texts 4 x samples" in p for p in build_stats(wrong_k, {})["problems"])
