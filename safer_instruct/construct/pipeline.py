@@ -205,12 +205,28 @@ class ConstructRun:
                 )
 
     def run(self) -> dict[str, Any]:
+        from filelock import FileLock, Timeout
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # Two runs appending to the same progress files would interleave; a killed run's lock is
+        # released by the OS, so a rerun after SIGKILL is never blocked.
+        lock = FileLock(str(self.out_dir / ".construct.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise SaferInstructError(f"another construct run is using {self.out_dir}; wait for it or choose "
+                                     "another out_dir") from None  # fmt: skip
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> dict[str, Any]:
         self.check_inputs()
         pending = self.pending()
         skipped = [name for name in self.stages if name not in pending]
         if skipped:
             log.info("stages already finished in %s (kept): %s", self.out_dir, ", ".join(skipped))
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         failures_path = self.out_dir / "failures.jsonl"
         failures_path.touch()
         with ExitStack() as stack:

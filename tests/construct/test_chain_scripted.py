@@ -200,3 +200,13 @@ def test_customer_support_domain_runs_offline(server, workspace):
     assert train[0]["provenance"]["templates"]["respond"] == "respond@support-respond-v1"
     assert train[0]["source_id"].startswith("cs-")
     assert "customer-support assistant" in (out / "README.md").read_text()
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_holds_it(server, workspace, full_run):
+    from filelock import FileLock
+
+    from safer_instruct.errors import SaferInstructError
+
+    out = full_run[0]
+    with FileLock(str(out / ".construct.lock")), pytest.raises(SaferInstructError, match="another construct run"):
+        construct(server, workspace, "full")
