@@ -29,9 +29,15 @@ class StartingPoint:
     location: str
     adapter: str | None = None
 
-    @property
-    def tokenizer_location(self) -> str:
-        return self.adapter or self.location
+    def load_tokenizer(self) -> Any:
+        """The tokenizer saved with the adapter (if any), else the model's; with a pad token."""
+        from transformers import AutoTokenizer
+
+        folder = self.adapter if self.adapter and (Path(self.adapter) / "tokenizer_config.json").is_file() else self.location
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     def identity_locations(self) -> list[str]:
         return [self.location] + ([self.adapter] if self.adapter else [])
@@ -73,7 +79,9 @@ def merged_model(base: str, adapter: str, dtype: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype(dtype))
-    return PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    # PEFT loads for inference (frozen base); the merged model is trained like any full model.
+    return merged.requires_grad_(True)
 
 
 def save_final(trainer: Any, tokenizer: Any, out_dir: Path, *, peft_enabled: bool, merge: bool, base: StartingPoint,

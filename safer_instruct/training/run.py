@@ -45,7 +45,6 @@ class StagePlan:
 
 
 def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
-    from safer_instruct.model_kit import load_tokenizer
     from safer_instruct.training.models import starting_point, torch_dtype
 
     train = settings_from(settings_cls, cfg.train, "train")
@@ -58,7 +57,7 @@ def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
 
         single_process_env()
     start = starting_point(cfg.model.path)
-    return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=load_tokenizer(start.tokenizer_location))
+    return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=start.load_tokenizer())
 
 
 def _split_eval(rows: list, size: int, seed: int) -> tuple[list, list]:
@@ -222,7 +221,7 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
     from safer_instruct.data.sources import load_preferences
     from safer_instruct.formatting import PromptFormat
     from safer_instruct.tracking import tracking_run
-    from safer_instruct.training.models import policy_for_trainer
+    from safer_instruct.training.models import merged_model, policy_for_trainer
     from safer_instruct.training.preprocess import Encoder, dpo_columns, fingerprint_columns
     from safer_instruct.training.ref_logps import RefLogpsStore, model_identity
     from safer_instruct.training.trainers import MetricsJsonlCallback, PersistentRefDPOTrainer
@@ -267,8 +266,13 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
             precompute_ref_log_probs=train.precompute_ref_logps,
             precompute_ref_batch_size=train.precompute_ref_batch_size or 2 * train.per_device_batch_size,
         )
+        ref_model = None
+        if plan.start.adapter and not train.precompute_ref_logps and not plan.peft.enabled:
+            # TRL would rebuild a live reference from the base path alone: give it the merged SFT model instead.
+            ref_model = merged_model(plan.start.location, plan.start.adapter, cfg.model.dtype).eval()
         trainer = PersistentRefDPOTrainer(
             model=policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora"),
+            ref_model=ref_model,
             args=args,
             train_dataset=_dataset(train_columns),
             eval_dataset=_dataset(eval_columns) if eval_columns else None,

@@ -137,3 +137,19 @@ def test_cli_beta_sweep_multirun_reuses_the_reference(tmp_path, pairs_file):
     assert [job["beta"] for job in jobs] == [0.1, 0.5]
     assert [job["ref_logps"]["events"][0]["status"] for job in jobs] == ["computed_and_stored", "reused"]
     assert [job["ref_logps"]["forward_batches"] for job in jobs] == [2, 0]  # 16 pairs, batches of 2 x 4
+
+
+def test_dpo_starts_from_an_sft_lora_adapter_folder(tmp_path, pairs_file):
+    from safer_instruct.training.run import run_sft
+    from tests.training.helpers import stage_config as compose_stage
+
+    sft_out = tmp_path / "sft"
+    run_sft(compose_stage("train_sft", sft_out, *QUICK, "train.max_steps=2", "peft=lora", "train.merge_adapter=false"), sft_out)
+    assert not (sft_out / "model").exists() and (sft_out / "adapter" / "adapter_config.json").is_file()
+    out = tmp_path / "dpo"
+    summary = run_dpo(_dpo(out, pairs_file, tmp_path / "store", "train.max_steps=2", f"model.path={sft_out / 'adapter'}"), out)
+    assert summary["started_from"]["adapter"] == str(sft_out / "adapter")
+    rows = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
+    assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # reference = the SFT model (base + its adapter, merged)
+    meta = json.loads((tmp_path / "store" / summary["ref_logps"]["events"][0]["key"] / "meta.json").read_text())
+    assert len(meta["reference"]) == 2  # base identity and adapter identity
