@@ -92,6 +92,7 @@ class ScriptedModels:
         self.script = script()
         self.answered: Counter[str] = Counter()
         self.hold_after = hold_after
+        self.on_answer = None  # called with the number of answers given so far (e.g. to kill the client)
         self.held = threading.Event()
         self._released = threading.Event()
 
@@ -105,6 +106,8 @@ class ScriptedModels:
             self._released.wait(120)
             return "too late"
         self.answered[key] += 1
+        if self.on_answer is not None:
+            self.on_answer(sum(self.answered.values()))
         if path == "/v1/completions":
             return self.induce(body["prompt"], int(body.get("seed") or 0))
         return self.expert(body["messages"])

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from safer_instruct.config import compose
 from safer_instruct.construct.pipeline import run_construct
 from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
@@ -93,3 +95,39 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_dataset_without_repeating_a
     for stage in stats["stages"]:
         assert stats["stages"][stage]["dropped"] == reference_stats["stages"][stage]["dropped"]
     assert stats["run"]["stages_kept"] == ["induce"]
+
+
+@pytest.mark.slow
+def test_sigkill_at_arbitrary_moments_still_ends_with_the_same_dataset(tmp_path):
+    """Killed twice without warning (mid-induce, then mid-filter), while answers are in flight and
+    progress lines are being written; the third run finishes. Only answers that were in flight at a
+    kill (answered by the server, not yet received by the client) may be asked again."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl")
+    reference_models = ScriptedModels()
+    with FaultServer(responder=reference_models) as server:
+        run_construct(compose("construct", scripted_overrides(server.base_url, tmp_path / "ref", corpus,
+                                                              tmp_path / "cache-ref")), tmp_path / "ref")  # fmt: skip
+    out, answered = tmp_path / "out", []
+    for kill_at in (17, 15, None):
+        models = ScriptedModels()
+        with FaultServer(responder=models) as server:
+            proc = subprocess.Popen(cli(scripted_overrides(server.base_url, out, corpus, tmp_path / "cache")), cwd=ROOT,
+                                    start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+            if kill_at is not None:
+                models.on_answer = lambda n, at=kill_at, pid=proc.pid: n == at and os.killpg(pid, signal.SIGKILL)
+            try:
+                proc.wait(300)
+            finally:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(30)
+        assert proc.returncode == (-signal.SIGKILL if kill_at else 0), proc.stderr.read()[-2000:]
+        answered.append(models.answered)
+    assert (out / "preference.jsonl").read_bytes() == (tmp_path / "ref" / "preference.jsonl").read_bytes()
+    total = sum(sum(c.values()) for c in answered)
+    reference = sum(reference_models.answered.values())
+    # Per kill, at most the LLM layer's window of results (2 x max_concurrency = 8 with the local
+    # preset) can have been answered by the server but not yet received and recorded, plus the answer
+    # during which the kill struck.
+    assert reference <= total <= reference + 2 * (2 * 4 + 1)
+    assert set().union(*answered) == set(reference_models.answered)
