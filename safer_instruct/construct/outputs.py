@@ -179,33 +179,27 @@ def write_funnel_plot(path: Path, stats: Mapping[str, Any]) -> Path | None:
 # ---------------------------------------------------------------- dataset card
 
 
-CONTENT_WARNING = (
-    "**Content warning.** The `rejected` responses are real undesired texts (for the safety domain: hateful, "
-    "violent, sexual, self-harm or illegal-activity content), and the `prompt`s were written to elicit them. "
-    "Use this data only to train and evaluate models to refuse or respond safely."
-)
-
-
 def _md_cell(text: str, limit: int = 160) -> str:
     text = " ".join(str(text).split())
     text = text if len(text) <= limit else text[: limit - 1] + "…"
     return text.replace("|", "\\|")
 
 
-def dataset_card(stats: Mapping[str, Any], *, purpose: str, templates: Mapping[str, Mapping[str, Any]],
-                 models: Mapping[str, str], examples: Sequence[Mapping[str, Any]], corpus: str) -> str:  # fmt: skip
+def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], content_warning: str, purpose: str,
+                 templates: Mapping[str, Mapping[str, Any]], models: Mapping[str, str],
+                 examples: Sequence[Mapping[str, Any]], corpus: str) -> str:  # fmt: skip
     lines = [
         "---",
-        "tags: [safety, preference, dpo, safer-instruct]",
+        f"tags: [{', '.join(tags)}]",
         "task_categories: [text-generation]",
         "configs:",
         "- config_name: default",
         "  data_files: [{split: train, path: preference.jsonl}, {split: test, path: preference_test.jsonl}]",
         "---",
         "",
-        "# Safer-Instruct preference data",
+        f"# {title}",
         "",
-        CONTENT_WARNING,
+        f"**Content warning.** {' '.join(content_warning.split())}",
         "",
         "## Purpose",
         "",
@@ -225,6 +219,9 @@ def dataset_card(stats: Mapping[str, Any], *, purpose: str, templates: Mapping[s
     for name, n_in, n_out, dropped in funnel_rows(stats):
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "-"
         lines.append(f"| {name} | {n_in} | {n_out} | {reasons} |")
+    for name, entry in (stats.get("stages") or {}).items():
+        if entry.get("expert_check") is False:
+            lines += ["", f"{name}: the expert check was off (`{name}.expert_check=false`); only heuristics filtered."]
     splits = stats.get("splits")
     if splits:
         lines += ["", f"Splits: train {splits['train']}, test {splits['test']} (held out by source text)."]

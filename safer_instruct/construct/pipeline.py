@@ -276,7 +276,10 @@ class ConstructRun:
         templates = {"reverse": {"version": self.reverse_template["version"], "template": self.reverse_template["template"]},
                      **{name: {"version": tpl.version, "template": tpl.template, "system": tpl.system}
                         for name, tpl in self.templates.items()}}  # fmt: skip
-        card = outputs.dataset_card(stats, purpose=str(self.cfg.dataset.purpose or ""), templates=templates,
+        dataset = self.cfg.dataset
+        card = outputs.dataset_card(stats, title=str(dataset.title), tags=[str(t) for t in dataset.tags],
+                                    content_warning=str(dataset.content_warning),
+                                    purpose=str(dataset.purpose or ""), templates=templates,
                                     models=self.models(), examples=outputs.first_rows(train),
                                     corpus=self.corpus_spec.path)  # fmt: skip
         outputs.write_card(self.out_dir / "README.md", card)

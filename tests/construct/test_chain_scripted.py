@@ -169,10 +169,14 @@ def test_a_new_template_version_reruns_only_the_stages_after_it(server, workspac
     assert rows(root / "changed" / "preference.jsonl")[0]["provenance"]["templates"]["respond"] == "respond@safety-respond-v2"
 
 
-def test_assemble_dedups_prompts_that_reach_it(server, workspace):
-    _, stats, _ = construct(server, workspace, "nodedup", "filter_instructions.heuristics.dedup=false")
+def test_assemble_dedups_prompts_that_reach_it_and_an_expert_check_can_be_off(server, workspace):
+    out, stats, _ = construct(server, workspace, "nodedup", "filter_instructions.heuristics.dedup=false",
+                              "filter_responses.expert_check=false")
     assert stats["stages"]["filter_instructions"]["dropped"].get("duplicate") is None
     assert stats["stages"]["assemble"]["dropped"]["duplicate_prompt"] == 1
+    # With the response check off, the BAD chosen response (t06) is no longer dropped, and no check is asked.
+    assert stats["stages"]["filter_responses"]["dropped"] == {} and "filter_responses" not in stats["llm"]
+    assert "filter_responses: the expert check was off" in (out / "README.md").read_text()
 
 
 def test_bad_corpus_rows_in_a_run_error_or_quarantine(server, workspace):
@@ -199,7 +203,9 @@ def test_customer_support_domain_runs_offline(server, workspace):
     assert all(r["source"] == "safer-instruct/customer-support" for r in train)
     assert train[0]["provenance"]["templates"]["respond"] == "respond@support-respond-v1"
     assert train[0]["source_id"].startswith("cs-")
-    assert "customer-support assistant" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()
+    assert "customer-support assistant" in card and "# Courteous customer-support" in card
+    assert "deliberately rude" in card and "hateful" not in card.split("## Purpose")[0]
 
 
 def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_holds_it(server, workspace, full_run):
