@@ -61,3 +61,13 @@ def test_preference_record_validation_names_row_and_field():
         PreferenceRecord.from_mapping({"prompt": "p", "chosen": "c"}, row=2, require_rejected=True)
     with pytest.raises(DataError, match="field 'prompt': must be text, got int"):
         PreferenceRecord.from_mapping({"prompt": 3, "chosen": "c"})
+
+
+def test_atomic_writes_have_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    atomic_write_jsonl(tmp_path / "o.jsonl", [{"a": 1}])
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "o.jsonl").stat().st_mode) == 0o666 & ~umask
