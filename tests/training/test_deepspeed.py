@@ -9,6 +9,7 @@ equal those of a plain single-process run step for step.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,18 @@ def test_accelerate_launch_with_the_zero2_config_two_processes(tmp_path, plain_s
     accelerate = str(Path(python()).parent / "accelerate")
     _run([accelerate, "launch", "--config_file", "conf/accelerate/zero2.yaml", "--num_processes", "2",
           "--main_process_port", str(free_port()), "train/sft.py", *COMMON, f"out_dir={out}"])  # fmt: skip
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert (summary["world_size"], summary["gradient_accumulation_steps"]) == (2, 1)
+    assert _losses(out) == pytest.approx(_losses(plain_sft), abs=1e-4)
+
+
+@pytest.mark.slurm
+@pytest.mark.skipif(shutil.which("srun") is None, reason="no Slurm here (srun not found)")
+def test_srun_starts_the_entry_script_directly(tmp_path, plain_sft):
+    # srun without a launcher: the script derives RANK/WORLD_SIZE/MASTER_* from SLURM_* itself.
+    out = tmp_path / "srun"
+    _run(["srun", "-n", "2", "--cpus-per-task", "1", python(), "train/sft.py", *COMMON, "train.deepspeed=zero2",
+          f"out_dir={out}"])  # fmt: skip
     summary = json.loads((out / "train_summary.json").read_text())
     assert (summary["world_size"], summary["gradient_accumulation_steps"]) == (2, 1)
     assert _losses(out) == pytest.approx(_losses(plain_sft), abs=1e-4)
