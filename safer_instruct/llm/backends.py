@@ -12,12 +12,14 @@ client is first needed, never stored in config or logged.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from safer_instruct.errors import ConfigError
+from safer_instruct.llm.chat import ChatRenderer
 from safer_instruct.llm.config import RoleConfig
 from safer_instruct.llm.faults import EmptyCompletion, MalformedResponse
 from safer_instruct.llm.types import ChatRequest, Usage
@@ -63,12 +65,19 @@ def _check_text(text: Any) -> str:
 
 
 class OpenAIBackend:
-    def __init__(self, role: RoleConfig, base_url: str, served_model: str, report_model: str | None = None):
+    """Chat requests go to /chat/completions (the server applies the chat template), raw prompts to
+    /completions. A prefilled chat request is rendered here by `renderer` (the model's own chat
+    template, see `chat.py`) and continued with /completions; the session sends one only when the
+    role has local weights for a renderer, and drops the prefill otherwise."""
+
+    def __init__(self, role: RoleConfig, base_url: str, served_model: str, report_model: str | None = None,
+                 renderer: ChatRenderer | None = None):  # fmt: skip
         self.role = role
         self.base_url = base_url
         self.served_model = served_model
         # Name written into answers: the config's model for servers we run (the served name is a path).
         self.report_model = report_model
+        self.renderer = renderer
         self._client = None
 
     def prepare(self) -> None:
@@ -87,12 +96,26 @@ class OpenAIBackend:
             )
         return self._client
 
-    def body(self, request: ChatRequest, params: dict[str, Any]) -> dict[str, Any]:
-        """The JSON body of a chat or text completion request."""
+    def completion_text(self, request: ChatRequest) -> str | None:
+        """The text of a plain completion (None: a chat completion): the raw prompt, or the chat
+        rendered with the model's template, then the prefill the answer continues from."""
+        if request.prompt is not None:
+            return request.prompt + (request.prefill or "")
+        if request.prefill is None:
+            return None
+        if self.renderer is None:
+            raise ConfigError(f"role '{self.role.name}': a prefilled chat request needs the model's chat template, "
+                              f"and {self.role.model} has no local weights to read it from")  # fmt: skip
+        return self.renderer.completion_prompt(request.messages, request.prefill)
+
+    def body(self, request: ChatRequest, params: dict[str, Any], prompt: str | None = None) -> dict[str, Any]:
+        """The JSON body of a chat (`prompt` None) or text completion request."""
         body: dict[str, Any] = {"model": self.served_model, "max_tokens": params["max_tokens"],
                                 "temperature": params["temperature"]}  # fmt: skip
-        if request.prompt is not None:
-            body["prompt"] = request.prompt
+        if prompt is None and request.prompt is not None:
+            prompt = request.prompt
+        if prompt is not None:
+            body["prompt"] = prompt
         else:
             body["messages"] = [dict(m) for m in request.messages]
         if params.get("top_p") is not None:
@@ -116,12 +139,15 @@ class OpenAIBackend:
         import httpx
 
         client = self.client()
-        path = "/completions" if request.prompt is not None else "/chat/completions"
+        if request.prefill is not None and request.messages and self.renderer and not self.renderer.loaded:
+            await asyncio.to_thread(lambda: self.renderer.tokenizer)  # load once, off the event loop
+        prompt = self.completion_text(request)
+        path = "/completions" if prompt is not None else "/chat/completions"
         # The SDK's generic `post` (auth, base_url, timeouts, typed status errors) with a plain JSON
         # body: `create()`'s typed-parameter transform and response models cost more CPU than the
         # request itself on a fast local server, and reading the JSON here lets us tell a malformed
         # answer from a good one.
-        response = await client.post(path, body=self.body(request, params), cast_to=httpx.Response)
+        response = await client.post(path, body=self.body(request, params, prompt), cast_to=httpx.Response)
         try:
             data = json.loads(response.content)
         except ValueError as err:
@@ -129,7 +155,7 @@ class OpenAIBackend:
         if not isinstance(data, dict):
             raise MalformedResponse(f"the response is a JSON {type(data).__name__}, not an object")
         choice = _first_choice(data)
-        if request.prompt is not None:
+        if prompt is not None:
             text = choice.get("text")
         else:
             message = choice.get("message")
@@ -166,7 +192,8 @@ def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage | None:
 
 class AnthropicBackend:
     """Claude through the Messages API. A raw `prompt` is sent as one user message (the Messages API
-    has no plain completion); system messages go to the `system` field."""
+    has no plain completion); system messages go to the `system` field; a prefill is the trailing
+    assistant message, which Claude continues (the API's own prefill)."""
 
     def __init__(self, role: RoleConfig):
         self.role = role
@@ -192,6 +219,9 @@ class AnthropicBackend:
         else:
             system = "\n\n".join(m["content"] for m in request.messages if m.get("role") == "system") or None
             messages = [dict(m) for m in request.messages if m.get("role") != "system"]
+        if request.prefill is not None:
+            # The API rejects a final assistant turn that ends in whitespace (it would end the turn).
+            messages.append({"role": "assistant", "content": request.prefill})
         kwargs: dict[str, Any] = {"model": self.role.model, "messages": messages, "max_tokens": params["max_tokens"]}
         if system:
             kwargs["system"] = system

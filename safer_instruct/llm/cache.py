@@ -1,6 +1,6 @@
 """The persistent answer cache: sqlite in WAL mode, one connection per thread.
 
-Keyed by a hash of (model identity, messages or prompt, sampling parameters, sample index), so a
+Keyed by a hash of (model identity, messages or prompt, prefill, sampling parameters, sample index), so a
 rerun or a resumed run sends no request whose answer is stored, and k samples of one prompt are k
 entries. Only successful answers are stored: a failed request is tried again next time.
 
@@ -39,7 +39,8 @@ COMMIT_INTERVAL_S = 1.0
 
 
 def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
-    """A stable key for one request: the model, the input, the sampling parameters, the sample index."""
+    """A stable key for one request: the model, the input (prefill included), the sampling parameters,
+    the sample index."""
     payload = {
         "model": model_identity,
         "messages": [[m.get("role"), m.get("content")] for m in request.messages] if request.messages else None,
@@ -47,6 +48,8 @@ def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
         "params": params,
         "sample_index": request.sample_index,
     }
+    if request.prefill is not None:  # only when set: keys of requests without one stay as they were
+        payload["prefill"] = request.prefill
     blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -78,6 +78,13 @@ class RoleConfig:
     hf_generation_config: str = "auto"  # auto | true | false
     extra_body: dict[str, Any] = field(default_factory=dict)
     server: ServerConfig = field(default_factory=ServerConfig)
+    # How a request's prefill is sent: auto = the backend's way (Anthropic: a trailing assistant
+    # message; local weights: the chat template rendered here, continued as a plain completion), and
+    # dropped with a warning for a remote OpenAI-compatible model without local weights; off = never.
+    prefill: str = "auto"  # auto | off
+    # The text verdict answers (filters, judges) start with, so that small models keep the verdict
+    # format; None = not prefilled. Read by the stages that ask for verdicts.
+    verdict_prefill: str | None = None
     batch_size: int = 8  # inprocess only
     dtype: str = "auto"  # inprocess only
     device: str = "cpu"  # inprocess only
@@ -86,6 +93,27 @@ class RoleConfig:
     def managed(self) -> bool:
         """True when we start the model ourselves (a managed server or in-process)."""
         return self.backend == "inprocess" or (self.backend == "openai" and not self.base_url)
+
+    @property
+    def prefill_support(self) -> str:
+        """How this role's backend continues a prefill: `native` (Anthropic's trailing assistant
+        message), `template` (the chat template rendered here with the model's tokenizer, then a plain
+        completion: managed servers, in-process, or any server of a model whose weights are local) or
+        `none` (a remote model we cannot render for, or `prefill: off`)."""
+        from safer_instruct.llm.chat import has_local_tokenizer
+
+        if self.prefill == "off":
+            return "none"
+        if self.backend == "anthropic":
+            return "native"
+        if self.managed or has_local_tokenizer(self.model):
+            return "template"
+        return "none"
+
+    @property
+    def verdict_prefill_sent(self) -> str | None:
+        """The verdict prefill as it reaches the model (None: not configured, or not sendable here)."""
+        return self.verdict_prefill if self.prefill_support != "none" else None
 
     @property
     def sends_hf_generation_config(self) -> bool:
@@ -172,6 +200,12 @@ def parse_role(name: str, node: Any) -> RoleConfig:
     hf_gen = str(raw.get("hf_generation_config", "auto")).lower()
     if hf_gen not in ("auto", "true", "false"):
         raise ConfigError(f"{name}.hf_generation_config must be auto, true or false, got '{hf_gen}'")
+    prefill = str(raw.get("prefill") or "auto").lower()
+    if prefill not in ("auto", "off"):
+        raise ConfigError(f"{name}.prefill must be auto or off, got '{prefill}'")
+    verdict_prefill = read_verdict_prefill(name, raw)
+    if verdict_prefill and backend == "anthropic" and verdict_prefill != verdict_prefill.rstrip():
+        raise ConfigError(f"{name}.verdict_prefill must not end in whitespace: Anthropic's API rejects such a prefill")
     return RoleConfig(
         name=name,
         model=str(model),
@@ -195,10 +229,22 @@ def parse_role(name: str, node: Any) -> RoleConfig:
         hf_generation_config=hf_gen,
         extra_body=dict(raw.get("extra_body") or {}),
         server=server,
+        prefill=prefill,
+        verdict_prefill=verdict_prefill,
         batch_size=_number(name, "batch_size", raw.get("batch_size", 8), int, 1),
         dtype=str(raw.get("dtype") or "auto"),
         device=str(raw.get("device") or "cpu"),
     )
+
+
+def read_verdict_prefill(name: str, node: Any) -> str | None:
+    """A role's `verdict_prefill` (None when unset, null or empty), checked to be text."""
+    value = node.get("verdict_prefill") if node is not None else None
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}.verdict_prefill must be text (e.g. '{{\"verdict\": \"') or null, got {value!r}")
+    return value
 
 
 ROLE_KEYS = tuple(f.name for f in fields(RoleConfig))

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from safer_instruct.llm.backends import Answer
+from safer_instruct.llm.chat import ChatRenderer
 from safer_instruct.llm.config import RoleConfig
 from safer_instruct.llm.faults import EmptyCompletion
 from safer_instruct.llm.types import ChatRequest, Usage
@@ -25,6 +26,7 @@ class InProcessBackend:
         self.role = role
         self.model = None
         self.tokenizer = None
+        self.renderer: ChatRenderer | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"generate-{role.name}")
         self._pending: list[tuple[ChatRequest, dict[str, Any], asyncio.Future]] = []
         self._batcher: asyncio.Task | None = None
@@ -39,6 +41,7 @@ class InProcessBackend:
 
         self.tokenizer = load_tokenizer(self.role.model)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
+        self.renderer = ChatRenderer(self.role.model, tokenizer=self.tokenizer)
         model = load_causal_lm(self.role.model, dtype=self.role.dtype)
         self.model = model.to(self.role.device).eval()
         if self.role.seed is not None:
@@ -46,9 +49,10 @@ class InProcessBackend:
         log.info("loaded %s in process on %s", self.role.model, self.role.device)
 
     def render(self, request: ChatRequest) -> str:
+        """The text the model continues: the raw prompt, or the chat template's text; then the prefill."""
         if request.prompt is not None:
-            return request.prompt
-        return self.tokenizer.apply_chat_template(list(request.messages), tokenize=False, add_generation_prompt=True)
+            return request.prompt + (request.prefill or "")
+        return self.renderer.render(request.messages, request.prefill)
 
     def prompt_length(self, request: ChatRequest) -> int:
         return len(self.tokenizer(self.render(request), add_special_tokens=False)["input_ids"])

@@ -17,9 +17,10 @@ MESSAGE_OVERHEAD_TOKENS = 4
 
 
 def estimate_prompt_tokens(request: ChatRequest, chars_per_token: float = TYPICAL_CHARS_PER_TOKEN) -> int:
+    prefill = len(request.prefill or "")
     if request.prompt is not None:
-        return math.ceil(len(request.prompt) / chars_per_token)
-    chars = sum(len(m.get("content") or "") for m in request.messages)
+        return math.ceil((len(request.prompt) + prefill) / chars_per_token)
+    chars = sum(len(m.get("content") or "") for m in request.messages) + prefill
     return math.ceil(chars / chars_per_token) + MESSAGE_OVERHEAD_TOKENS * len(request.messages)
 
 

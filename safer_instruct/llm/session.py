@@ -11,7 +11,9 @@ rest to an asyncio loop in a background thread, never more than `2 * max_concurr
 memory does not grow with the corpus). In the loop a semaphore bounds concurrency, a token bucket
 enforces `rpm`/`tpm`, and tenacity retries 429/5xx/timeouts/connection errors/malformed answers with
 exponential backoff and jitter, or as long as the server's Retry-After asks. Answers are cached;
-requests that still fail are yielded as `Failure`s and appended to the failures file. Nothing raises
+requests that still fail are yielded as `Failure`s and appended to the failures file. A request's
+prefill is sent the backend's way, or left out (and said once) where it cannot be (`LLMRole.as_sent`);
+an answer to a prefilled request is the prefill plus what the model wrote. Nothing raises
 for a per-request problem; a problem of the whole role (a missing API key, a server that will not
 start) raises a `SaferInstructError` before anything is sent.
 """
@@ -42,6 +44,7 @@ from typing import Any
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm.backends import AnthropicBackend, OpenAIBackend
 from safer_instruct.llm.cache import AnswerCache, cache_key
+from safer_instruct.llm.chat import ChatRenderer
 from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
 from safer_instruct.llm.faults import BackoffWait, describe, is_retryable, redact
 from safer_instruct.llm.limits import (
@@ -280,6 +283,7 @@ class LLMRole:
         self.price = price
         self.backend = None
         self._identity: str | None = None
+        self._warned_prefill = False
         self._stats: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
@@ -307,6 +311,21 @@ class LLMRole:
     def key(self, request: ChatRequest, params: dict[str, Any] | None = None) -> str:
         return cache_key(self.identity, request, params if params is not None else self.params(request))
 
+    def as_sent(self, request: ChatRequest) -> ChatRequest:
+        """The request as this role sends (and caches) it: without its prefill when the backend
+        cannot continue one (`cfg.prefill_support == "none"`), said once per role in the log."""
+        if request.prefill is None or self.cfg.prefill_support != "none":
+            return request
+        if not self._warned_prefill:
+            self._warned_prefill = True
+            if self.cfg.prefill == "off":
+                log.info("role '%s': prefill is off; requests are sent without their prefill", self.name)
+            else:
+                log.warning("role '%s': %s is a remote model without local weights, so its chat template is "
+                            "unknown and prefills (e.g. verdict_prefill) are not sent; set %s.prefill=off to "
+                            "silence this", self.name, self.cfg.model, self.name)  # fmt: skip
+        return dataclasses.replace(request, prefill=None)
+
     def _counters(self, stage: str) -> dict[str, Any]:
         if stage not in self._stats:
             self._stats[stage] = dict.fromkeys(STAT_KEYS, 0)
@@ -333,11 +352,14 @@ class LLMRole:
                 from safer_instruct.llm.inprocess import InProcessBackend
 
                 backend = InProcessBackend(cfg)
-            elif cfg.base_url:
-                backend = OpenAIBackend(cfg, cfg.base_url, served_model=cfg.model)
             else:
-                server = self.session.server_for(cfg)
-                backend = OpenAIBackend(cfg, server.base_url, served_model=server.served_model, report_model=cfg.model)
+                renderer = ChatRenderer(cfg.model) if cfg.prefill_support == "template" else None
+                if cfg.base_url:
+                    backend = OpenAIBackend(cfg, cfg.base_url, served_model=cfg.model, renderer=renderer)
+                else:
+                    server = self.session.server_for(cfg)
+                    backend = OpenAIBackend(cfg, server.base_url, served_model=server.served_model,
+                                            report_model=cfg.model, renderer=renderer)  # fmt: skip
             backend.prepare()
             self.backend = backend
             return backend
@@ -347,7 +369,7 @@ class LLMRole:
         """What `generate` would send and cost, sending nothing (completion tokens: `max_tokens`, an upper bound)."""
         totals = {"requests": 0, "cached": 0, "to_send": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0}
         iterator = iter(requests)
-        while chunk := list(islice(iterator, 512)):
+        while chunk := [self.as_sent(request) for request in islice(iterator, 512)]:
             keyed = [(request, self.params(request)) for request in chunk]
             keys = [self.key(request, params) for request, params in keyed]
             cached = self.session.cache.contains_many(keys) if self.session.cache else set()
@@ -400,7 +422,7 @@ class LLMRole:
                     if not backlog:
                         if exhausted:
                             break
-                        chunk = list(islice(iterator, CHUNK))
+                        chunk = [self.as_sent(request) for request in islice(iterator, CHUNK)]
                         if not chunk:
                             exhausted = True
                             break
@@ -524,7 +546,9 @@ class LLMRole:
             usage = Usage(estimate_prompt_tokens(request), max(1, len(answer.text) // 4))
         self._limiter.settle(estimated, usage.total_tokens)
         completion = Completion(
-            request_id=request.id, text=answer.text, model=answer.model, finish_reason=answer.finish_reason,
+            # The whole answer: the model continued the prefill, so the text starts with it.
+            request_id=request.id, text=(request.prefill or "") + answer.text, model=answer.model,
+            finish_reason=answer.finish_reason,
             usage=usage, latency_s=time.perf_counter() - started, cached=False, metadata=request.metadata,
         )  # fmt: skip
         return completion, attempts

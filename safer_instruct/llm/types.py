@@ -21,6 +21,13 @@ class ChatRequest:
             model's chat template. Leave empty when `prompt` is given.
         prompt: raw text for a plain completion (no chat template), e.g. the reversed model's
             prompt or an Alpaca-format policy. Exactly one of `messages` and `prompt` is set.
+        prefill: text the assistant's answer starts with (e.g. `{"verdict": "` so that a small model
+            answers in the verdict format). The model continues from it, and `Completion.text` is
+            the whole answer, prefill included. Part of the cache key. How a backend sends it: a
+            managed or local-weights role renders the chat template with the model's tokenizer and
+            continues the text after the prefill (a raw completion); Anthropic gets it as the trailing
+            assistant message; a remote OpenAI-compatible model without local weights cannot be
+            prefilled, so the session sends the request without it and warns (role key `prefill`).
         sample_index: which of several samples for the same input this is; part of the cache key,
             so k samples of one prompt are k distinct cached answers.
         temperature / max_tokens / stop: per-request overrides of the role's settings.
@@ -30,6 +37,7 @@ class ChatRequest:
     id: str
     messages: tuple[dict[str, str], ...] = ()
     prompt: str | None = None
+    prefill: str | None = None
     sample_index: int = 0
     temperature: float | None = None
     max_tokens: int | None = None
@@ -39,6 +47,8 @@ class ChatRequest:
     def __post_init__(self) -> None:
         if bool(self.messages) == (self.prompt is not None):
             raise ValueError(f"request {self.id!r}: set exactly one of `messages` and `prompt`")
+        if self.prefill is not None and (not isinstance(self.prefill, str) or not self.prefill):
+            raise ValueError(f"request {self.id!r}: prefill must be non-empty text or None")
 
 
 @dataclass(frozen=True)
