@@ -97,7 +97,7 @@ def preference_features():
         "prompt": text, "chosen": text, "rejected": text, "category": text, "source": text, "source_id": text,
         "provenance": {
             "id": text, "sample_index": Value("int32"), "corpus": text, "inducer": text, "expert": text,
-            "templates": {name: text for name in TEMPLATE_NAMES},
+            "templates": {name: text for name in TEMPLATE_NAMES}, "verdict_prefill": text,
         },
     })  # fmt: skip
 
@@ -187,7 +187,8 @@ def _md_cell(text: str, limit: int = 160) -> str:
 
 def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], content_warning: str, purpose: str,
                  templates: Mapping[str, Mapping[str, Any]], models: Mapping[str, str],
-                 examples: Sequence[Mapping[str, Any]], corpus: str) -> str:  # fmt: skip
+                 examples: Sequence[Mapping[str, Any]], corpus: str, verdict_prefill: str | None = None,
+                 ) -> str:  # fmt: skip
     lines = [
         "---",
         f"tags: [{', '.join(tags)}]",
@@ -239,6 +240,9 @@ def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], c
     lines += [f"| {role} | `{model}` |" for role, model in models.items()]
     lines += ["", "| prompt | version |", "|---|---|"]
     lines += [f"| {name} | `{tpl.get('version')}` |" for name, tpl in templates.items()]
+    if verdict_prefill is not None:
+        lines += ["", f"The expert's pass/fail answers were prefilled: each began with `{verdict_prefill}` "
+                  "(written for the model, which continued it), to keep a small model in the verdict format."]
     for name, tpl in templates.items():
         lines += ["", f"<details><summary>{name} template ({tpl.get('version')})</summary>", "", "```text"]
         if tpl.get("system"):

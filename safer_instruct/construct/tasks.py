@@ -84,16 +84,23 @@ class InduceTask:
 
 
 class VerdictTask:
-    """An expert check that answers pass/fail (instruction filter, response filter)."""
+    """An expert check that answers pass/fail (instruction filter, response filter).
+
+    Args:
+        prefill: text the expert's answer starts with (the role's `verdict_prefill`, e.g.
+            `{"verdict": "`), so that a small model answers in the verdict format; None: not prefilled.
+            The answer read back includes it.
+    """
 
     role = "expert"
 
-    def __init__(self, name: str, template: PromptTemplate, verdict_field: str):
-        self.name, self.template, self.verdict_field = name, template, verdict_field
+    def __init__(self, name: str, template: PromptTemplate, verdict_field: str, prefill: str | None = None):
+        self.name, self.template, self.verdict_field, self.prefill = name, template, verdict_field, prefill
 
     def requests(self, row: Mapping[str, Any]) -> Iterable[ChatRequest]:
         values = {**row, "rejected": row.get("text", ""), "format_instructions": format_instructions(FILTER_VERDICTS)}
-        yield ChatRequest(id=row["id"], messages=self.template.messages(**values), metadata={"row": dict(row)})
+        yield ChatRequest(id=row["id"], messages=self.template.messages(**values), prefill=self.prefill,
+                          metadata={"row": dict(row)})  # fmt: skip
 
     def parse(self, result: Completion | Failure) -> Outcome:
         row = result.metadata["row"]

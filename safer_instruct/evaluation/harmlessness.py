@@ -38,6 +38,7 @@ from safer_instruct.evaluation.prompts import (
 )
 from safer_instruct.evaluation.stats import agreement_summary, grouped_summary, rate_summary
 from safer_instruct.io import atomic_write_json, atomic_write_jsonl
+from safer_instruct.llm.config import parse_role
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def judge_items(
 ) -> dict[str, judge.Judgement]:
     """item id -> Judgement for every item (unjudged statuses included)."""
     prefix = f"{stage}/{template.id}"
-    results = judge.judge_all(role, judge.single_requests(items, template, prefix), template.allowed, stage)
+    requests = judge.single_requests(items, template, prefix, prefill=role.cfg.verdict_prefill)
+    results = judge.judge_all(role, requests, template.allowed, stage)
     out = {}
     for item in items:
         if not (item.response and item.response.strip()):
@@ -158,9 +160,12 @@ def summarize(
     return summary
 
 
-def role_info(role_cfg: Mapping[str, Any], template: judge.JudgeTemplate) -> dict[str, Any]:
+def role_info(role_cfg: Mapping[str, Any], template: judge.JudgeTemplate, name: str = "judge") -> dict[str, Any]:
+    """The judge's settings as recorded with its results; `verdict_prefill` is the text its answers
+    were started with as sent to the model (null: none, or a remote model that cannot be prefilled)."""
     keys = ("model", "backend", "base_url", "temperature", "max_tokens", "max_concurrency")
-    return {**{key: role_cfg.get(key) for key in keys}, "template": template.describe()}
+    return {**{key: role_cfg.get(key) for key in keys},
+            "verdict_prefill": parse_role(name, role_cfg).verdict_prefill_sent, "template": template.describe()}  # fmt: skip
 
 
 def references_for(items: list[EvalItem], pairwise: Mapping[str, Any]) -> dict[str, str]:
@@ -190,8 +195,9 @@ def run_pairwise(
     seed = int(pairwise.get("seed") if pairwise.get("seed") is not None else cfg.seed)
     references = references_for(items, pairwise)
     prefix = f"pairwise/{template.id}"
-    results = judge.judge_all(session.role("judge"), judge.pairwise_requests(items, references, template, prefix, seed),
-                          template.allowed, "pairwise")  # fmt: skip
+    role = session.role("judge")
+    requests = judge.pairwise_requests(items, references, template, prefix, seed, prefill=role.cfg.verdict_prefill)
+    results = judge.judge_all(role, requests, template.allowed, "pairwise")
     rows, outcomes = [], []
     for item in items:
         first = judge.candidate_first(seed, item.id)
@@ -278,7 +284,7 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
     if second is not None:
         result["second_judge"] = {
-            **role_info(to_plain(cfg.second_judge), template),
+            **role_info(to_plain(cfg.second_judge), template, "second_judge"),
             **summarize(items, second, n_boot, seed),
             "agreement": agreement_summary({i.id: (first[i.id].verdict if first[i.id].judged else None,
                                                    second[i.id].verdict if second[i.id].judged else None)

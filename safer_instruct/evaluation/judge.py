@@ -129,12 +129,14 @@ def judge_all(
     return out
 
 
-def single_requests(items: Iterable[Any], template: JudgeTemplate, prefix: str) -> Iterator[ChatRequest]:
-    """One request per item that has an answer to judge (items without one are not sent)."""
+def single_requests(items: Iterable[Any], template: JudgeTemplate, prefix: str, prefill: str | None = None
+                    ) -> Iterator[ChatRequest]:  # fmt: skip
+    """One request per item that has an answer to judge (items without one are not sent). `prefill`:
+    the text the judge's answer starts with (the role's `verdict_prefill`), or None."""
     for item in items:
         if item.response and item.response.strip():
             messages = template.messages(prompt=item.prompt, response=item.response)
-            yield ChatRequest(id=f"{prefix}/{item.id}", messages=messages, metadata={"item": item.id})
+            yield ChatRequest(id=f"{prefix}/{item.id}", messages=messages, prefill=prefill, metadata={"item": item.id})
 
 
 def candidate_first(seed: int, item_id: str) -> bool:
@@ -147,7 +149,8 @@ def candidate_first(seed: int, item_id: str) -> bool:
 
 
 def pairwise_requests(
-    items: Iterable[Any], references: Mapping[str, str], template: JudgeTemplate, prefix: str, seed: int
+    items: Iterable[Any], references: Mapping[str, str], template: JudgeTemplate, prefix: str, seed: int,
+    prefill: str | None = None,
 ) -> Iterator[ChatRequest]:
     """One request per item with both an answer and a reference; the order is `candidate_first`."""
     for item in items:
@@ -159,6 +162,7 @@ def pairwise_requests(
         yield ChatRequest(
             id=f"{prefix}/{item.id}",
             messages=template.messages(prompt=item.prompt, response_a=a, response_b=b),
+            prefill=prefill,
             metadata={"item": item.id, "candidate_first": first},
         )
 

@@ -14,6 +14,9 @@ scripted expert's verdicts depend on words in the instruction or chosen response
     GARBLE in the instruction     -> filter_instructions: an unparseable answer
     SILENT in the instruction     -> respond: an empty answer
     RISKY in the instruction      -> the chosen response contains BAD -> filter_responses: fail
+
+A prefilled check (an expert with local weights, whose chat template the client renders) gets the
+same verdict, continued from the prefill.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from safer_instruct.evaluation.prompts import load_prompt_set
 
+VERDICT_PREFILL = '{"verdict": "'  # conf/llm/local.yaml's verdict_prefill
 ADVBENCH = {"name": "advbench", "format": "pyrit_seeds", "package": "pyrit",
             "resource": "datasets/seed_datasets/local/adv_bench.prompt"}  # fmt: skip
 
@@ -108,9 +112,18 @@ class ScriptedModels:
         self.answered[key] += 1
         if self.on_answer is not None:
             self.on_answer(sum(self.answered.values()))
+        if path == "/v1/completions" and body["prompt"].endswith(VERDICT_PREFILL):
+            return self.continue_verdict(body["prompt"])
         if path == "/v1/completions":
             return self.induce(body["prompt"], int(body.get("seed") or 0))
         return self.expert(body["messages"])
+
+    def continue_verdict(self, prompt: str) -> str:
+        """A prefilled expert check (the chat template of kit:tiny, ChatML, rendered by the client and
+        ending with the prefill): the scripted verdict, continued from the prefill."""
+        user = prompt.rsplit("<|im_start|>user\n", 1)[1].split("<|im_end|>", 1)[0]
+        answer = self.expert([{"role": "user", "content": user}])
+        return answer.split(VERDICT_PREFILL, 1)[1].rstrip("`\n") if VERDICT_PREFILL in answer else answer
 
     def induce(self, prompt: str, seed: int) -> str:
         tag = re.search(r"<(t\d\d)>", prompt)
