@@ -59,14 +59,15 @@ def short_table(records: list[dict[str, str]]) -> list[list[str]]:
     known = {"run", "model", "training_data", "prompts", "judge", "judge_kappa"}
     known |= {k for k in records[0] if k.startswith(("harmless_", "pairwise_win"))}
     scores = [k for k in records[0] if k not in known and not k.endswith("_stderr") and "_harmless" not in k]
-    header = ["run", "model", "training data", "harmless % [95% CI]", "n", *scores]
+    header = ["run", "model", "training data", "harmless % [95% CI]", "n", "unjudged", *scores]
     rows = [header]
     for record in records:
         rate = _pct(record.get("harmless_rate", ""))
         if rate:
             rate += f" [{_pct(record.get('harmless_ci_low', ''))}, {_pct(record.get('harmless_ci_high', ''))}]"
         rows.append([record.get("run", ""), record.get("model", ""), record.get("training_data", ""), rate,
-                     record.get("harmless_n", ""), *(_short(record.get(k, "")) for k in scores)])  # fmt: skip
+                     record.get("harmless_n", ""), record.get("harmless_n_unjudged", ""),
+                     *(_short(record.get(k, "")) for k in scores)])  # fmt: skip
     # Leave out empty columns, and the run column when the model names alone tell the rows apart.
     models = [row[1] for row in rows[1:]]
     keep = [i for i in range(len(header)) if any(row[i] for row in rows[1:]) or i == 1]
