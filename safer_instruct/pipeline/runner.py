@@ -69,6 +69,11 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
     validate(plan)  # every step's overrides compose against its stage config: fail before any work
     reasons = local.needs_run(plan, force)
     registry_root, sweep_overrides = _sweep_context(plan.exp_dir)
+    reuse = tuple(Path(str(d)).resolve() for d in cfg.get("reuse") or [])
+    for folder in reuse:
+        if not (folder / PLAN_FILE).exists() and not any(folder.glob(f"sweep/*/{PLAN_FILE}")):
+            raise ConfigError(f"reuse: {folder} is not an experiment dir (no {PLAN_FILE} in it)")
+    registry = StepRegistry(registry_root, also=reuse)
     launcher = cfg.launcher
 
     if cfg.dry_run:
@@ -84,13 +89,13 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
     print(f"experiment '{plan.name}' in {plan.exp_dir} ({len(plan.steps)} steps, launcher={launcher.name})", flush=True)
 
     if launcher.name == "local":
-        results = local.run_local(plan, StepRegistry(registry_root), force, verbose=bool(cfg.verbose))
+        results = local.run_local(plan, registry, force, verbose=bool(cfg.verbose))
         text = summary.render(plan, results)
         atomic_write_text(plan.exp_dir / "summary.md", text)
         print(text, flush=True)
         return 0
     if launcher.name == "slurm":
-        submission = slurm.submit(plan, reasons, launcher, cfg.experiment)
+        submission = slurm.submit(plan, reasons, launcher, cfg.experiment, registry)
         if not submission.jobs:
             print("every step is complete: nothing submitted", flush=True)
         if not launcher.wait or not submission.jobs:

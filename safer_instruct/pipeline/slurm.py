@@ -196,8 +196,13 @@ def _running_jobs(plan: Plan) -> list[str]:
     return [job_id for job_id in ids if job_id in queued]
 
 
-def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, experiment: DictConfig) -> Submission:
-    """Write every job script and submit the steps that need to run, in dependency order."""
+def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, experiment: DictConfig,
+           registry: state.StepRegistry | None = None) -> Submission:  # fmt: skip
+    """Write every job script and submit the steps that need to run, in dependency order.
+
+    A step is not submitted when it is complete, or when `registry` finds the same step complete
+    elsewhere (`reuse=[...]`) and nothing it needs is submitted now: then it is linked in.
+    """
     queued = _running_jobs(plan)
     if queued:
         raise SlurmError(
@@ -218,7 +223,15 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
 
     try:
         for name, step in plan.steps.items():
-            if reasons[name] is None:
+            fresh_input = reasons[name] == "forced" or any(dep in jobs for dep in step.deps)
+            if not fresh_input and state.is_complete(plan.step_dir(name), step.fingerprint, step.outputs):
+                skipped.append(name)
+                continue
+            shared = None if fresh_input or registry is None else registry.find(step.fingerprint, step.outputs)
+            if shared is not None and shared.resolve() != plan.step_dir(name).resolve():
+                state.move_aside(plan.step_dir(name), plan.exp_dir)
+                state.link_reused(plan.step_dir(name), shared)
+                print(f"reused    {name:<24} from {shared}", flush=True)
                 skipped.append(name)
                 continue
             state.prepare_step_dir(plan.step_dir(name), step.fingerprint, plan.exp_dir)

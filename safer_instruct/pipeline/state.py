@@ -136,9 +136,14 @@ def fingerprints_under(folder: Path) -> frozenset[str]:
 
 @dataclass
 class StepRegistry:
-    """Completed steps by fingerprint, shared by the points of a sweep (or one experiment)."""
+    """Completed steps by fingerprint, shared by the points of a sweep (or one experiment).
+
+    `also`: other experiment dirs (`run reuse=[DIR,...]`) whose complete steps may be taken as they
+    are, found through their `experiment.json` (and their sweep points').
+    """
 
     root: Path
+    also: tuple[Path, ...] = ()
 
     def _entry(self, fingerprint: str) -> Path:
         return self.root / ".steps" / f"{fingerprint}.json"
@@ -151,10 +156,15 @@ class StepRegistry:
 
     def find(self, fingerprint: str, outputs: tuple[str, ...]) -> Path | None:
         entry = _read_json(self._entry(fingerprint))
-        if not entry:
-            return None
-        step_dir = Path(entry["dir"])
-        return step_dir if is_complete(step_dir, fingerprint, outputs) else None
+        if entry and is_complete(Path(entry["dir"]), fingerprint, outputs):
+            return Path(entry["dir"])
+        for other in self.also:
+            for plan_file in [other / "experiment.json", *sorted(other.glob("sweep/*/experiment.json"))]:
+                steps = (_read_json(plan_file) or {}).get("steps", {})
+                for step in steps.values():
+                    if step.get("fingerprint") == fingerprint and is_complete(Path(step["dir"]), fingerprint, outputs):
+                        return Path(step["dir"])
+        return None
 
     def register(self, fingerprint: str, step_dir: Path) -> None:
         (self.root / ".steps").mkdir(parents=True, exist_ok=True)

@@ -48,10 +48,18 @@ def sacct(job_ids: list[str]) -> dict[str, dict[str, str]]:
     raise AssertionError(f"sacct never listed {job_ids}")
 
 
-def test_smoke_chain_runs_through_sbatch_with_afterok(tmp_path):
-    exp = tmp_path / "exp"
+@pytest.fixture(scope="module")
+def slurm_smoke(tmp_path_factory):
+    """The smoke chain submitted to Slurm, waited for (the sweep test below builds on it)."""
+    base = tmp_path_factory.mktemp("slurm-smoke")
+    exp = base / "exp"
     out = run_cli("run", "experiment=smoke", "launcher=slurm", "launcher.wait=true", "launcher.poll_s=2",
-                  f"out_dir={exp}", f"cache.dir={tmp_path / 'llm'}", timeout=900)  # fmt: skip
+                  f"out_dir={exp}", f"cache.dir={base / 'llm'}", timeout=900)  # fmt: skip
+    return {"exp": exp, "out": out, "cache": base / "llm"}
+
+
+def test_smoke_chain_runs_through_sbatch_with_afterok(slurm_smoke):
+    exp, out = slurm_smoke["exp"], slurm_smoke["out"]
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs = json.loads((exp / "slurm" / "jobs.json").read_text())["jobs"]
     plan = json.loads((exp / "experiment.json").read_text())["steps"]
@@ -87,11 +95,14 @@ def test_a_job_whose_dependency_failed_is_cancelled(tmp_path):
     assert not (exp / "construct" / MARKER).exists()
 
 
-def test_submitit_sweep_of_two_points_comes_back_in_one_report(tmp_path):
+def test_submitit_sweep_of_two_points_comes_back_in_one_report(slurm_smoke, tmp_path):
+    assert slurm_smoke["out"].returncode == 0, "needs the finished smoke chain"
     exp = tmp_path / "exp"
-    out = run_cli("run", "-m", "experiment=smoke", f"out_dir={exp}", f"cache.dir={tmp_path / 'llm'}",
-                  "train.beta=0.05,0.5", "hydra/launcher=submitit_slurm", "hydra.launcher.timeout_min=15",
-                  "hydra.launcher.cpus_per_task=1", timeout=900)  # fmt: skip
+    # Two points of train.beta, each a Slurm job; the steps beta does not change come from the chain
+    # above (reuse=), so each point trains and evaluates only its own DPO model.
+    out = run_cli("run", "-m", "experiment=smoke", f"out_dir={exp}", f"cache.dir={slurm_smoke['cache']}",
+                  f"reuse=[{slurm_smoke['exp']}]", "train.beta=0.05,0.5", "hydra/launcher=submitit_slurm",
+                  "hydra.launcher.timeout_min=15", "hydra.launcher.cpus_per_task=1", timeout=900)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     sweep = exp / "sweep"
     points = sorted(json.loads(p.read_text())["overrides"] for p in sweep.glob("*/sweep_point.json"))
@@ -100,8 +111,9 @@ def test_submitit_sweep_of_two_points_comes_back_in_one_report(tmp_path):
     assert len(list(sweep.glob(".submitit/*_0/*_log.out"))) == 1 and len(list(sweep.glob(".submitit/*_1/*_log.out"))) == 1
     for n, beta in ((0, 0.05), (1, 0.5)):
         assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
-    # Steps the swept value does not change ran once, in one point, and the other reused them.
-    assert sum(is_reused(sweep / str(n) / "reverse") for n in (0, 1)) == 1
+        assert not is_reused(sweep / str(n) / "dpo")
+        for shared in ("reverse", "construct", "sft", "base_model/harmless_base"):
+            assert is_reused(sweep / str(n) / shared), (n, shared)
     with open(sweep / "report" / "report.csv", newline="") as handle:
         rows = [(row["run"].split("/")[0], row["model"]) for row in csv.DictReader(handle)]
     # One table: the base model once (the same steps in both points), the trained model per point,
