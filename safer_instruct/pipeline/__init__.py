@@ -7,5 +7,6 @@
   fingerprint, and the declared outputs present), so a rerun continues where a failure stopped.
 * `local` runs the steps one after another as subprocesses; `slurm` renders job scripts from the
   templates in `slurm/` and submits them with `afterok` dependencies; both print a dry run.
-* `sweep` collects a Hydra multirun of experiments into one report.
+* `shards` splits induction over a Slurm array; `marker` is what job scripts call to mark a step done.
+* `sweep` collects a Hydra multirun of experiments into one report; `main` is the `run` entry point.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -203,6 +204,11 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
     A step is not submitted when it is complete, or when `registry` finds the same step complete
     elsewhere (`reuse=[...]`) and nothing it needs is submitted now: then it is linked in.
     """
+    if shutil.which("sbatch") is None:
+        raise SlurmError(
+            "launcher=slurm: `sbatch` is not on PATH. Run this on a Slurm login node, use launcher=local, "
+            "or add dry_run=true to print the job scripts and the dependency graph without Slurm"
+        )
     queued = _running_jobs(plan)
     if queued:
         raise SlurmError(
