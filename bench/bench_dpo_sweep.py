@@ -70,12 +70,12 @@ def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str) -> dict
         "train.save_steps=0", "train.merge_adapter=false", "train.logging_steps=1", f"train.ref_logps_dir={store}",
         f"seed={SETTINGS['seed']}", f"out_dir={out}", "tracking.mode=disabled",
     ])  # fmt: skip
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_dpo(cfg, out)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     losses = [row for row in read_metrics(out / "metrics.jsonl") if "loss" in row]
     run = {
-        "beta": beta, "seconds": round(elapsed, 1), "steps": summary["global_step"],
+        "beta": beta, "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "steps": summary["global_step"],
         "ref_status": [e["status"] for e in summary["ref_logps"]["events"]],
         "ref_forward_batches": summary["ref_logps"]["forward_batches"],
         "ref_pass_seconds": sum(e.get("seconds") or 0 for e in summary["ref_logps"]["events"]),
@@ -97,7 +97,7 @@ def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> di
     tokenizer = load_tokenizer(model_path)
     rows = [{"prompt": [{"role": "user", "content": p["prompt"]}], "chosen": [{"role": "assistant", "content": p["chosen"]}],
              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]  # fmt: skip
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     args = DPOConfig(
         output_dir=str(work / f"stock-beta{beta}"), beta=beta, per_device_train_batch_size=SETTINGS["per_device"],
         gradient_accumulation_steps=1, learning_rate=SETTINGS["lr"], lr_scheduler_type="constant_with_warmup",
@@ -112,9 +112,9 @@ def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> di
                                target_modules="all-linear", task_type="CAUSAL_LM"),
     )  # fmt: skip
     trainer.train()
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     losses = [row for row in trainer.state.log_history if "loss" in row]
-    run = {"beta": beta, "seconds": round(elapsed, 1), "steps": trainer.state.global_step,
+    run = {"beta": beta, "seconds": round(elapsed, 1), "cpu_seconds": round(cpu, 1), "steps": trainer.state.global_step,
            "first_loss": losses[0]["loss"], "last_loss": losses[-1]["loss"], "num_tokens": losses[-1].get("num_tokens")}
     print(json.dumps({"stock": run}), flush=True)
     return run
@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             "model": "SmolLM2-135M-Instruct (CPU, fp32)", "peft": f"LoRA r={SETTINGS['lora_r']} all-linear",
             "pairs": n_pairs, "betas": list(BETAS), "settings": SETTINGS, "quick": args.quick,
             "ours_seconds": round(ours_s, 1), "stock_seconds": round(stock_s, 1), "threads": torch.get_num_threads(),
+            # CPU seconds of this process: the same comparison, insensitive to other load on a shared machine
+            "cpu_time_ratio": round(sum(r["cpu_seconds"] for r in ours) / sum(r["cpu_seconds"] for r in stock), 3),
+            "load_average_after": os.getloadavg(),
             "ours": ours, "stock": stock,
             "max_loss_difference": max(abs(a["last_loss"] - b["last_loss"]) for a, b in zip(ours, stock, strict=True)),
         },  # fmt: skip

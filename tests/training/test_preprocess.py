@@ -139,7 +139,8 @@ def test_paper_recipes_compose_into_valid_settings():
 
 def test_srun_without_a_launcher_gets_torch_distributed_variables(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that teardown also removes what slurm_to_torch_env sets
+        monkeypatch.delenv(name)
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "8")
     monkeypatch.setenv("SLURM_LOCALID", "3")
