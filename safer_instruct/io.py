@@ -1,14 +1,15 @@
 """Reading tabular files row by row with row numbers, and writing files atomically.
 
-`iter_rows` streams JSONL, JSON, CSV and Parquet files and never raises for a bad row: it yields a
-`Row` whose `error` says what is wrong, so that each caller decides between a clear `DataError`
-(naming file and row) and quarantining the row with a count. Rows are numbered from 1 in file order
-(for JSONL that is the line number).
+`iter_rows` streams JSONL (plain or `.jsonl.gz`), JSON, CSV and Parquet files and never raises for a
+bad row: it yields a `Row` whose `error` says what is wrong, so that each caller decides between a
+clear `DataError` (naming file and row) and quarantining the row with a count. Rows are numbered from 1
+in file order (for JSONL that is the line number).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import tempfile
@@ -19,7 +20,7 @@ from typing import Any
 
 from safer_instruct.errors import DataError
 
-SUPPORTED_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -33,20 +34,28 @@ class Row:
     error: str | None = None
 
 
+def file_type(path: str | Path) -> str:
+    """The lower-case suffix that decides how `iter_rows` reads a file; `.jsonl.gz` counts as one suffix."""
+    path = Path(path)
+    return ".jsonl.gz" if path.name.lower().endswith(".jsonl.gz") else path.suffix.lower()
+
+
 def iter_rows(path: str | Path) -> Iterator[Row]:
-    """Stream the rows of a JSONL/JSON/CSV/Parquet file (memory does not grow with the file)."""
+    """Stream the rows of a JSONL/JSONL.GZ/JSON/CSV/Parquet file (memory does not grow with the file)."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", path=str(path))
-    suffix = path.suffix.lower()
-    readers = {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows, ".parquet": _parquet_rows}
+    suffix = file_type(path)
+    readers = {".jsonl": _jsonl_rows, ".jsonl.gz": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows,
+               ".parquet": _parquet_rows}  # fmt: skip
     if suffix not in readers:
         raise DataError(f"unsupported file type '{suffix}' (use one of {', '.join(SUPPORTED_SUFFIXES)})", path=str(path))
     yield from readers[suffix](path)
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
-    with path.open("rb") as handle:
+    """JSONL rows, numbered by line; a `.jsonl.gz` file (the HH-RLHF release) is decompressed as it streams."""
+    with gzip.open(path, "rb") if file_type(path) == ".jsonl.gz" else path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8")

@@ -1,10 +1,11 @@
+import gzip
 import json
 
 import pytest
 
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import DataError
-from safer_instruct.io import atomic_write_jsonl, iter_rows, read_jsonl
+from safer_instruct.io import atomic_write_jsonl, file_type, iter_rows, read_jsonl
 
 
 def test_jsonl_rows_are_numbered_and_bad_rows_reported(tmp_path):
@@ -15,6 +16,20 @@ def test_jsonl_rows_are_numbered_and_bad_rows_reported(tmp_path):
     errors = {r.number: r.error for r in rows if r.error}
     assert set(errors) == {3, 4, 5}
     assert "JSON" in errors[3] and "UTF-8" in errors[4] and "object" in errors[5]
+
+
+def test_gzipped_jsonl_is_read_like_jsonl(tmp_path):
+    path = tmp_path / "train.jsonl.gz"
+    with gzip.open(path, "wb") as handle:
+        handle.write(b'{"text": "a"}\n\n{"text": broken\n\xff\xfe\n[1]\n{"text": "b"}\n')
+    rows = list(iter_rows(path))
+    assert [(r.number, r.data) for r in rows if r.data] == [(1, {"text": "a"}), (6, {"text": "b"})]
+    errors = {r.number: r.error for r in rows if r.error}
+    assert "JSON" in errors[3] and "UTF-8" in errors[4] and errors[5] == "expected a JSON object, got list"
+    assert file_type(path) == ".jsonl.gz" and file_type(tmp_path / "T.JSONL") == ".jsonl"
+    with pytest.raises(DataError, match=r"c\.gz: unsupported file type '\.gz'"):
+        (tmp_path / "c.gz").write_bytes(gzip.compress(b"x"))
+        list(iter_rows(tmp_path / "c.gz"))
 
 
 def test_csv_with_multiline_fields_comment_header_and_bad_bytes(tmp_path):

@@ -8,8 +8,6 @@ default) or skipped and counted in `LoadStats` (`on_error: skip`); nothing is dr
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 import re
@@ -20,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
-from safer_instruct.io import SUPPORTED_SUFFIXES, Row, iter_rows
+from safer_instruct.io import SUPPORTED_SUFFIXES, Row, file_type, iter_rows
 
 log = logging.getLogger(__name__)
 
@@ -126,42 +124,12 @@ def source_files(path: str, split: str, data_dir: str | None = None) -> list[Pat
         return [root]
     if not root.is_dir():
         raise DataError("no such file or folder", path=str(root))
-    readable = [p for p in sorted(root.rglob("*")) if p.is_file() and _readable(p)]
+    readable = [p for p in sorted(root.rglob("*")) if p.is_file() and file_type(p) in SUPPORTED_SUFFIXES]
     of_split = [p for p in readable if p.name.startswith(split)]
     files = of_split or readable
     if not files:
-        raise DataError(f"no {', '.join(SUPPORTED_SUFFIXES)} or .jsonl.gz files inside", path=str(root))
+        raise DataError(f"no {', '.join(SUPPORTED_SUFFIXES)} files inside", path=str(root))
     return files
-
-
-def _readable(path: Path) -> bool:
-    return path.suffix.lower() in SUPPORTED_SUFFIXES or path.name.endswith(".jsonl.gz")
-
-
-def iter_file_rows(path: Path) -> Iterator[Row]:
-    """Rows of one local file; `.jsonl.gz` (the HH-RLHF release) is read like JSONL."""
-    if path.name.endswith(".jsonl.gz"):
-        yield from _gzip_jsonl_rows(path)
-    else:
-        yield from iter_rows(path)
-
-
-def _gzip_jsonl_rows(path: Path) -> Iterator[Row]:
-    with gzip.open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                yield Row(number, None, f"not valid UTF-8 (byte {err.start})")
-                continue
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield Row(number, None, f"not valid JSON ({err.msg})")
-                continue
-            yield Row(number, value) if isinstance(value, dict) else Row(number, None, "expected a JSON object")
 
 
 def iter_source_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
@@ -175,7 +143,7 @@ def iter_source_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, 
         return
     for path in source_files(spec.path, spec.split, spec.data_dir):
         stats.files.append(str(path))
-        for row in iter_file_rows(path):
+        for row in iter_rows(path):
             yield str(path), row
 
 
