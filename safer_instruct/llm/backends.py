@@ -64,7 +64,33 @@ def _check_text(text: Any) -> str:
     return text
 
 
-class OpenAIBackend:
+class SDKClientBackend:
+    """What the SDK backends share: one async SDK client per role, made on first use with the role's
+    API key (`prepare` makes it, so a missing key fails before any request) and closed by `aclose`.
+    A subclass says how to make it (`new_client`)."""
+
+    role: RoleConfig
+    _client: Any = None
+
+    def new_client(self, api_key: str) -> Any:
+        raise NotImplementedError
+
+    def prepare(self) -> None:
+        self.client()
+
+    def client(self):
+        if self._client is None:
+            # Local servers accept any key; the SDKs insist on a value.
+            self._client = self.new_client(read_api_key(self.role) or "none")
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+class OpenAIBackend(SDKClientBackend):
     """Chat requests go to /chat/completions (the server applies the chat template), raw prompts to
     /completions. A prefilled chat request is rendered here by `renderer` (the model's own chat
     template, see `chat.py`) and continued with /completions; the session sends one only when the
@@ -78,23 +104,12 @@ class OpenAIBackend:
         # Name written into answers: the config's model for servers we run (the served name is a path).
         self.report_model = report_model
         self.renderer = renderer
-        self._client = None
 
-    def prepare(self) -> None:
-        self.client()
+    def new_client(self, api_key: str):
+        import openai
 
-    def client(self):
-        if self._client is None:
-            import openai
-
-            key = read_api_key(self.role)
-            self._client = openai.AsyncOpenAI(
-                base_url=self.base_url or None,
-                api_key=key or "none",  # local servers accept anything; the SDK insists on a value
-                max_retries=0,
-                timeout=self.role.timeout_s,
-            )
-        return self._client
+        return openai.AsyncOpenAI(base_url=self.base_url or None, api_key=api_key, max_retries=0,
+                                  timeout=self.role.timeout_s)  # fmt: skip
 
     def completion_text(self, request: ChatRequest) -> str | None:
         """The text of a plain completion (None: a chat completion): the raw prompt, or the chat
@@ -168,11 +183,6 @@ class OpenAIBackend:
             model=self.report_model or data.get("model") or self.role.model,
         )
 
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
-
 
 def _first_choice(data: dict[str, Any]) -> dict[str, Any]:
     choices = data.get("choices")
@@ -190,27 +200,19 @@ def _usage(usage: Any, prompt_key: str, completion_key: str) -> Usage | None:
         return None
 
 
-class AnthropicBackend:
+class AnthropicBackend(SDKClientBackend):
     """Claude through the Messages API. A raw `prompt` is sent as one user message (the Messages API
     has no plain completion); system messages go to the `system` field; a prefill is the trailing
     assistant message, which Claude continues (the API's own prefill)."""
 
     def __init__(self, role: RoleConfig):
         self.role = role
-        self._client = None
 
-    def prepare(self) -> None:
-        self.client()
+    def new_client(self, api_key: str):
+        import anthropic
 
-    def client(self):
-        if self._client is None:
-            import anthropic
-
-            key = read_api_key(self.role)
-            self._client = anthropic.AsyncAnthropic(
-                api_key=key or "none", base_url=self.role.base_url or None, max_retries=0, timeout=self.role.timeout_s
-            )
-        return self._client
+        return anthropic.AsyncAnthropic(api_key=api_key, base_url=self.role.base_url or None, max_retries=0,
+                                        timeout=self.role.timeout_s)  # fmt: skip
 
     async def complete(self, request: ChatRequest, params: dict[str, Any]) -> Answer:
         client = self.client()
@@ -244,8 +246,3 @@ class AnthropicBackend:
             usage=Usage(int(usage.input_tokens or 0), int(usage.output_tokens or 0)) if usage else None,
             model=getattr(response, "model", None) or self.role.model,
         )
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
