@@ -7,28 +7,19 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import subprocess
 import time
 
 import pytest
 
 from safer_instruct.pipeline.state import MARKER, is_reused
+from tests.helpers.slurm import cluster_problem
 from tests.pipeline.helpers import run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _cluster_problem() -> str | None:
-    if shutil.which("sbatch") is None:
-        return "sbatch is not on PATH (start the localhost cluster with `bash slurm/ci/up.sh`)"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    if ping.returncode != 0 or "UP" not in ping.stdout:
-        return f"the Slurm controller does not answer ({(ping.stdout + ping.stderr).strip()})"
-    return None
-
-
-_problem = _cluster_problem()
+_problem = cluster_problem()
 if _problem:
     pytestmark.append(pytest.mark.skip(reason=_problem))
 

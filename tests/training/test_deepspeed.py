@@ -9,16 +9,17 @@ equal those of a plain single-process run step for step.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from safer_instruct.training.distributed import free_port
 from safer_instruct.training.trainers import read_metrics
+from tests.helpers.slurm import cluster_problem
 from tests.training.helpers import python, run_script, separable_pairs, write_jsonl
 
 pytestmark = pytest.mark.slow
+SLURM_PROBLEM = cluster_problem()
 COMMON = ["model=tiny", "train.max_steps=2", "train.global_batch_size=4", "train.per_device_batch_size=2",
           "train.learning_rate=1e-3", "train.save_steps=0"]  # fmt: skip
 
@@ -103,7 +104,7 @@ def test_accelerate_launch_with_the_zero2_config_two_processes(tmp_path, plain_s
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(shutil.which("srun") is None, reason="no Slurm here (srun not found)")
+@pytest.mark.skipif(SLURM_PROBLEM is not None, reason=f"no usable Slurm here: {SLURM_PROBLEM}")
 def test_srun_starts_the_entry_script_directly(tmp_path, plain_sft):
     # srun without a launcher: the script derives RANK/WORLD_SIZE/MASTER_* from SLURM_* itself.
     out = tmp_path / "srun"
