@@ -11,15 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from safer_instruct.data.loading import (
-    LoadStats,
-    SourceSpec,
-    _help,
-    handle_bad_row,
-    iter_source_rows,
-    text_field,
-)
+from safer_instruct.data.loading import LoadStats, SourceSpec, _help, parsed_rows, text_field
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
 
@@ -72,25 +66,23 @@ def render_dialogue(turns: list[tuple[str, str]], multi_turn: str) -> str | None
     return "\n\n".join(f"{role}: {text}" for role, text in turns)
 
 
+def parse_hh_row(data: dict[str, Any], *, path: str, row: int) -> tuple[list[tuple[str, str]], str, str]:
+    """(shared dialogue, chosen answer, rejected answer) of one row, or a DataError naming file, row and field."""
+    chosen_text = text_field(data, "chosen", path=path, row=row)
+    rejected_text = text_field(data, "rejected", path=path, row=row)
+    try:
+        turns, chosen, rejected = split_pair(chosen_text, rejected_text)
+    except ValueError as err:
+        raise DataError(str(err), path=path, row=row, field="chosen") from None
+    if not turns or turns[-1][0] != "Human" or not chosen:
+        raise DataError("no Human turn before the final answer, or an empty answer", path=path, row=row,
+                        field="chosen")  # fmt: skip
+    return turns, chosen, rejected
+
+
 def load_hh_rlhf(spec: HHRLHFSpec, stats: LoadStats) -> list[PreferenceRecord]:
     records = []
-    for label, row in iter_source_rows(spec, stats):
-        stats.rows_read += 1
-        try:
-            if row.error:
-                raise DataError(row.error, path=label, row=row.number)
-            chosen_text = text_field(row.data, "chosen", path=label, row=row.number)
-            rejected_text = text_field(row.data, "rejected", path=label, row=row.number)
-            try:
-                turns, chosen, rejected = split_pair(chosen_text, rejected_text)
-            except ValueError as err:
-                raise DataError(str(err), path=label, row=row.number, field="chosen") from None
-            if not turns or turns[-1][0] != "Human" or not chosen:
-                raise DataError("no Human turn before the final answer, or an empty answer", path=label,
-                                row=row.number, field="chosen")  # fmt: skip
-        except DataError as err:
-            handle_bad_row(spec, stats, err)
-            continue
+    for label, row, (turns, chosen, rejected) in parsed_rows(spec, stats, parse_hh_row):
         prompt = render_dialogue(turns, spec.multi_turn)
         if prompt is None:
             stats.skip("multi_turn")

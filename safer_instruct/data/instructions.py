@@ -12,17 +12,11 @@ ships a small hand-written Alpaca-format set for the offline demo (`DEMO_INSTRUC
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from safer_instruct.data.loading import (
-    LoadStats,
-    SourceSpec,
-    _help,
-    handle_bad_row,
-    iter_source_rows,
-    text_field,
-)
+from safer_instruct.data.loading import LoadStats, SourceSpec, _help, parsed_rows, text_field
 from safer_instruct.errors import ConfigError, DataError
 
 FORMATS = ("auto", "alpaca", "sharegpt", "messages")
@@ -118,15 +112,8 @@ def parse_instruction_row(data: dict[str, Any], fmt: str, turns: str, *, path: s
 
 def load_instructions(spec: InstructionSpec, stats: LoadStats) -> list[InstructionRecord]:
     records: list[InstructionRecord] = []
-    for label, row in iter_source_rows(spec, stats):
-        stats.rows_read += 1
-        try:
-            if row.error:
-                raise DataError(row.error, path=label, row=row.number)
-            parsed = parse_instruction_row(row.data, spec.format, spec.turns, path=label, row=row.number)
-        except DataError as err:
-            handle_bad_row(spec, stats, err)
-            continue
+    parse = partial(parse_instruction_row, fmt=spec.format, turns=spec.turns)
+    for _, _, parsed in parsed_rows(spec, stats, parse):
         if len(parsed) > 1:
             stats.notes["extra_pairs_from_conversations"] += len(parsed) - 1
         records.extend(parsed)

@@ -12,10 +12,10 @@ import logging
 import os
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import SUPPORTED_SUFFIXES, Row, file_type, iter_rows
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 DEDUPE = ("none", "exact", "prompt")
 _WHITESPACE = re.compile(r"\s+")
+T = TypeVar("T")
 
 
 def _help(default: Any, text: str, factory: Any = None) -> Any:
@@ -145,6 +146,30 @@ def iter_source_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, 
         stats.files.append(str(path))
         for row in iter_rows(path):
             yield str(path), row
+
+
+def parsed_rows(
+    spec: SourceSpec,
+    stats: LoadStats,
+    parse: Callable[..., T],
+    rows: Iterable[tuple[str, Row]] | None = None,
+) -> Iterator[tuple[str, Row, T]]:
+    """(file label, row, `parse(row.data, path=label, row=row.number)`) for every good row of a source.
+
+    Reads `rows` (default: `iter_source_rows(spec, stats)`) and counts each in `stats.rows_read`. A row
+    that could not be read, or that `parse` refuses with a `DataError` (naming file, row and field),
+    is raised or skipped and counted as `data.on_error` says (`handle_bad_row`).
+    """
+    for label, row in iter_source_rows(spec, stats) if rows is None else rows:
+        stats.rows_read += 1
+        try:
+            if row.error:
+                raise DataError(row.error, path=label, row=row.number)
+            parsed = parse(row.data, path=label, row=row.number)
+        except DataError as err:
+            handle_bad_row(spec, stats, err)
+            continue
+        yield label, row, parsed
 
 
 def _disk_rows(folder: Path, spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:

@@ -10,16 +10,10 @@ only pairs whose chosen response is flagged safe.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from safer_instruct.data.loading import (
-    LoadStats,
-    SourceSpec,
-    _help,
-    handle_bad_row,
-    iter_source_rows,
-    text_field,
-)
+from safer_instruct.data.loading import LoadStats, SourceSpec, _help, parsed_rows, text_field
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
 
@@ -65,23 +59,21 @@ def _flag(value: Any, *, path: str, row: int, field: str) -> bool | None:
     raise DataError(f"must be true or false, got {value!r}", path=path, row=row, field=field)
 
 
+def parse_pku_row(
+    data: dict[str, Any], *, id_field: str, path: str, row: int
+) -> tuple[str, list[str], int, list[bool | None]]:
+    """(prompt, [response_0, response_1], id of the chosen one, [is_response_0_safe, is_response_1_safe])."""
+    prompt = text_field(data, "prompt", path=path, row=row)
+    responses = [text_field(data, f"response_{i}", path=path, row=row) for i in (0, 1)]
+    chosen_id = _response_id(data.get(id_field), path=path, row=row, field=id_field)
+    safe = [_flag(data.get(f"is_response_{i}_safe"), path=path, row=row, field=f"is_response_{i}_safe") for i in (0, 1)]
+    return prompt, responses, chosen_id, safe
+
+
 def load_pku_saferlhf(spec: PKUSafeRLHFSpec, stats: LoadStats) -> list[PreferenceRecord]:
-    id_field = PREFERENCES[spec.preference]
+    parse = partial(parse_pku_row, id_field=PREFERENCES[spec.preference])
     records = []
-    for label, row in iter_source_rows(spec, stats):
-        stats.rows_read += 1
-        try:
-            if row.error:
-                raise DataError(row.error, path=label, row=row.number)
-            data = row.data
-            prompt = text_field(data, "prompt", path=label, row=row.number)
-            responses = [text_field(data, f"response_{i}", path=label, row=row.number) for i in (0, 1)]
-            chosen_id = _response_id(data.get(id_field), path=label, row=row.number, field=id_field)
-            safe = [_flag(data.get(f"is_response_{i}_safe"), path=label, row=row.number, field=f"is_response_{i}_safe")
-                    for i in (0, 1)]  # fmt: skip
-        except DataError as err:
-            handle_bad_row(spec, stats, err)
-            continue
+    for label, row, (prompt, responses, chosen_id, safe) in parsed_rows(spec, stats, parse):
         if spec.require_safe_chosen and safe[chosen_id] is not True:
             stats.skip("chosen_not_safe")
             continue
@@ -92,7 +84,7 @@ def load_pku_saferlhf(spec: PKUSafeRLHFSpec, stats: LoadStats) -> list[Preferenc
                 prompt=prompt,
                 chosen=responses[chosen_id],
                 rejected=responses[1 - chosen_id],
-                category=str(data.get("category") or ""),
+                category=str(row.data.get("category") or ""),
                 source="pku_saferlhf",
                 source_id=f"{label}:{row.number}",
                 provenance={"preference": spec.preference, "chosen_safe": safe[chosen_id],

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from safer_instruct.data.loading import (
     LoadStats,
     SourceSpec,
     _help,
-    handle_bad_row,
     hub_snapshot,
     is_hub_id,
     normalize_text,
+    parsed_rows,
     text_field,
 )
 from safer_instruct.data.schema import PreferenceRecord
@@ -84,6 +85,16 @@ def load_test_prompts(folder: Path, label: str = TEST_LABEL) -> set[str]:
     return prompts
 
 
+def parse_release_row(data: dict[str, Any], *, path: str, row: int) -> tuple[str, str, Any]:
+    """(instruction, chosen, rejected) of a category file's row; `rejected` may be empty but not missing."""
+    prompt = text_field(data, "instruction", path=path, row=row)
+    chosen = text_field(data, "chosen", path=path, row=row)
+    rejected = data.get("rejected")
+    if rejected is None and "rejected" not in data:
+        raise DataError("column is missing", path=path, row=row, field="rejected")
+    return prompt, chosen, rejected
+
+
 def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
     folder = release_folder(spec)
     held_out = load_test_prompts(folder) if spec.hold_out_test else set()
@@ -95,19 +106,8 @@ def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
         if not path.is_file():
             raise DataError(f"release file for category '{category}' is missing", path=str(path))
         stats.files.append(str(path))
-        for row in iter_rows(path):
-            stats.rows_read += 1
-            try:
-                if row.error:
-                    raise DataError(row.error, path=str(path), row=row.number)
-                prompt = text_field(row.data, "instruction", path=str(path), row=row.number)
-                chosen = text_field(row.data, "chosen", path=str(path), row=row.number)
-                rejected = row.data.get("rejected")
-                if rejected is None and "rejected" not in row.data:
-                    raise DataError("column is missing", path=str(path), row=row.number, field="rejected")
-            except DataError as err:
-                handle_bad_row(spec, stats, err)
-                continue
+        rows = ((str(path), row) for row in iter_rows(path))
+        for _, row, (prompt, chosen, rejected) in parsed_rows(spec, stats, parse_release_row, rows):
             if normalize_text(prompt) in held_out:
                 stats.skip("held_out_test_prompt")
                 continue

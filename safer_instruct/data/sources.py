@@ -29,14 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.data.hh_rlhf import HHRLHFSpec, load_hh_rlhf
 from safer_instruct.data.instructions import InstructionRecord, InstructionSpec, load_instructions
-from safer_instruct.data.loading import (
-    LoadStats,
-    SourceSpec,
-    _help,
-    handle_bad_row,
-    iter_source_rows,
-    normalize_text,
-)
+from safer_instruct.data.loading import LoadStats, SourceSpec, _help, normalize_text, parsed_rows
 from safer_instruct.data.pku_saferlhf import PKUSafeRLHFSpec, load_pku_saferlhf
 from safer_instruct.data.release import ReleaseSpec, load_release
 from safer_instruct.data.schema import PreferenceRecord
@@ -63,15 +56,7 @@ def _constructed_location(path: str) -> str:
 def load_constructed(spec: ConstructedSpec, stats: LoadStats) -> list[PreferenceRecord]:
     spec.path = _constructed_location(spec.path)
     records = []
-    for label, row in iter_source_rows(spec, stats):
-        stats.rows_read += 1
-        try:
-            if row.error:
-                raise DataError(row.error, path=label, row=row.number)
-            record = PreferenceRecord.from_mapping(row.data, path=label, row=row.number)
-        except DataError as err:
-            handle_bad_row(spec, stats, err)
-            continue
+    for label, row, record in parsed_rows(spec, stats, PreferenceRecord.from_mapping):
         record.source = record.source or "constructed"
         record.source_id = record.source_id or f"{label}:{row.number}"
         records.append(record)
