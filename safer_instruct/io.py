@@ -97,7 +97,7 @@ def _csv_rows(path: Path) -> Iterator[Row]:
             if None in record:
                 yield Row(number, None, "more fields than the header has")
                 continue
-            bad = [key for key, value in record.items() if isinstance(value, str) and _has_surrogates(value)]
+            bad = [key for key, value in record.items() if isinstance(value, str) and has_lone_surrogates(value)]
             if bad:
                 yield Row(number, None, f"field '{bad[0]}' is not valid UTF-8")
                 continue
@@ -114,7 +114,9 @@ def _skip_leading_comments(lines: Iterable[str]) -> Iterator[str]:
         yield line
 
 
-def _has_surrogates(text: str) -> bool:
+def has_lone_surrogates(text: str) -> bool:
+    """Whether a text holds lone surrogates (undecodable bytes kept by `surrogateescape`, or escaped
+    in JSON), which cannot be written as UTF-8 or sent to a model."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
-from safer_instruct.io import Row, iter_rows
+from safer_instruct.io import Row, has_lone_surrogates, iter_rows
 from safer_instruct.paths import conf_dir, installed_package_path
 
 BAD_ROW_POLICIES = ("error", "quarantine")
@@ -263,7 +263,7 @@ def check_row(spec: CorpusSpec, source: SourceRow) -> CorpusText | BadRow:
             return BadRow(path, row.number, "undecodable", f"is not valid UTF-8 (byte {err.start})", field=text_field)
     if not isinstance(text, str):
         return BadRow(path, row.number, "not_text", f"must be text, got {type(text).__name__}", field=text_field)
-    if _has_surrogates(text):
+    if has_lone_surrogates(text):
         # JSON can carry lone surrogates (escaped undecodable bytes): they cannot be sent to a model.
         return BadRow(path, row.number, "undecodable", "holds undecodable characters (lone surrogates)",
                       field=text_field, excerpt=text[:80].encode("utf-8", "replace").decode())  # fmt: skip
@@ -291,14 +291,6 @@ def _source_id(spec: CorpusSpec, data: Mapping[str, Any], path: str, number: int
 def _quoted_field(message: str) -> str | None:
     found = re.search(r"field '([^']+)'", message)
     return found.group(1) if found else None
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 # ---------------------------------------------------------------- the reader
