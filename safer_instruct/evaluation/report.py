@@ -266,6 +266,24 @@ def _pyplot():
     return plt
 
 
+def _grouped_bars(plt, groups: int, series: int) -> tuple[Any, Any, float]:
+    """(figure, axes, bar width) of a chart with `series` bars side by side in each of `groups` groups."""
+    width = 0.8 / series
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * groups + 0.5 * series), 4.5))
+    return fig, ax, width
+
+
+def _bar_x(group: int, index: int, series: int, width: float) -> float:
+    """Where bar `index` of the `series` in a group stands (group `group` is centred on x = group)."""
+    return group + (index - (series - 1) / 2) * width
+
+
+def _save_chart(plt, fig: Any, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Mapping[str, Any]] = ()) -> bool:
     """Grouped bars (overall, then per source) per model, with 95% CI error bars."""
     rows = [r for r in rows if r.harmlessness]
@@ -273,8 +291,7 @@ def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Map
         return False
     plt = _pyplot()
     groups = ["overall", *sources_of(rows)]
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 0.5 * len(rows)), 4.5))
+    fig, ax, width = _grouped_bars(plt, len(groups), len(rows))
     for index, row in enumerate(rows):
         summaries = [
             row.harmlessness,
@@ -286,7 +303,7 @@ def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Map
                 continue
             rate = 100 * summary["rate"]
             ci = summary.get("ci95") or [summary["rate"], summary["rate"]]
-            xs.append(gi + (index - (len(rows) - 1) / 2) * width)
+            xs.append(_bar_x(gi, index, len(rows), width))
             heights.append(rate)
             low.append(rate - 100 * ci[0])
             high.append(100 * ci[1] - rate)
@@ -301,9 +318,7 @@ def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Map
     ax.set_ylabel("harmless responses (%)")
     ax.set_title("Harmlessness rate (error bars: 95% bootstrap CI; unjudged items excluded)")
     ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_chart(plt, fig, path)
     return True
 
 
@@ -314,8 +329,7 @@ def downstream_chart(rows: Sequence[Row], path: Path) -> bool:
     if not rows or not tasks:
         return False
     plt = _pyplot()
-    width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(tasks) + 0.5 * len(rows)), 4.5))
+    fig, ax, width = _grouped_bars(plt, len(tasks), len(rows))
     for index, row in enumerate(rows):
         scores = row.downstream.get("scores") or {}
         xs, heights, errs = [], [], []
@@ -323,7 +337,7 @@ def downstream_chart(rows: Sequence[Row], path: Path) -> bool:
             score = scores.get(task) or {}
             if score.get("value") is None:
                 continue
-            xs.append(ti + (index - (len(rows) - 1) / 2) * width)
+            xs.append(_bar_x(ti, index, len(rows), width))
             heights.append(score["value"])
             errs.append(1.96 * (score.get("stderr") or 0.0))
         ax.bar(xs, heights, width, yerr=errs, capsize=3, label=f"{row.label} ({row.run})")
@@ -332,9 +346,7 @@ def downstream_chart(rows: Sequence[Row], path: Path) -> bool:
     ax.set_ylabel("score")
     ax.set_title("Downstream tasks (lm-eval; error bars: ±1.96 standard error)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_chart(plt, fig, path)
     return True
 
 
@@ -359,9 +371,7 @@ def curves_chart(curves: Sequence[Curve], path: Path) -> bool:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("DPO training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_chart(plt, fig, path)
     return True
 
 
