@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: install
-	$(OFFLINE) $(BIN)/safer-instruct train sft model=smollm2-135m
+	$(OFFLINE) $(BIN)/safer-instruct run experiment=demo
 
 test: install
 	$(OFFLINE) WANDB_MODE=disabled $(BIN)/python -m pytest $(PYTEST_ARGS)
