@@ -113,9 +113,20 @@ def _build_once(target: Path, build) -> Path:
     return target
 
 
+# Where each kit model is built, under the cache root's `models/`.
+KIT_FOLDERS = {"tiny": f"tiny-{TINY_VERSION}", "smollm2-135m": f"smollm2-135m-instruct-{SMOLLM2_VERSION}"}
+
+
+def built_kit_model(ref: str) -> Path | None:
+    """The folder of a kit model that is already built, else None; builds nothing (dry runs)."""
+    folder = KIT_FOLDERS.get(ref[len(KIT_PREFIX) :]) if ref.startswith(KIT_PREFIX) else None
+    target = cache_root() / "models" / folder if folder else None
+    return target if target is not None and (target / ".complete").exists() else None
+
+
 def tiny_model_dir() -> Path:
     """The cached tiny random Llama with its locally trained tokenizer (built in seconds)."""
-    return _build_once(cache_root() / "models" / f"tiny-{TINY_VERSION}", _build_tiny)
+    return _build_once(cache_root() / "models" / KIT_FOLDERS["tiny"], _build_tiny)
 
 
 def _tiny_training_text() -> list[str]:
@@ -183,7 +194,7 @@ def smollm2_gguf_path() -> Path:
 def smollm2_model_dir() -> Path:
     """SmolLM2-135M-Instruct as a cached HF folder, converted from the GGUF on first use only."""
     gguf = smollm2_gguf_path()
-    return _build_once(cache_root() / "models" / f"smollm2-135m-instruct-{SMOLLM2_VERSION}", lambda d: _convert_gguf(gguf, d))
+    return _build_once(cache_root() / "models" / KIT_FOLDERS["smollm2-135m"], lambda d: _convert_gguf(gguf, d))
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
