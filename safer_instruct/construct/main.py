@@ -3,6 +3,7 @@
     safer-instruct construct inducer.model=outputs/reverse/model expert.model=kit:smollm2-135m \
         out_dir=outputs/construct/demo
     python -m safer_instruct.construct.main ...      # the same, without the CLI
+    safer-instruct construct ... dry_run=true        # requests and cost per stage and role; sends nothing
 
 A thin entry point (the CLI runs this file): the stages live in `safer_instruct.construct`.
 Rerun the same command (same out_dir) after an interruption to continue where it stopped.
@@ -19,6 +20,10 @@ from safer_instruct.config import stage_main
 
 @stage_main("construct")
 def main(cfg: DictConfig, out_dir: Path) -> dict:
+    if cfg.get("dry_run"):
+        from safer_instruct.construct.dry_run import estimate_construct
+
+        return estimate_construct(cfg, out_dir)  # the table and estimate.json; nothing sent
     from safer_instruct.construct.pipeline import run_construct
     from safer_instruct.tracking import tracking_run
 

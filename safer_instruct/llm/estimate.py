@@ -1,0 +1,161 @@
+"""Dry runs: what a stage would ask its LLM roles and what it would cost, sending nothing.
+
+A stage's dry run (`safer-instruct construct ... dry_run=true`, `safer-instruct eval harmlessness ...
+dry_run=true`) builds the requests it would send and hands them to `LLMRole.estimate`, which looks
+each one up in the answer cache and prices the rest with the price table. This module holds what the
+stages share: the session (no budget, no server, no weights), stand-in text for answers not known
+yet, a row per stage and role, the terminal table and `estimate.json`.
+
+Completion tokens are each request's `max_tokens` (an upper bound). Prompt tokens are estimated at
+~4 characters a token. A stage whose input depends on answers not yet known (nothing cached) is
+estimated with stand-ins of the answering role's `max_tokens` length and marked "upper bound".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from safer_instruct.io import atomic_write_json
+from safer_instruct.llm.cache import CACHE_FILE
+from safer_instruct.llm.limits import TYPICAL_CHARS_PER_TOKEN
+from safer_instruct.llm.types import ChatRequest, Completion
+
+COUNT_KEYS = ("requests", "cached", "to_send", "est_prompt_tokens", "est_completion_tokens")
+STAND_IN = "stand-in answer text "
+
+
+def stand_in_text(tokens: int) -> str:
+    """Text that the estimates count as `tokens` tokens (an answer of `max_tokens` length not known yet)."""
+    chars = int(tokens * TYPICAL_CHARS_PER_TOKEN)
+    return (STAND_IN * math.ceil(chars / len(STAND_IN)))[:chars]
+
+
+def dry_run_session(roles: Mapping[str, Any], cache_dir: str | Path | None):
+    """An LLMSession for estimates: no budget (a dry run spends nothing), no failures file, no progress
+    bars, and no cache created where none exists. Servers start only on a request that is sent, so
+    none starts here; a kit model not built yet is left unbuilt (nothing can be cached for it)."""
+    from safer_instruct.llm.session import LLMSession
+    from safer_instruct.model_kit import built_kit_model
+
+    cache = Path(cache_dir) if cache_dir and (Path(cache_dir) / CACHE_FILE).is_file() else None
+    session = LLMSession(roles=roles, cache_dir=cache, budget_usd=None, progress=False)
+    for name, cfg in session.roles_config.items():
+        if cfg.model.startswith("kit:") and built_kit_model(cfg.model) is None:
+            # The cache names local weights by a hash of their files, which would build the model first.
+            session.role(name)._identity = f"{cfg.model} (not built yet)"
+    return session
+
+
+def missing_keys(session: Any) -> list[str]:
+    """Notes for roles whose API key variable is not set (the real run would stop before sending)."""
+    return [f"{name}: ${cfg.api_key_env} is not set; the real run needs it" for name, cfg in
+            session.roles_config.items() if cfg.api_key_env and not os.environ.get(cfg.api_key_env)]  # fmt: skip
+
+
+def cached_answers(role: Any, requests: Sequence[ChatRequest]) -> dict[str, Completion]:
+    """request id -> the cached answer, for the requests the cache already holds (as `generate` yields it)."""
+    import dataclasses
+
+    cache = role.session.cache
+    if cache is None or not requests:
+        return {}
+    sent = [role.as_sent(request) for request in requests]
+    keys = [role.key(request) for request in sent]
+    hits = cache.get_many(keys)
+    return {request.id: dataclasses.replace(hits[key], request_id=request.id, metadata=request.metadata)
+            for request, key in zip(sent, keys, strict=True) if key in hits}  # fmt: skip
+
+
+def estimate_row(session: Any, role_name: str, stage: str, requests: Iterable[ChatRequest], upper_bound: bool = False,
+                 note: str = "") -> dict[str, Any]:  # fmt: skip
+    """One table row: `LLMRole.estimate` of a stage's requests. A row with nothing to send costs 0."""
+    estimate = session.role(role_name).estimate(requests)
+    cost = estimate["est_cost_usd"] if estimate["price_known"] else None
+    if estimate["to_send"] == 0:
+        cost = 0.0
+    return {"stage": stage, "role": role_name, "model": estimate["model"],
+            **{key: estimate[key] for key in COUNT_KEYS}, "est_cost_usd": cost,
+            "price_known": estimate["price_known"], "upper_bound": bool(upper_bound and estimate["requests"]),
+            "note": note}  # fmt: skip
+
+
+def quiet_row(stage: str, role_name: str, model: str, note: str) -> dict[str, Any]:
+    """A stage that sends nothing (finished earlier, or its expert check is off)."""
+    return {"stage": stage, "role": role_name, "model": model, **dict.fromkeys(COUNT_KEYS, 0), "est_cost_usd": 0.0,
+            "price_known": True, "upper_bound": False, "note": note}  # fmt: skip
+
+
+def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Sums over the rows; the cost sums the known prices (`price_known` false if any row's is unknown)."""
+    total = {key: sum(int(row[key]) for row in rows) for key in COUNT_KEYS}
+    known = all(row["est_cost_usd"] is not None for row in rows)
+    total["est_cost_usd"] = sum(float(row["est_cost_usd"]) for row in rows if row["est_cost_usd"] is not None)
+    total["price_known"] = known
+    total["upper_bound"] = any(row["upper_bound"] for row in rows)
+    return total
+
+
+def _cost(value: float | None, price_known: bool = True) -> str:
+    if value is None:
+        return "unknown price"
+    text = f"{value:.4f}"
+    return text if price_known else f">= {text} + unknown price"
+
+
+def _short(model: str, width: int = 32) -> str:
+    return model if len(model) <= width else "..." + model[-(width - 3) :]
+
+
+def render_table(title: str, rows: Sequence[Mapping[str, Any]], total: Mapping[str, Any]) -> str:
+    """The estimate as plain aligned text (the terminal's table)."""
+    header = ("stage", "role", "model", "requests", "cached", "to send", "est. prompt tok",
+              "est. completion tok (max)", "est. cost USD", "note")  # fmt: skip
+    body = [(row["stage"], row["role"], _short(str(row["model"])), row["requests"], row["cached"], row["to_send"],
+             row["est_prompt_tokens"], row["est_completion_tokens"], _cost(row["est_cost_usd"]), row["note"])
+            for row in rows]  # fmt: skip
+    body.append(("total", "", "", total["requests"], total["cached"], total["to_send"], total["est_prompt_tokens"],
+                 total["est_completion_tokens"], _cost(total["est_cost_usd"], total["price_known"]),
+                 "upper bound" if total["upper_bound"] else ""))  # fmt: skip
+    cells = [[str(value) for value in line] for line in (header, *body)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(header))]
+    numeric = set(range(3, 9))
+
+    def fmt(line: list[str]) -> str:
+        return "  ".join(cell.rjust(w) if i in numeric else cell.ljust(w)
+                         for i, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip()  # fmt: skip
+
+    rule = "-" * len(fmt(cells[0]))
+    return "\n".join([title, rule, fmt(cells[0]), rule, *(fmt(line) for line in cells[1:-1]), rule, fmt(cells[-1])])
+
+
+def report(stage: str, out_dir: Path, rows: list[dict[str, Any]], budget_usd: float | None = None,
+           extra: Mapping[str, Any] | None = None, notes: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """Write `<out_dir>/estimate.json`, print the table, and return what was written."""
+    total = totals(rows)
+    result: dict[str, Any] = {"stage": stage, "dry_run": True, "rows": rows, "total": total,
+                              "budget_usd": budget_usd, **dict(extra or {})}  # fmt: skip
+    notes = ["dry run: nothing was sent, no server started, no model weights loaded",
+             "completion tokens: max_tokens per request to send (an upper bound); prompt tokens: ~4 characters a token",
+             *notes]  # fmt: skip
+    if total["upper_bound"]:
+        notes.append("upper bound: answers not known yet (not in out_dir or the cache) are stand-ins of the "
+                     "answering role's max_tokens length, and every item is assumed to pass")  # fmt: skip
+    if not total["price_known"]:
+        unknown = sorted({row["model"] for row in rows if row["est_cost_usd"] is None})
+        notes.append(f"unknown price for {', '.join(unknown)}: set <role>.price or add it to conf/llm/prices.yaml")
+    if budget_usd is not None:
+        over = total["est_cost_usd"] > float(budget_usd)
+        notes.append(f"budget_usd={budget_usd}: the estimate {'exceeds' if over else 'is within'} it"
+                     + (" (the run stops sending new requests before it is spent)" if over else ""))  # fmt: skip
+    result["notes"] = notes
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "estimate.json", result)
+    print(render_table(f"{stage}: dry run (estimate)", rows, total))
+    for note in notes:
+        print(f"  {note}")
+    print(f"estimate: {out_dir / 'estimate.json'}")
+    return result
