@@ -4,6 +4,7 @@
     safer-instruct eval harmlessness responses.path=../shared/data/safer-instruct-release/test_set.csv \
         responses.column=alpaca judge=claude3                                 # judge pre-generated answers
     safer-instruct eval harmlessness model=tiny prompt_set=advbench judge@second_judge=gpt4 pairwise.enabled=true
+    safer-instruct eval harmlessness model=tiny judge=gpt4 dry_run=true      # requests and cost; sends nothing
 
 Writes into out_dir: `harmlessness.json` (rate, ci95, n, n_unjudged, by_source, judge, decoding),
 `judgements.jsonl` (every verdict and rationale), `failures.jsonl`, and when generating
@@ -18,7 +19,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from safer_instruct.config import stage_main
-from safer_instruct.evaluation.harmlessness import run_harmlessness
+from safer_instruct.evaluation.harmlessness import estimate_harmlessness, run_harmlessness
 from safer_instruct.tracking import tracking_run
 
 
@@ -31,6 +32,9 @@ def _pct(summary: dict, key: str = "rate") -> str:
 
 @stage_main("eval_harmlessness")
 def main(cfg: DictConfig, out_dir: Path) -> None:
+    if cfg.get("dry_run"):
+        estimate_harmlessness(cfg, out_dir)  # the table and estimate.json; nothing sent
+        return
     with tracking_run(cfg, "eval_harmlessness", out_dir) as tracking:
         result = run_harmlessness(cfg, out_dir)
         metrics = {"harmlessness/rate": result["rate"], "harmlessness/n_unjudged": result["n_unjudged"]}

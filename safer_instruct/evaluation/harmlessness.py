@@ -187,12 +187,8 @@ def run_pairwise(
     session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, n_boot: int
 ) -> dict[str, Any]:
     pairwise = to_plain(cfg.pairwise)
-    template = judge.JudgeTemplate.from_config(pairwise["template"])
-    if template.kind != "pairwise":
-        raise ConfigError(
-            f"pairwise.template must be a pairwise template, got {template.id} ({template.kind})"
-        )
-    seed = int(pairwise.get("seed") if pairwise.get("seed") is not None else cfg.seed)
+    template = pairwise_template(pairwise)
+    seed = pairwise_seed(cfg, pairwise)
     references = references_for(items, pairwise)
     prefix = f"pairwise/{template.id}"
     role = session.role("judge")
@@ -234,18 +230,17 @@ def run_pairwise(
     return summary
 
 
-def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the whole stage into `out_dir`; returns the content of harmlessness.json."""
-    from safer_instruct.llm import LLMSession
-
-    items, info = load_items(cfg)
+def single_template(cfg: DictConfig) -> judge.JudgeTemplate:
     template = judge.JudgeTemplate.from_config(to_plain(cfg.judge_template))
     if template.kind != "single":
         raise ConfigError(
             f"judge_template must be a single-answer template, got {template.id} ({template.kind})"
         )
-    n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
-    generating = info["mode"] == "generated"
+    return template
+
+
+def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
+    """The LLM roles the stage asks: the judge, the second judge if set, the policy when generating."""
     roles = {"judge": cfg.judge}
     if cfg.get("second_judge") is not None:
         roles["second_judge"] = cfg.second_judge
@@ -255,6 +250,31 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                 "no answers to judge: set model=PRESET (the model under test) or responses.path=FILE"
             )
         roles["policy"] = cfg.policy
+    return roles
+
+
+def pairwise_template(pairwise: Mapping[str, Any]) -> judge.JudgeTemplate:
+    template = judge.JudgeTemplate.from_config(pairwise["template"])
+    if template.kind != "pairwise":
+        raise ConfigError(
+            f"pairwise.template must be a pairwise template, got {template.id} ({template.kind})"
+        )
+    return template
+
+
+def pairwise_seed(cfg: DictConfig, pairwise: Mapping[str, Any]) -> int:
+    return int(pairwise.get("seed") if pairwise.get("seed") is not None else cfg.seed)
+
+
+def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the whole stage into `out_dir`; returns the content of harmlessness.json."""
+    from safer_instruct.llm import LLMSession
+
+    items, info = load_items(cfg)
+    template = single_template(cfg)
+    n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
+    generating = info["mode"] == "generated"
+    roles = stage_roles(cfg, generating)
     budget = (cfg.get("llm") or {}).get("budget_usd")
     with LLMSession(roles=roles, cache_dir=cfg.cache.dir, failures_path=out_dir / "failures.jsonl",
                     budget_usd=budget) as session:  # fmt: skip
@@ -306,3 +326,70 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     atomic_write_jsonl(out_dir / "judgements.jsonl", rows)
     atomic_write_json(out_dir / "harmlessness.json", result)
     return result
+
+
+def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The dry run (`dry_run=true`): the requests and cost of generation and judging, sending nothing.
+
+    Policy requests are exact. Judge requests for generated answers use the cached answer where the
+    cache holds it, else a stand-in of `policy.max_tokens` length (an upper bound: every answer
+    non-empty). Prints the table and writes `<out_dir>/estimate.json`; returns what was written.
+    """
+    from safer_instruct.llm import estimate
+
+    items, info = load_items(cfg)
+    template = single_template(cfg)
+    generating = info["mode"] == "generated"
+    roles = stage_roles(cfg, generating)
+    session = estimate.dry_run_session(roles, cfg.cache.dir)
+    rows: list[dict[str, Any]] = []
+    try:
+        uncertain = False
+        if generating:
+            requests = list(answer_requests(items, dry_run_format(cfg)))
+            rows.append(estimate.estimate_row(session, "policy", "generate_answers", requests,
+                                              note=f"{len(items)} prompts"))  # fmt: skip
+            answers = estimate.cached_answers(session.role("policy"), requests)
+            stand_in = estimate.stand_in_text(int(session.role("policy").cfg.max_tokens))
+            for item, request in zip(items, requests, strict=True):
+                answer = answers.get(request.id)
+                item.response = answer.text if answer is not None else stand_in
+                uncertain = uncertain or answer is None
+        unanswered = sum(1 for item in items if not (item.response and item.response.strip()))
+        note = "; ".join([*([f"{unanswered} without an answer (not judged)"] if unanswered else []),
+                          *(["upper bound: stand-in answers"] if uncertain else [])])  # fmt: skip
+        for name in ("judge", "second_judge"):
+            if name in roles:
+                role = session.role(name)
+                requests = judge.single_requests(items, template, f"{name}/{template.id}", prefill=role.cfg.verdict_prefill)
+                rows.append(estimate.estimate_row(session, name, name, requests, upper_bound=uncertain, note=note))
+        if cfg.pairwise.enabled:
+            pairwise = to_plain(cfg.pairwise)
+            pair_template = pairwise_template(pairwise)
+            references = references_for(items, pairwise)
+            role = session.role("judge")
+            requests = judge.pairwise_requests(items, references, pair_template, f"pairwise/{pair_template.id}",
+                                               pairwise_seed(cfg, pairwise), prefill=role.cfg.verdict_prefill)  # fmt: skip
+            rows.append(estimate.estimate_row(session, "judge", "pairwise", requests, upper_bound=uncertain,
+                                              note=f"vs {pairwise['reference_column']}" + ("; upper bound" if uncertain else "")))  # fmt: skip
+        notes = estimate.missing_keys(session)
+    finally:
+        session.close()
+    return estimate.report("eval_harmlessness", out_dir, rows, budget_usd=(cfg.get("llm") or {}).get("budget_usd"),
+                           extra={"items": info}, notes=notes)  # fmt: skip
+
+
+def dry_run_format(cfg: DictConfig):
+    """The policy's prompt format for a dry run: its tokenizer, except for a kit model not built yet
+    (building it would load weights), whose chat messages are estimated without one."""
+    from omegaconf import OmegaConf
+
+    from safer_instruct.evaluation.generation import _ServerSideTemplate
+    from safer_instruct.formatting import PromptFormat
+    from safer_instruct.model_kit import built_kit_model
+
+    model_cfg, policy_cfg = to_plain(cfg.model), to_plain(cfg.policy)
+    path = str(model_cfg.get("path") or "")
+    if path.startswith("kit:") and built_kit_model(path) is None:
+        return PromptFormat.for_model(OmegaConf.create(dict(model_cfg)), _ServerSideTemplate())
+    return policy_format(model_cfg, remote=bool(policy_cfg.get("base_url")))
