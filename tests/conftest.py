@@ -37,3 +37,13 @@ def smollm2_model() -> str:
     from safer_instruct.model_kit import resolve_model
 
     return resolve_model("kit:smollm2-135m")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_shared_servers():
+    """Stop the shared tiny `transformers serve` when the session ends, not at interpreter exit
+    (by then pytest has closed the streams its log line would go to)."""
+    yield
+    from tests.helpers.servers import stop_managed_tiny_server
+
+    stop_managed_tiny_server()

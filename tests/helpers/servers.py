@@ -358,9 +358,16 @@ def managed_tiny_server():
             server = ManagedServer("kit:tiny", resolve_model("kit:tiny"), ServerConfig(kind="transformers", device="cpu",
                                    startup_timeout_s=120))  # fmt: skip
             server.start()
-            atexit.register(server.stop)
+            atexit.register(server.stop)  # if the session fixture never ran (a helper used outside pytest)
             _TINY_SERVER = server
         return _TINY_SERVER
+
+
+def stop_managed_tiny_server() -> None:
+    """Stop the shared server now (at the end of the test session, while logging can still write)."""
+    with _TINY_LOCK:
+        if _TINY_SERVER is not None:
+            _TINY_SERVER.stop()
 
 
 def tiny_role_config(**overrides: Any) -> dict[str, Any]:
