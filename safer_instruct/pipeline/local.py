@@ -8,13 +8,16 @@ skips what completed and reruns the failed stage, which resumes from what it lef
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,15 +137,16 @@ def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
         proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace")  # fmt: skip
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                log.write(line)
-                log.flush()  # `tail -f stage.log` shows progress as it happens
-                tail.append(line.rstrip("\n"))
-                if verbose:
-                    print(f"  {name} | {line}", end="", flush=True)
-            code = proc.wait()
-        except KeyboardInterrupt:
+            with _forward_sigterm(proc):
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    log.write(line)
+                    log.flush()  # `tail -f stage.log` shows progress as it happens
+                    tail.append(line.rstrip("\n"))
+                    if verbose:
+                        print(f"  {name} | {line}", end="", flush=True)
+                code = proc.wait()
+        except (KeyboardInterrupt, SystemExit):
             _stop(proc)
             raise
     wall_s = time.perf_counter() - started
@@ -157,8 +161,28 @@ def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
     return wall_s
 
 
+@contextlib.contextmanager
+def _forward_sigterm(proc: subprocess.Popen) -> Iterator[None]:
+    """A SIGTERM to the runner (`kill`, a batch system) reaches the running stage too, which stops
+    cleanly and resumes on the next run; the runner then exits with 143 as the default action would."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C reached the stage too (same process group); give it time to stop cleanly."""
+    """Ctrl-C reached the stage too (same process group), or SIGTERM was forwarded: give it time to stop cleanly."""
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
