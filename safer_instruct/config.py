@@ -238,9 +238,13 @@ def _project_version() -> str:
 
 
 def save_run_config(cfg: DictConfig, out_dir: Path) -> None:
-    """Write the resolved, redacted config and the library versions next to a run's results."""
+    """Write the resolved, redacted config and the library versions next to a run's results.
+
+    A dry run (`dry_run=true`) writes `config.dry_run.yaml` instead: estimating in the dir of a real
+    run must not replace the config that run was made with."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
+    name = "config.dry_run.yaml" if cfg.get("dry_run") else "config.yaml"
+    (out_dir / name).write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
     (out_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
 
 

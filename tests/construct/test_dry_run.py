@@ -198,5 +198,9 @@ def test_dry_run_after_a_real_tiny_induce_run_finds_every_answer_cached(tmp_path
     induce = rows["induce"]
     assert (induce["requests"], induce["cached"], induce["to_send"]) == (12, 12, 0)
     assert induce["price_known"] and induce["est_cost_usd"] == 0.0
-    rows, _, _ = dry_run(command("out"), capsys)
+    saved_config = (tmp_path / "out" / "config.yaml").read_text()
+    rows, _, _ = dry_run(command("out"), capsys, via_cli=True)
     assert rows["induce"]["requests"] == 0
+    # Estimating in a real run's dir keeps the config that run was made with.
+    assert (tmp_path / "out" / "config.yaml").read_text() == saved_config
+    assert "dry_run: true" in (tmp_path / "out" / "config.dry_run.yaml").read_text()
