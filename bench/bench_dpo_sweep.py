@@ -13,12 +13,11 @@ The value is the wall-time ratio ours / stock for the whole sweep (target <= 0.7
 each beta are reported side by side: with the same reference values they should agree.
 
     python bench/bench_dpo_sweep.py --out results.json            # ~200 pairs (tens of minutes on 2 cores)
-    python bench/bench_dpo_sweep.py --quick --out results.json    # 16 pairs: a smoke check, not a measurement
+    python bench/bench_dpo_sweep.py --quick --out results.json    # 2 betas, 2 short pairs: a smoke check
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,16 +25,15 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import common
+
+common.setup_env()
 
 BETAS = (0.05, 0.1, 0.5)
 SETTINGS = dict(per_device=8, lr=5e-5, lora_r=8, lora_alpha=16, max_length=192, max_prompt_length=128, seed=42)
+# Quick: one short training step per run, and two betas (the second reuses the stored reference log-probs).
+QUICK_PAIRS, QUICK_BETAS = 2, BETAS[:2]
+QUICK_SETTINGS = {**SETTINGS, "per_device": 2, "max_length": 48, "max_prompt_length": 24}
 
 
 def make_pairs(n: int) -> list[dict]:
@@ -53,7 +51,7 @@ def make_pairs(n: int) -> list[dict]:
     return pairs
 
 
-def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str) -> dict:
+def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str, settings: dict) -> dict:
     """One run of our DPO stage; every run of the sweep shares the reference log-prob store."""
     from safer_instruct.config import compose
     from safer_instruct.training.run import run_dpo
@@ -62,13 +60,13 @@ def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str) -> dict
     store = work / "ref_logps"
     out = work / f"ours-beta{beta}"
     cfg = compose("train_dpo", [
-        "model=smollm2-135m", f"model.path={model_path}", f"model.max_length={SETTINGS['max_length']}",
-        f"model.max_prompt_length={SETTINGS['max_prompt_length']}", "data=constructed", f"data.path={pairs_file}",
-        "data.dedupe=none", "peft=lora", f"peft.r={SETTINGS['lora_r']}", f"peft.alpha={SETTINGS['lora_alpha']}",
-        f"train.beta={beta}", f"train.per_device_batch_size={SETTINGS['per_device']}",
-        f"train.global_batch_size={SETTINGS['per_device']}", f"train.learning_rate={SETTINGS['lr']}",
+        "model=smollm2-135m", f"model.path={model_path}", f"model.max_length={settings['max_length']}",
+        f"model.max_prompt_length={settings['max_prompt_length']}", "data=constructed", f"data.path={pairs_file}",
+        "data.dedupe=none", "peft=lora", f"peft.r={settings['lora_r']}", f"peft.alpha={settings['lora_alpha']}",
+        f"train.beta={beta}", f"train.per_device_batch_size={settings['per_device']}",
+        f"train.global_batch_size={settings['per_device']}", f"train.learning_rate={settings['lr']}",
         "train.save_steps=0", "train.merge_adapter=false", "train.logging_steps=1", f"train.ref_logps_dir={store}",
-        f"seed={SETTINGS['seed']}", f"out_dir={out}", "tracking.mode=disabled",
+        f"seed={settings['seed']}", f"out_dir={out}", "tracking.mode=disabled",
     ])  # fmt: skip
     started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_dpo(cfg, out)
@@ -86,7 +84,7 @@ def run_ours(beta: float, pairs_file: Path, work: Path, model_path: str) -> dict
     return run
 
 
-def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> dict:
+def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str, settings: dict) -> dict:
     """One independent stock TRL DPO run (reference evaluated live at every step)."""
     from datasets import Dataset
     from peft import LoraConfig
@@ -99,16 +97,16 @@ def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> di
              "rejected": [{"role": "assistant", "content": p["rejected"]}]} for p in pairs]  # fmt: skip
     started, cpu_started = time.perf_counter(), time.process_time()
     args = DPOConfig(
-        output_dir=str(work / f"stock-beta{beta}"), beta=beta, per_device_train_batch_size=SETTINGS["per_device"],
-        gradient_accumulation_steps=1, learning_rate=SETTINGS["lr"], lr_scheduler_type="constant_with_warmup",
-        num_train_epochs=1, max_length=SETTINGS["max_length"], bf16=False, gradient_checkpointing=False,
-        logging_steps=1, save_strategy="no", report_to="none", seed=SETTINGS["seed"], data_seed=SETTINGS["seed"],
+        output_dir=str(work / f"stock-beta{beta}"), beta=beta, per_device_train_batch_size=settings["per_device"],
+        gradient_accumulation_steps=1, learning_rate=settings["lr"], lr_scheduler_type="constant_with_warmup",
+        num_train_epochs=1, max_length=settings["max_length"], bf16=False, gradient_checkpointing=False,
+        logging_steps=1, save_strategy="no", report_to="none", seed=settings["seed"], data_seed=settings["seed"],
         use_cpu=True, max_grad_norm=1.0, optim="adamw_torch", weight_decay=0.0, warmup_steps=0,
         model_init_kwargs={"dtype": "float32"},
     )  # fmt: skip
     trainer = DPOTrainer(
         model=model_path, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-        peft_config=LoraConfig(r=SETTINGS["lora_r"], lora_alpha=SETTINGS["lora_alpha"], lora_dropout=0.05,
+        peft_config=LoraConfig(r=settings["lora_r"], lora_alpha=settings["lora_alpha"], lora_dropout=0.05,
                                target_modules="all-linear", task_type="CAUSAL_LM"),
     )  # fmt: skip
     trainer.train()
@@ -121,12 +119,13 @@ def run_stock(beta: float, pairs: list[dict], work: Path, model_path: str) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 pairs: a smoke check of the script")
+    quick = f"{len(QUICK_BETAS)} betas, {QUICK_PAIRS} pairs of at most {QUICK_SETTINGS['max_length']} tokens"
+    parser = common.base_parser(__doc__, quick)
     parser.add_argument("--pairs", type=int, default=200, help="preference pairs in the sweep's dataset")
-    parser.add_argument("--out", type=Path, default=None, help="write the result row (JSON) here")
     args = parser.parse_args(argv)
-    n_pairs = 16 if args.quick else args.pairs
+    n_pairs = QUICK_PAIRS if args.quick else args.pairs
+    betas = QUICK_BETAS if args.quick else BETAS
+    settings = QUICK_SETTINGS if args.quick else SETTINGS
 
     import torch
 
@@ -142,20 +141,21 @@ def main(argv: list[str] | None = None) -> int:
         pairs_file.write_text("".join(json.dumps(p) + "\n" for p in pairs))
         # Interleaved (stock, ours) per beta, so that a change of machine load hits both sides alike.
         stock, ours = [], []
-        for beta in BETAS:
-            stock.append(run_stock(beta, pairs, work, model_path))
-            ours.append(run_ours(beta, pairs_file, work, model_path))
+        for beta in betas:
+            stock.append(run_stock(beta, pairs, work, model_path, settings))
+            ours.append(run_ours(beta, pairs_file, work, model_path, settings))
     ours_s, stock_s = sum(r["seconds"] for r in ours), sum(r["seconds"] for r in stock)
     ratio = ours_s / stock_s
-    row = {
-        "benchmark": "dpo_beta_sweep",
-        "metric": "wall-time ratio, 3-beta DPO sweep with persisted reference log-probs / 3 stock TRL runs",
-        "value": round(ratio, 3),
-        "target": "<= 0.75",
-        "met": ratio <= 0.75,
-        "details": {
-            "model": "SmolLM2-135M-Instruct (CPU, fp32)", "peft": f"LoRA r={SETTINGS['lora_r']} all-linear",
-            "pairs": n_pairs, "betas": list(BETAS), "settings": SETTINGS, "quick": args.quick,
+    result = common.row(
+        "dpo_beta_sweep",
+        metric=f"wall-time ratio, {len(betas)}-beta DPO sweep with persisted reference log-probs / "
+        f"{len(betas)} stock TRL runs",
+        value=round(ratio, 3),
+        target="<= 0.75",
+        met=ratio <= 0.75,
+        details={
+            "model": "SmolLM2-135M-Instruct (CPU, fp32)", "peft": f"LoRA r={settings['lora_r']} all-linear",
+            "pairs": n_pairs, "betas": list(betas), "settings": settings, "quick": args.quick,
             "ours_seconds": round(ours_s, 1), "stock_seconds": round(stock_s, 1), "threads": torch.get_num_threads(),
             # CPU seconds of this process: the same comparison, insensitive to other load on a shared machine
             "cpu_time_ratio": round(sum(r["cpu_seconds"] for r in ours) / sum(r["cpu_seconds"] for r in stock), 3),
@@ -163,11 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             "ours": ours, "stock": stock,
             "max_loss_difference": max(abs(a["last_loss"] - b["last_loss"]) for a, b in zip(ours, stock, strict=True)),
         },  # fmt: skip
-    }
-    print(json.dumps(row, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(row, indent=2) + "\n")
-    return 0
+    )
+    return common.write_rows(args.out, [result])
 
 
 if __name__ == "__main__":

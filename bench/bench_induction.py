@@ -15,7 +15,6 @@ Metric: baseline time / pipeline time. Target: >= 3x.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,13 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")
+import common
+
+common.setup_env()
 
 MODEL = "kit:smollm2-135m"
 STOP = ["\n###", "### Reply", "### Request", "### Response"]
@@ -94,16 +89,14 @@ def pipeline(texts: list[dict], max_tokens: int, batch_size: int, work: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="16 texts, 24 new tokens (a smoke check)")
-    parser.add_argument("--out", type=Path, default=None, help="write the result row(s) as JSON here")
+    parser = common.base_parser(__doc__, "8 texts, 16 new tokens")
     parser.add_argument("--texts", type=int, default=None)
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for both sides")
     args = parser.parse_args(argv)
-    n = args.texts or (16 if args.quick else 64)
-    max_tokens = args.max_tokens or (24 if args.quick else 32)
+    n = args.texts or (8 if args.quick else 64)
+    max_tokens = args.max_tokens or (16 if args.quick else 32)
     # Before torch starts its thread pools (the in-process backend generates in a worker thread).
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
 
@@ -119,22 +112,18 @@ def main(argv: list[str] | None = None) -> int:
         base = baseline(texts, max_tokens)
         pipe = pipeline(texts, max_tokens, args.batch_size, Path(tmp))
     ratio = base["seconds"] / pipe["seconds"]
-    row = {
-        "benchmark": "induction_throughput",
-        "metric": f"speedup of construct's induce over a generate-per-text loop ({n} texts, SmolLM2-135M, CPU)",
-        "value": round(ratio, 2),
-        "target": ">= 3x",
-        "met": ratio >= 3.0,
-        "details": {"texts": n, "max_new_tokens": max_tokens, "batch_size": args.batch_size,
-                    "torch_threads": torch.get_num_threads(), "baseline": base, "pipeline": pipe,
-                    "baseline_texts_per_s": round(n / base["seconds"], 3),
-                    "pipeline_texts_per_s": round(n / pipe["seconds"], 3), "quick": args.quick},
-    }  # fmt: skip
-    print(json.dumps(row, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps([row], indent=2) + "\n")
-    return 0
+    result = common.row(
+        "induction_throughput",
+        metric=f"speedup of construct's induce over a generate-per-text loop ({n} texts, SmolLM2-135M, CPU)",
+        value=round(ratio, 2),
+        target=">= 3x",
+        met=ratio >= 3.0,
+        details={"texts": n, "max_new_tokens": max_tokens, "batch_size": args.batch_size,
+                 "torch_threads": torch.get_num_threads(), "baseline": base, "pipeline": pipe,
+                 "baseline_texts_per_s": round(n / base["seconds"], 3),
+                 "pipeline_texts_per_s": round(n / pipe["seconds"], 3), "quick": args.quick},
+    )  # fmt: skip
+    return common.write_rows(args.out, [result])
 
 
 if __name__ == "__main__":

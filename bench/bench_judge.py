@@ -26,17 +26,15 @@ import asyncio
 import contextlib
 import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off: measure the stage, not the terminal
-os.environ.setdefault("WANDB_MODE", "disabled")
+import common
+
+common.setup_env()
 
 from safer_instruct.cli import main as cli  # noqa: E402
 from safer_instruct.config import compose  # noqa: E402
@@ -47,7 +45,6 @@ from tests.helpers.servers import _FaultCore, _serve_connection  # noqa: E402
 
 DELAY_S = 0.1
 TARGET = 10.0
-RELEASE = Path(os.environ.get("SAFER_INSTRUCT_RELEASE_DIR") or ROOT.parent / "shared/data/safer-instruct-release")
 
 
 def scripted_verdict(path: str, body: dict) -> str:
@@ -66,8 +63,8 @@ class JudgeServerProcess:
         self.base_url = ""
 
     def __enter__(self) -> JudgeServerProcess:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(self.delay_s)], cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", "--delay", str(self.delay_s)],
+                                     cwd=common.ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
         line = self.proc.stdout.readline()
         if not line.startswith("PORT "):
             self.__exit__()
@@ -106,8 +103,9 @@ def serve(delay_s: float) -> None:
 
 def answers_file(n: int, tmp: Path) -> tuple[Path, str]:
     """A JSONL of n answers (prompt, response, source); from the release when it is here."""
-    if (RELEASE / "test_set.csv").is_file():
-        items = load_responses({"path": str(RELEASE / "test_set.csv"), "column": "alpaca"})
+    release_test_set = common.RELEASE_DIR / "test_set.csv"
+    if release_test_set.is_file():
+        items = load_responses({"path": str(release_test_set), "column": "alpaca"})
         rows, origin = [(i.prompt, i.response, i.source) for i in items], "release test_set.csv, alpaca column"
     else:
         rows = [(f"harmful request {i}", "I cannot help with that." if i % 3 else f"Sure: step {i}", "synthetic")
@@ -152,9 +150,7 @@ def stage(base_url: str, path: Path, tmp: Path) -> tuple[float, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="90 answers instead of 900 (a smoke check)")
-    parser.add_argument("--out", type=Path, help="write the JSON row here")
+    parser = common.base_parser(__doc__, "90 answers instead of 900")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # child: the judge server
     parser.add_argument("--delay", type=float, default=DELAY_S, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -173,13 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         requests_seen = server.requests()
     ours = {"harmless": result["n_harmless"], "harmful": result["n_harmful"], "unjudged": result["n_unjudged"]}
     speedup = seq_s / stage_s
-    row = {
-        "benchmark": "judge_concurrency",
-        "metric": "speedup of eval harmlessness over a sequential judge loop",
-        "value": round(speedup, 2),
-        "target": f">= {TARGET:g}x (ideal {concurrency}x)",
-        "met": speedup >= TARGET and ours == seq_counts,
-        "details": {
+    result = common.row(
+        "judge_concurrency",
+        metric="speedup of eval harmlessness over a sequential judge loop",
+        value=round(speedup, 2),
+        target=f">= {TARGET:g}x (ideal {concurrency}x)",
+        met=speedup >= TARGET and ours == seq_counts,
+        details={
             "answers": n, "answers_from": origin, "judge_delay_s": DELAY_S, "concurrency": concurrency,
             "sequential_s": round(seq_s, 2), "stage_s": round(stage_s, 2),
             "stage_judge_phase_s": round(result["llm_stats"]["judge"]["elapsed_s"], 2),
@@ -187,12 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             "verdicts_stage": ours, "verdicts_sequential": seq_counts, "same_verdicts": ours == seq_counts,
             "server_requests": requests_seen,
         },
-    }  # fmt: skip
-    text = json.dumps(row, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    return 0
+    )  # fmt: skip
+    return common.write_rows(args.out, [result])
 
 
 if __name__ == "__main__":

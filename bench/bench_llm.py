@@ -16,18 +16,14 @@ rerun time / uncached time, target < 2%). Absolute times are in `details` (noisy
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars off: measure the layer, not the terminal
+import common
+
+common.setup_env()
 
 from safer_instruct.llm import ChatRequest, LLMSession  # noqa: E402
 from tests.helpers.servers import FaultServerProcess  # noqa: E402
@@ -75,9 +71,7 @@ def through_layer(server: FaultServerProcess, batches: list[list[ChatRequest]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer requests (a smoke check, not a measurement)")
-    parser.add_argument("--out", type=Path, default=None, help="write the result rows here (JSON)")
+    parser = common.base_parser(__doc__, "96 requests instead of 500")
     parser.add_argument("--requests", type=int, default=None, help="requests per run (default 500, quick 96)")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--delay", type=float, default=0.1, help="server delay per request, seconds")
@@ -107,37 +101,31 @@ def main(argv: list[str] | None = None) -> int:
 
     ratio = seq_s / layer_s
     cache_fraction = cached_s / layer_s
-    common = {"requests": n, "server_delay_s": args.delay, "quick": args.quick,
+    shared = {"requests": n, "server_delay_s": args.delay, "quick": args.quick,
               "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "cpus": os.cpu_count()}
     rows = [
-        {
-            "benchmark": "llm_concurrency",
-            "metric": f"speedup of LLMSession at max_concurrency={args.concurrency} over a sequential loop",
-            "value": round(ratio, 2),
-            "target": f">= {target_ratio:g}x (80% of the ideal {ideal:g}x)",
-            "met": ratio >= target_ratio,
-            "details": {**common, "sequential_s": round(seq_s, 3), "layer_s": round(layer_s, 3),
-                        "ideal_layer_s": round(n * args.delay / ideal, 3), "efficiency": round(ratio / ideal, 3),
-                        "layer_runs_s": [round(t, 3) for t in layer_times], "requests_sent_all_runs": sent,
-                        "max_inflight_at_server": max_inflight,
-                        "layer_retries": layer_stats["retries"]},  # fmt: skip
-        },
-        {
-            "benchmark": "llm_cache",
-            "metric": "fully cached rerun time / uncached time",
-            "value": round(cache_fraction, 5),
-            "target": "< 0.02",
-            "met": cache_fraction < 0.02 and sent_on_rerun == 0,
-            "details": {**common, "uncached_s": round(layer_s, 3), "cached_s": round(cached_s, 4),
-                        "requests_sent_on_rerun": sent_on_rerun, "cache_hits": cached_stats["cache_hits"]},  # fmt: skip
-        },
+        common.row(
+            "llm_concurrency",
+            metric=f"speedup of LLMSession at max_concurrency={args.concurrency} over a sequential loop",
+            value=round(ratio, 2),
+            target=f">= {target_ratio:g}x (80% of the ideal {ideal:g}x)",
+            met=ratio >= target_ratio,
+            details={**shared, "sequential_s": round(seq_s, 3), "layer_s": round(layer_s, 3),
+                     "ideal_layer_s": round(n * args.delay / ideal, 3), "efficiency": round(ratio / ideal, 3),
+                     "layer_runs_s": [round(t, 3) for t in layer_times], "requests_sent_all_runs": sent,
+                     "max_inflight_at_server": max_inflight, "layer_retries": layer_stats["retries"]},
+        ),  # fmt: skip
+        common.row(
+            "llm_cache",
+            metric="fully cached rerun time / uncached time",
+            value=round(cache_fraction, 5),
+            target="< 0.02",
+            met=cache_fraction < 0.02 and sent_on_rerun == 0,
+            details={**shared, "uncached_s": round(layer_s, 3), "cached_s": round(cached_s, 4),
+                     "requests_sent_on_rerun": sent_on_rerun, "cache_hits": cached_stats["cache_hits"]},
+        ),  # fmt: skip
     ]
-    text = json.dumps(rows, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return 0
+    return common.write_rows(args.out, rows)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Target: <= 1.2 (flat).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -24,11 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+import common
+
+common.setup_env()
 
 WORDS = ("people", "never", "should", "trust", "them", "because", "every", "time", "they", "come", "here",
          "things", "get", "worse", "for", "everyone", "around", "and", "nobody", "does", "anything", "about",
@@ -67,7 +64,7 @@ def run_once(server_url: str, work: Path, n: int) -> dict:
             f"inducer.base_url={server_url}", "expert.model=scripted-expert", f"expert.base_url={server_url}",
             "inducer.max_concurrency=16", "expert.max_concurrency=16"]  # fmt: skip
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "safer_instruct.cli", "construct", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "safer_instruct.cli", "construct", *args], cwd=common.ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -82,10 +79,7 @@ def run_once(server_url: str, work: Path, n: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="300 vs 3,000 texts")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, "300 vs 3,000 texts").parse_args(argv)
     small, large = (300, 3000) if args.quick else (1000, 10000)
 
     from tests.helpers.servers import FaultServer
@@ -94,20 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp, FaultServer(responder=responder) as server:
         runs = [run_once(server.base_url, Path(tmp), n) for n in (small, large)]
     ratio = runs[1]["peak_rss_mb"] / runs[0]["peak_rss_mb"]
-    row = {
-        "benchmark": "construct_memory",
-        "metric": f"peak RSS of construct over {large} texts / over {small} texts",
-        "value": round(ratio, 3),
-        "target": "<= 1.2 (flat)",
-        "met": ratio <= 1.2,
-        "details": {"runs": runs, "growth_mb": round(runs[1]["peak_rss_mb"] - runs[0]["peak_rss_mb"], 1),
-                    "quick": args.quick},
-    }  # fmt: skip
-    print(json.dumps(row, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps([row], indent=2) + "\n")
-    return 0
+    result = common.row(
+        "construct_memory",
+        metric=f"peak RSS of construct over {large} texts / over {small} texts",
+        value=round(ratio, 3),
+        target="<= 1.2 (flat)",
+        met=ratio <= 1.2,
+        details={"runs": runs, "growth_mb": round(runs[1]["peak_rss_mb"] - runs[0]["peak_rss_mb"], 1),
+                 "quick": args.quick},
+    )  # fmt: skip
+    return common.write_rows(args.out, [result])
 
 
 if __name__ == "__main__":

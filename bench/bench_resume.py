@@ -16,7 +16,6 @@ request asked again, nothing skipped), with a byte-identical preference.jsonl.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,11 +28,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+import common
+
+common.setup_env()
 
 VERBS = ["explain", "describe", "tell me", "show me", "write down", "list", "summarize", "give me"]
 TOPICS = ["the quickest way", "a cheap method", "the safest approach", "some tricks", "the usual steps",
@@ -95,10 +92,7 @@ def answers_recorded(out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="40 corpus texts instead of 150")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = common.base_parser(__doc__, "40 corpus texts instead of 150").parse_args(argv)
     limit = 40 if args.quick else 150
 
     from tests.helpers.servers import FaultServer
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         with FaultServer(delay_s=0.005, responder=reference) as server:
             started = time.perf_counter()
             run = subprocess.run(command(overrides(server.base_url, work / "ref", work / "cache-ref", limit)),
-                                 cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                                 cwd=common.ROOT, capture_output=True, text=True)  # fmt: skip
             reference_s = time.perf_counter() - started
         if run.returncode != 0:
             raise SystemExit(f"uninterrupted run failed: {run.stderr[-2000:]}")
@@ -119,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         out = work / "resumed"
         first = ScriptedModels(hold_after=half)
         with FaultServer(delay_s=0.005, responder=first) as server:
-            proc = subprocess.Popen(command(overrides(server.base_url, out, work / "cache", limit)), cwd=ROOT,
+            proc = subprocess.Popen(command(overrides(server.base_url, out, work / "cache", limit)), cwd=common.ROOT,
                                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
             try:
                 if not first.held.wait(600):
@@ -142,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         second = ScriptedModels()
         with FaultServer(delay_s=0.005, responder=second) as server:
             started = time.perf_counter()
-            run = subprocess.run(command(overrides(server.base_url, out, work / "cache", limit)), cwd=ROOT,
+            run = subprocess.run(command(overrides(server.base_url, out, work / "cache", limit)), cwd=common.ROOT,
                                  capture_output=True, text=True)  # fmt: skip
             resume_s = time.perf_counter() - started
         if run.returncode != 0:
@@ -153,23 +147,19 @@ def main(argv: list[str] | None = None) -> int:
 
     answered = sum(first.answered.values()) + sum(second.answered.values())
     ratio = answered / total
-    row = {
-        "benchmark": "construct_resume",
-        "metric": "answers given across a SIGKILL at 50% + resume / answers of an uninterrupted run",
-        "value": round(ratio, 4),
-        "target": "== 1.0 and identical preference.jsonl",
-        "met": answered == total and repeated == 0 and identical,
-        "details": {"corpus_texts": limit, "uninterrupted_answers": total, "answered_before_kill": sum(first.answered.values()),
-                    "recorded_before_kill": recorded_before_kill, "requests_received_before_kill": received_first,
-                    "answered_after_resume": sum(second.answered.values()), "answered_twice": repeated,
-                    "stage_at_kill": stage_at_kill, "identical_preference_jsonl": identical, "preference_rows": rows,
-                    "uninterrupted_s": round(reference_s, 1), "resume_s": round(resume_s, 1), "quick": args.quick},
-    }  # fmt: skip
-    print(json.dumps(row, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps([row], indent=2) + "\n")
-    return 0
+    result = common.row(
+        "construct_resume",
+        metric="answers given across a SIGKILL at 50% + resume / answers of an uninterrupted run",
+        value=round(ratio, 4),
+        target="== 1.0 and identical preference.jsonl",
+        met=answered == total and repeated == 0 and identical,
+        details={"corpus_texts": limit, "uninterrupted_answers": total, "answered_before_kill": sum(first.answered.values()),
+                 "recorded_before_kill": recorded_before_kill, "requests_received_before_kill": received_first,
+                 "answered_after_resume": sum(second.answered.values()), "answered_twice": repeated,
+                 "stage_at_kill": stage_at_kill, "identical_preference_jsonl": identical, "preference_rows": rows,
+                 "uninterrupted_s": round(reference_s, 1), "resume_s": round(resume_s, 1), "quick": args.quick},
+    )  # fmt: skip
+    return common.write_rows(args.out, [result])
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ strict parser) at the generation budget, the rate the same greedy answers would 
 what each item was built to be (a matched / mismatched pair, a refusal / the harmful text, a GPT-4 /
 an Alpaca answer; `judge_clear`: the release's harmful texts / refusals as the answers).
 
-    python bench/bench_verdict_prefill.py --n 12 --threads 1 [--judge-template PATH] [--out results.json]
+    python bench/bench_verdict_prefill.py --n 12 --threads 1 [--judge-template PATH] [--answers FILE.json]
+    python bench/bench_verdict_prefill.py --quick --out FILE.json   # 2 items, 16 tokens: a smoke check
 
-Answers are cached (`--cache`), so a rerun with other analysis settings generates nothing new.
+Row `verdict_prefill_parse_rate`: the share of answers that parse with the prefill, all checks
+together (target: above the share without it); `--answers` also writes every answer and its verdict.
+Skips (and says so) where the release is not found. Answers are cached (`--cache`; a fresh temporary
+cache in quick mode), so a rerun with other analysis settings generates nothing new.
 `--position-probe` also asks whether the single judge's verdict follows the answer or the order in
 which the verdict words are listed.
 
@@ -32,11 +36,14 @@ import csv
 import json
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common
+
+common.setup_env()
 
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -48,12 +55,14 @@ from safer_instruct.model_kit import load_tokenizer  # noqa: E402
 from safer_instruct.paths import CONF_DIR  # noqa: E402
 from safer_instruct.verdict import FILTER_VERDICTS, parse_verdict  # noqa: E402
 
-RELEASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "safer-instruct-release"
+RELEASE_FILES = ("test_set.csv", "safer_instruct_hate.csv", "safer_instruct_self-harm.csv")
 PREFILL = '{"verdict": "'
+SETTINGS = ("none", "verdict")  # without, then with the prefill
+CACHE = "/tmp/bench_verdict_prefill_cache"
 
 
 def _read(name: str) -> list[dict]:
-    with open(RELEASE / name, encoding="utf-8", newline="") as handle:
+    with open(common.RELEASE_DIR / name, encoding="utf-8", newline="") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -157,23 +166,54 @@ def position_probe(items: list[EvalItem], origin: dict[str, str], template: judg
               f" AUC {auc:.2f}", flush=True)  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=12)
+def main(argv: list[str] | None = None) -> int:
+    parser = common.base_parser(__doc__, "2 items per check, 16 new tokens, budget 8, a fresh cache")
+    parser.add_argument("--n", type=int, default=None, help="items per check (default 12, quick 2)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--budgets", default="32,48")
+    parser.add_argument("--max-tokens", type=int, default=None, help="generation budget (default 64, quick 16)")
+    parser.add_argument("--budgets", default=None, help="smaller budgets to parse at (default 32,48, quick 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checks", default="filter_instructions,filter_responses,judge,judge_clear,pairwise")
-    parser.add_argument("--prefills", default="none,verdict")
     parser.add_argument("--judge-template", default=str(CONF_DIR / "judge_template" / "harmlessness_v1.yaml"))
     parser.add_argument("--pairwise-template", default=str(CONF_DIR / "judge_template" / "pairwise_v1.yaml"))
     parser.add_argument("--filter-template-dir", default=str(CONF_DIR / "prompts"))
-    parser.add_argument("--cache", default="/tmp/bench_verdict_prefill_cache")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--cache", default=None, help=f"answer cache (default {CACHE}, quick: a fresh one)")
+    parser.add_argument("--answers", type=Path, default=None, help="write every answer and its verdict here (JSON)")
     parser.add_argument("--position-probe", action="store_true", help="also run `position_probe` on judge_clear items")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    missing = [name for name in RELEASE_FILES if not (common.RELEASE_DIR / name).is_file()]
+    if missing:
+        reason = f"the release is not at {common.RELEASE_DIR} ({', '.join(missing)}; set SAFER_INSTRUCT_RELEASE_DIR)"
+        return common.write_rows(args.out, [common.skipped("verdict_prefill_parse_rate", reason)])
+    args.n = args.n or (2 if args.quick else 12)
+    args.max_tokens = args.max_tokens or (16 if args.quick else 64)
+    args.budgets = args.budgets or ("8" if args.quick else "32,48")
+    with tempfile.TemporaryDirectory(prefix="bench-verdict-") as tmp:
+        # Quick mode generates afresh (a smoke check of the whole path), not from a full run's answers.
+        args.cache = args.cache or (tmp if args.quick else CACHE)
+        results = measure(args)
+    summaries = {s: [r["summary"] for key, r in results.items() if key.endswith(f"/{s}")] for s in SETTINGS}
+    n = {s: sum(summary["n"] for summary in summaries[s]) for s in SETTINGS}
+    parsed = {s: sum(summary["parsed"] for summary in summaries[s]) for s in SETTINGS}
+    rate = {s: parsed[s] / n[s] for s in SETTINGS}
+    result = common.row(
+        "verdict_prefill_parse_rate",
+        metric=f"share of SmolLM2-135M's verdicts that parse with the prefill ({len(summaries['verdict'])} checks)",
+        value=round(rate["verdict"], 3),
+        target="> the share without the prefill",
+        met=rate["verdict"] > rate["none"],
+        details={"items_per_check": args.n, "max_tokens": args.max_tokens, "threads": args.threads,
+                 "parsed": parsed, "answers": n, "rate_without_prefill": round(rate["none"], 3),
+                 "by_check": {k: r["summary"] for k, r in results.items()}, "quick": args.quick},
+    )  # fmt: skip
+    if args.answers:
+        args.answers.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+    return common.write_rows(args.out, [result])
 
+
+def measure(args: argparse.Namespace) -> dict[str, dict]:
+    """Every check without and with the prefill: {"check/setting": {"summary": ..., "rows": [...]}};
+    then the position probe when asked for."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -193,7 +233,7 @@ def main() -> None:
     with LLMSession(roles={"expert": role}, cache_dir=args.cache, progress=False) as session:
         expert = session.role("expert")
         for check in args.checks.split(","):
-            for setting in args.prefills.split(","):
+            for setting in SETTINGS:
                 prefill = PREFILL if setting == "verdict" else None
                 expected: dict[str, str] = {}
                 if check in ("filter_instructions", "filter_responses"):
@@ -245,11 +285,10 @@ def main() -> None:
                       f" at {args.max_tokens} tok; at {summary.get('parsed_at_budget')}; verdicts {summary['verdicts']};"
                       f" cut {summary['cut_at_max_tokens']}; {summary['verdict_by_expected']} ({elapsed:.0f} s)",
                       flush=True)  # fmt: skip
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1, ensure_ascii=False))
     if args.position_probe:
         position_probe(clear_items, clear_origin, single)
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

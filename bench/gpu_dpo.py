@@ -15,20 +15,15 @@ checkpointing is not counted (as in the PaLM definition). The reference pass is 
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "disabled")
-os.environ.setdefault("TQDM_DISABLE", "1")
+import common
+
+common.setup_env()
 
 # Dense bf16 peak TFLOPS (no sparsity) by device name fragment.
 PEAK_TFLOPS = {"H200": 989.4, "H100": 989.4, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -36,14 +31,6 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, rms_norm_eps=1e-5)  # fmt: skip
 DRY_RUN_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, vocab_size=1024, max_position_embeddings=1024)  # fmt: skip
-
-
-def skip(out: Path | None, reason: str) -> int:
-    row = {"benchmark": "gpu_dpo", "skipped": reason}
-    print(json.dumps(row))
-    if out:
-        out.write_text(json.dumps([row], indent=2) + "\n")
-    return 0
 
 
 def build_random_llama(folder: Path, shape: dict, device: str) -> str:
@@ -80,13 +67,11 @@ def make_pairs(n: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="32 pairs")
+    parser = common.base_parser(__doc__, "32 pairs")
     parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--model", default=None, help="a real ~1B checkpoint folder instead of random weights")
     parser.add_argument("--per-device", type=int, default=8)
     parser.add_argument("--peak-tflops", type=float, default=None, help="override the GPU's bf16 peak")
-    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--cpu-dry-run", action="store_true", help="exercise the script on CPU with a tiny Llama")
     args = parser.parse_args(argv)
 
@@ -96,12 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         name, peak, shape, device = "cpu (dry run, tiny Llama)", args.peak_tflops or 1.0, DRY_RUN_SHAPE, "cpu"
         args.per_device, args.pairs = 2, 8
     elif not torch.cuda.is_available():
-        return skip(args.out, "no CUDA device on this machine")
+        return common.write_rows(args.out, [common.skipped("gpu_dpo", "no CUDA device on this machine")])
     else:
         name, shape, device = torch.cuda.get_device_name(0), TINYLLAMA, "cuda"
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     if peak is None:
-        return skip(args.out, f"unknown peak FLOPs for {name}: pass --peak-tflops")
+        reason = f"unknown peak FLOPs for {name}: pass --peak-tflops"
+        return common.write_rows(args.out, [common.skipped("gpu_dpo", reason)])
 
     from safer_instruct.config import compose
     from safer_instruct.paths import cache_root
@@ -151,15 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             "random_weights": args.model is None, "quick": args.quick,
         }  # fmt: skip
     rows = [
-        {"benchmark": "gpu_dpo", "metric": "DPO training tokens/s (1.1B Llama, bf16, ZeRO-3, 1 GPU)",
-         "value": round(tokens_per_s, 1), "target": "reported (no target)", "met": None, "details": details},
-        {"benchmark": "gpu_dpo_mfu", "metric": "DPO model FLOPs utilisation (6N + attention per token)",
-         "value": round(mfu, 4), "target": "reported (no target)", "met": None, "details": details},
+        common.row("gpu_dpo", metric="DPO training tokens/s (1.1B Llama, bf16, ZeRO-3, 1 GPU)",
+                   value=round(tokens_per_s, 1), target="reported (no target)", met=None, details=details),
+        common.row("gpu_dpo_mfu", metric="DPO model FLOPs utilisation (6N + attention per token)",
+                   value=round(mfu, 4), target="reported (no target)", met=None, details=details),
     ]  # fmt: skip
-    print(json.dumps(rows, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+    return common.write_rows(args.out, rows)
 
 
 if __name__ == "__main__":

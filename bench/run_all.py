@@ -1,7 +1,7 @@
 """Run every benchmark and collect their rows into bench/results/latest.json and latest.md.
 
 Each `bench/bench_*.py` (and `bench/gpu_*.py`) script measures the framework against its baseline
-side by side in one run and writes JSON rows with `--out FILE`:
+side by side in one run and writes a JSON list of rows with `--out FILE` (bench/common.py makes them):
 
     {"benchmark": str, "metric": str, "value": float, "target": str, "met": bool, "details": {...}}
 
@@ -29,6 +29,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 
 
 def discover() -> list[Path]:
+    """The benchmark scripts; their helpers (common.py) are named to match neither pattern."""
     return sorted([*BENCH_DIR.glob("bench_*.py"), *BENCH_DIR.glob("gpu_*.py")])
 
 
@@ -47,7 +48,6 @@ def run_one(script: Path, quick: bool, timeout_s: int) -> list[dict]:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             return [{"benchmark": script.stem, "error": f"exit {proc.returncode}: " + " | ".join(tail)}]
         rows = json.loads(out.read_text())
-    rows = rows if isinstance(rows, list) else [rows]
     for row in rows:
         row.setdefault("script", script.name)
         row.setdefault("wall_s", round(elapsed, 1))

@@ -1,0 +1,87 @@
+"""Every benchmark's `--quick` mode runs and writes well-formed rows; `run_all.py --quick` collects them.
+
+Quick modes are smoke checks of the scripts: nothing here looks at how fast anything was (that is
+for `python bench/run_all.py` on a quiet machine). The scripts are the ones `run_all.py` discovers,
+so a new benchmark is tested here without a line of change.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.run_all import discover
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "disabled"}
+TIMEOUT_S = 600  # a hung benchmark fails its test instead of holding up the whole run
+
+
+def run_quick(*command: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *command], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=TIMEOUT_S)  # fmt: skip
+
+
+def assert_well_formed(row: dict) -> None:
+    """A measured row (numeric value against a target) or a skipped one with its reason."""
+    assert isinstance(row.get("benchmark"), str) and row["benchmark"], row
+    if "skipped" in row:
+        assert isinstance(row["skipped"], str) and row["skipped"].strip(), row
+        return
+    assert isinstance(row.get("metric"), str) and row["metric"], row
+    value = row.get("value")
+    assert isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), row
+    assert isinstance(row.get("target"), str) and row["target"], row
+    # `met` is None only for a figure reported without a target (the GPU throughput).
+    reported_only = row.get("met") is None and row["target"].startswith("reported")
+    assert isinstance(row.get("met"), bool) or reported_only, row
+    assert isinstance(row.get("details"), dict), row
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("script", discover(), ids=lambda path: path.stem)
+def test_quick_mode_writes_well_formed_rows(script, tmp_path):
+    out = tmp_path / "rows.json"
+    proc = run_quick(str(script), "--quick", "--out", str(out))
+    assert proc.returncode == 0, f"{script.name} --quick failed:\n{proc.stderr[-4000:]}"
+    rows = json.loads(out.read_text())
+    assert isinstance(rows, list) and rows, rows
+    for row in rows:
+        assert_well_formed(row)
+    if script.stem.startswith("gpu_") and not cuda_available():
+        # Where a GPU benchmark cannot run, it says so rather than measuring something else.
+        assert all("skipped" in row for row in rows), rows
+        assert all(re.search(r"CUDA|GPU", row["skipped"]) for row in rows), rows
+
+
+def test_no_helper_module_is_taken_for_a_benchmark():
+    assert {path.name for path in discover()}.isdisjoint({"common.py", "run_all.py"})
+
+
+def test_run_all_quick_writes_the_rows_of_what_it_ran(tmp_path):
+    proc = run_quick("bench/run_all.py", "--quick", "--only", "bench_llm", "--results-dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest-quick.json", "latest-quick.md"]
+    result = json.loads((tmp_path / "latest-quick.json").read_text())
+    assert result["quick"] is True
+    assert [row["benchmark"] for row in result["rows"]] == ["llm_concurrency", "llm_cache"]
+    for row in result["rows"]:
+        assert_well_formed(row)
+        assert row["script"] == "bench_llm.py"
+    table = (tmp_path / "latest-quick.md").read_text()
+    assert "(quick mode)" in table
+    assert "| llm_concurrency |" in table and "| llm_cache |" in table
