@@ -11,6 +11,9 @@ machine). This machine is noisy: absolute times are reported in `details`, never
     python bench/run_all.py            # full benchmarks (tens of minutes on 2 CPU cores)
     python bench/run_all.py --quick    # each benchmark's small mode (a smoke check, not a measurement)
     python bench/run_all.py --only llm judge
+    python bench/run_all.py --only demo --update   # re-measure one, keep the other rows of latest.json
+
+Each row records when it was measured (`when`); a ratio is always measured within one script's run.
 """
 
 from __future__ import annotations
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="substrings of script names to run")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds allowed per benchmark script")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where latest.json/.md go")
+    parser.add_argument("--update", action="store_true",
+                        help="replace only the rows of the scripts run now in the existing results, keep the rest")
     args = parser.parse_args(argv)
 
     scripts = [s for s in discover() if not args.only or any(o in s.stem for o in args.only)]
@@ -83,16 +88,32 @@ def main(argv: list[str] | None = None) -> int:
     for script in scripts:
         print(f"[bench] {script.name} ...", flush=True)
         new_rows = run_one(script, args.quick, args.timeout)
+        for row in new_rows:
+            row["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows.extend(new_rows)
         print(markdown_table(new_rows), flush=True)
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     name = "latest-quick" if args.quick else "latest"
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    (args.results_dir / f"{name}.json").write_text(json.dumps({"when": stamp, "quick": args.quick, "rows": rows}, indent=2) + "\n")
-    (args.results_dir / f"{name}.md").write_text(f"Measured {stamp}{' (quick mode)' if args.quick else ''}.\n\n" + markdown_table(rows))
-    print(f"[bench] wrote {args.results_dir / (name + '.json')}")
+    results = args.results_dir / f"{name}.json"
+    if args.update and results.exists():
+        previous = json.loads(results.read_text())
+        for row in previous["rows"]:
+            row.setdefault("when", previous["when"])
+        rows = merge_rows(previous["rows"], rows, [s.name for s in scripts])
+    stamps = sorted(row["when"] for row in rows if "when" in row)
+    span = stamps[0] if stamps[0] == stamps[-1] else f"{stamps[0]} to {stamps[-1]}"
+    results.write_text(json.dumps({"when": stamps[-1], "quick": args.quick, "rows": rows}, indent=2) + "\n")
+    (args.results_dir / f"{name}.md").write_text(f"Measured {span}{' (quick mode)' if args.quick else ''}.\n\n" + markdown_table(rows))
+    print(f"[bench] wrote {results}")
     return 1 if any("error" in row for row in rows) else 0
+
+
+def merge_rows(old: list[dict], new: list[dict], rerun: list[str]) -> list[dict]:
+    """The old rows with those of the scripts in `rerun` replaced by the new ones, in discovery order."""
+    order = {script.name: i for i, script in enumerate(discover())}
+    kept = [row for row in old if row.get("script") not in rerun]
+    return sorted([*kept, *new], key=lambda row: order.get(row.get("script"), len(order)))
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ class CorpusCounts:
     quarantined: Counter = field(default_factory=Counter)
     category_defaulted: int = 0
     by_category: Counter = field(default_factory=Counter)
+    over_category_limit: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,6 +87,7 @@ class CorpusCounts:
             "quarantined_by_reason": dict(sorted(self.quarantined.items())),
             "category_defaulted": self.category_defaulted,
             "by_category": dict(sorted(self.by_category.items())),
+            "over_category_limit": self.over_category_limit,
         }
 
 
@@ -104,6 +106,7 @@ class CorpusSpec:
     split: str = "train"
     subset: str | None = None
     limit: int | None = None
+    limit_per_category: int | None = None
     name: str = ""
 
     @classmethod
@@ -119,6 +122,10 @@ class CorpusSpec:
             raise ConfigError("corpus.text_field is empty: name the field that holds the texts")
         if spec.max_chars is not None and spec.max_chars <= 0:
             raise ConfigError(f"corpus.max_chars must be positive, got {spec.max_chars}")
+        for key in ("limit", "limit_per_category"):
+            value = getattr(spec, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ConfigError(f"corpus.{key} must be a positive integer or null, got {value!r}")
         return spec
 
     @property
@@ -331,6 +338,10 @@ class CorpusReader:
                 if not checked.category:
                     checked = CorpusText(checked.source_id, checked.text, self.spec.default_category, checked.origin)
                     self.counts.category_defaulted += 1
+                per_category = self.spec.limit_per_category
+                if per_category is not None and self.counts.by_category[checked.category] >= per_category:
+                    self.counts.over_category_limit += 1
+                    continue
                 self.counts.kept += 1
                 self.counts.by_category[checked.category] += 1
                 yield checked

@@ -73,15 +73,22 @@ def test_no_helper_module_is_taken_for_a_benchmark():
 
 
 def test_run_all_quick_writes_the_rows_of_what_it_ran(tmp_path):
-    proc = run_quick("bench/run_all.py", "--quick", "--only", "bench_llm", "--results-dir", str(tmp_path))
+    # Earlier results: a row of another script (kept by --update) and a stale row of bench_llm (replaced).
+    judge_row = {"benchmark": "judge_concurrency", "metric": "m", "value": 12.0, "target": ">= 10x", "met": True,
+                 "script": "bench_judge.py"}  # fmt: skip
+    stale_row = {**judge_row, "benchmark": "llm_stale", "script": "bench_llm.py"}
+    (tmp_path / "latest-quick.json").write_text(json.dumps({"when": "2026-01-01T00:00:00+00:00", "quick": True,
+                                                            "rows": [judge_row, stale_row]}))  # fmt: skip
+    proc = run_quick("bench/run_all.py", "--quick", "--only", "bench_llm", "--update", "--results-dir", str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["latest-quick.json", "latest-quick.md"]
     result = json.loads((tmp_path / "latest-quick.json").read_text())
     assert result["quick"] is True
-    assert [row["benchmark"] for row in result["rows"]] == ["llm_concurrency", "llm_cache"]
-    for row in result["rows"]:
+    assert [row["benchmark"] for row in result["rows"]] == ["judge_concurrency", "llm_concurrency", "llm_cache"]
+    assert result["rows"][0]["when"] == "2026-01-01T00:00:00+00:00"
+    for row in result["rows"][1:]:
         assert_well_formed(row)
-        assert row["script"] == "bench_llm.py"
+        assert row["script"] == "bench_llm.py" and row["when"] > "2026-01-01"
     table = (tmp_path / "latest-quick.md").read_text()
-    assert "(quick mode)" in table
-    assert "| llm_concurrency |" in table and "| llm_cache |" in table
+    assert "(quick mode)" in table and "Measured 2026-01-01T00:00:00+00:00 to " in table
+    assert "| llm_concurrency |" in table and "| llm_cache |" in table and "| judge_concurrency |" in table

@@ -94,6 +94,22 @@ def test_pyrit_harm_corpus_is_real_harmful_responses_by_category():
     assert 0 < len(strict) < len(texts)
 
 
+def test_limit_per_category_draws_from_every_category_and_counts_the_rest():
+    everything = list(read_corpus({"path": "pyrit:harm", "on_bad_row": "quarantine"}))
+    per_category = {c: sum(t.category == c for t in everything) for c in {t.category for t in everything}}
+    reader = read_corpus({"path": "pyrit:harm", "on_bad_row": "quarantine", "limit_per_category": 2})
+    texts = list(reader)
+    assert {c: sum(t.category == c for t in texts) for c in per_category} == {c: min(2, n) for c, n in per_category.items()}
+    # The first texts of each category, in corpus order; the others are counted, not lost silently.
+    assert [t.source_id for t in texts] == [t.source_id for t in everything if t in texts]
+    assert reader.counts.over_category_limit == len(everything) - len(texts)
+    # With `limit`, the per-category cap applies first: 5 texts, no category over 1.
+    both = list(read_corpus({"path": "pyrit:harm", "on_bad_row": "quarantine", "limit_per_category": 1, "limit": 5}))
+    assert len(both) == 5 and len({t.category for t in both}) == 5
+    with pytest.raises(ConfigError, match="limit_per_category"):
+        CorpusSpec.from_config({"path": "x.jsonl", "limit_per_category": 0})
+
+
 def test_many_shot_and_customer_support_corpora():
     shots = list(read_corpus({"path": "pyrit:many_shot"}))
     assert len(shots) == 400 and {t.category for t in shots} == {"harmbench"}
