@@ -1,4 +1,5 @@
-"""DPO throughput on one GPU: tokens per second and model FLOPs utilisation (MFU), ~1B Llama, bf16, ZeRO-3.
+"""DPO throughput on one GPU: tokens per second and model FLOPs utilisation (MFU), ~1B Llama, bf16, ZeRO-3;
+then generation tokens per second of a batched `generate` with the same model.
 
 Runs the project's own DPO stage (`run_dpo`) with the paper's recipe shape (full fine-tuning, bf16,
 gradient checkpointing, DeepSpeed ZeRO-3, reference log-probs precomputed) on a ~1.1B Llama with the
@@ -49,6 +50,32 @@ def build_random_llama(folder: Path, shape: dict, device: str) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def measure_generation(model_path: str, device: str, batch: int, new_tokens: int) -> dict:
+    """Tokens per second of one batched, greedy `generate` of exactly `new_tokens` per prompt
+    (after a warm-up call), as the in-process backend generates on a GPU node without vLLM."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).to(device).eval()
+    prompts = [pair["prompt"][:600] for pair in make_pairs(batch)]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+    settings = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = model.generate(**inputs, **settings)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+    generated = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
+    return {"batch": batch, "new_tokens_per_prompt": new_tokens, "prompt_tokens": int(inputs["input_ids"].shape[1]),
+            "generated_tokens": int(generated), "seconds": round(seconds, 3), "tokens_per_s": round(generated / seconds, 1)}  # fmt: skip
 
 
 def make_pairs(n: int) -> list[dict]:
@@ -136,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None, "recipe": "dpo_paper + ZeRO-3, bf16",
             "random_weights": args.model is None, "quick": args.quick,
         }  # fmt: skip
+        generation = measure_generation(model_path, device, batch=4 if args.quick else 32,
+                                        new_tokens=16 if args.cpu_dry_run else 128)  # fmt: skip
     rows = [
         common.row("gpu_dpo", metric="DPO training tokens/s (1.1B Llama, bf16, ZeRO-3, 1 GPU)",
                    value=round(tokens_per_s, 1), target="reported (no target)", met=None, details=details),
         common.row("gpu_dpo_mfu", metric="DPO model FLOPs utilisation (6N + attention per token)",
                    value=round(mfu, 4), target="reported (no target)", met=None, details=details),
+        common.row("gpu_generation", metric="generation tokens/s, batched `generate` (same model, bf16, 1 GPU)",
+                   value=generation["tokens_per_s"], target="reported (no target)", met=None,
+                   details={"device": name, **generation}),
     ]  # fmt: skip
     return common.write_rows(args.out, rows)
 

@@ -75,8 +75,8 @@ def funnel_problems(stats: Mapping[str, Any]) -> list[str]:
             if texts is not None and entry["in"] != texts * entry.get("samples_per_text", 1):
                 problems.append(f"induce: in {entry['in']} != texts {texts} x samples")
             corpus = stats.get("corpus") or {}
-            if corpus and corpus["rows"] != corpus["kept"] + corpus["quarantined"]:
-                problems.append("corpus: rows != kept + quarantined")
+            if corpus and corpus["rows"] != corpus["kept"] + corpus["quarantined"] + corpus.get("over_category_limit", 0):
+                problems.append("corpus: rows != kept + quarantined + over_category_limit")
         elif previous_out is not None and entry["in"] != previous_out:
             problems.append(f"{name}: in {entry['in']} != previous stage's out {previous_out}")
         splits = entry.get("splits") if name == "assemble" else None
@@ -139,7 +139,10 @@ def funnel_rows(stats: Mapping[str, Any]) -> list[tuple[str, int, int, dict[str,
     rows = []
     corpus = stats.get("corpus")
     if corpus:
-        rows.append(("corpus", corpus["rows"], corpus["kept"], dict(corpus.get("quarantined_by_reason", {}))))
+        set_aside = dict(corpus.get("quarantined_by_reason", {}))
+        if corpus.get("over_category_limit"):
+            set_aside["over_category_limit"] = corpus["over_category_limit"]
+        rows.append(("corpus", corpus["rows"], corpus["kept"], set_aside))
     for name in STAGE_ORDER:
         entry = (stats.get("stages") or {}).get(name)
         if entry:

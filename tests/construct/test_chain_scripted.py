@@ -216,3 +216,13 @@ def test_a_second_run_on_the_same_out_dir_is_refused_while_the_first_holds_it(se
     out = full_run[0]
     with FileLock(str(out / ".construct.lock")), pytest.raises(SaferInstructError, match="another construct run"):
         construct(server, workspace, "full")
+
+
+def test_a_per_category_limit_adds_up_in_the_funnel_and_the_card(server, workspace):
+    out, stats, _ = construct(server, workspace, "per-category", "domain=customer_support",
+                              "corpus.limit_per_category=2", own_corpus=True)  # fmt: skip
+    corpus = stats["corpus"]
+    assert corpus["by_category"] == {"blaming": 2, "dismissive": 2, "rude": 2, "unhelpful": 2}
+    assert (corpus["rows"], corpus["kept"], corpus["over_category_limit"]) == (48, 8, 40)
+    assert stats["problems"] == []
+    assert "over_category_limit: 40" in (out / "README.md").read_text()
