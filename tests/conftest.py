@@ -47,3 +47,18 @@ def _stop_shared_servers():
     from tests.helpers.servers import stop_managed_tiny_server
 
     stop_managed_tiny_server()
+
+
+@pytest.fixture
+def no_server_no_weights(monkeypatch):
+    """For dry runs: starting a server or loading model weights fails the test; the test key is set."""
+    from safer_instruct import model_kit
+    from safer_instruct.llm import servers
+    from tests.helpers.dry_run import KEY_ENV
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a dry run started a server or loaded model weights")
+
+    monkeypatch.setattr(servers.ManagedServer, "start", refuse)
+    monkeypatch.setattr(model_kit, "load_causal_lm", refuse)
+    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-key")

@@ -14,42 +14,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from safer_instruct.cli import main as cli
 from safer_instruct.config import compose
 from safer_instruct.construct.dry_run import estimate_construct
 from safer_instruct.construct.pipeline import run_construct
 from safer_instruct.formatting import reverse_template
-from safer_instruct.paths import CONF_DIR
 from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
+from tests.helpers.dry_run import KEY_ENV, listed_cost
 from tests.helpers.servers import FaultServer
 
-KEY_ENV = "SAFER_INSTRUCT_DRY_RUN_TEST_KEY"
 INDUCER, EXPERT = "gpt-3.5-turbo", "gpt-4o"
-
-
-def prices() -> dict[str, dict[str, float]]:
-    return yaml.safe_load((CONF_DIR / "llm" / "prices.yaml").read_text())["models"]
-
-
-def cost(model: str, prompt_tokens: int, completion_tokens: int) -> float:
-    price = prices()[model]
-    return (prompt_tokens * price["input_per_mtok"] + completion_tokens * price["output_per_mtok"]) / 1e6
-
-
-@pytest.fixture
-def no_server_no_weights(monkeypatch):
-    """A dry run that starts a server or loads weights fails the test."""
-    from safer_instruct import model_kit
-    from safer_instruct.llm import servers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a dry run started a server or loaded model weights")
-
-    monkeypatch.setattr(servers.ManagedServer, "start", refuse)
-    monkeypatch.setattr(model_kit, "load_causal_lm", refuse)
-    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-key")
 
 
 def priced(base_url: str) -> list[str]:
@@ -102,7 +77,7 @@ def test_dry_run_counts_exactly_prices_by_the_table_and_sends_nothing(tmp_path, 
     for stage, row in rows.items():
         model = INDUCER if stage == "induce" else EXPERT
         assert row["price_known"] and row["est_cost_usd"] == pytest.approx(
-            cost(model, row["est_prompt_tokens"], row["est_completion_tokens"]))
+            listed_cost(model, row["est_prompt_tokens"], row["est_completion_tokens"]))
     total = estimate["total"]
     assert total["requests"] == 4 * n_texts * k and total["upper_bound"]
     assert total["est_cost_usd"] == pytest.approx(sum(row["est_cost_usd"] for row in rows.values()))
@@ -125,7 +100,7 @@ def test_stage_subsets_expert_checks_off_and_unknown_prices(tmp_path, capsys, no
         assert server.stats()["requests"] == 0
     assert rows["respond"]["est_cost_usd"] is None and not rows["respond"]["price_known"]
     assert rows["induce"]["est_cost_usd"] == pytest.approx(
-        cost(INDUCER, rows["induce"]["est_prompt_tokens"], rows["induce"]["est_completion_tokens"]))
+        listed_cost(INDUCER, rows["induce"]["est_prompt_tokens"], rows["induce"]["est_completion_tokens"]))
     assert not estimate["total"]["price_known"] and "unknown price" in printed
 
 

@@ -11,33 +11,12 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from safer_instruct.cli import main as cli
 from safer_instruct.config import compose
 from safer_instruct.evaluation.harmlessness import estimate_harmlessness
-from safer_instruct.paths import CONF_DIR
+from tests.helpers.dry_run import KEY_ENV, listed_cost
 from tests.helpers.servers import FaultServer
-
-KEY_ENV = "SAFER_INSTRUCT_DRY_RUN_TEST_KEY"
-
-
-def cost(model_prefix: str, prompt_tokens: int, completion_tokens: int) -> float:
-    price = yaml.safe_load((CONF_DIR / "llm" / "prices.yaml").read_text())["models"][model_prefix]
-    return (prompt_tokens * price["input_per_mtok"] + completion_tokens * price["output_per_mtok"]) / 1e6
-
-
-@pytest.fixture
-def no_server_no_weights(monkeypatch):
-    from safer_instruct import model_kit
-    from safer_instruct.llm import servers
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a dry run started a server or loaded model weights")
-
-    monkeypatch.setattr(servers.ManagedServer, "start", refuse)
-    monkeypatch.setattr(model_kit, "load_causal_lm", refuse)
-    monkeypatch.setenv(KEY_ENV, "sk-test-not-a-key")
 
 
 def judges(server: FaultServer) -> list[str]:
@@ -74,9 +53,9 @@ def test_pregenerated_answers_two_judges_and_pairwise(tmp_path, capsys, no_serve
     assert rows["pairwise"]["requests"] == 5  # nor compared, nor the answer without a reference
     assert rows["judge"]["est_completion_tokens"] == 6 * 256 and rows["second_judge"]["est_completion_tokens"] == 6 * 256
     assert rows["judge"]["est_cost_usd"] == pytest.approx(
-        cost("gpt-4", rows["judge"]["est_prompt_tokens"], rows["judge"]["est_completion_tokens"]))
+        listed_cost("gpt-4", rows["judge"]["est_prompt_tokens"], rows["judge"]["est_completion_tokens"]))
     assert rows["second_judge"]["est_cost_usd"] == pytest.approx(
-        cost("claude-3-opus", rows["second_judge"]["est_prompt_tokens"], rows["second_judge"]["est_completion_tokens"]))
+        listed_cost("claude-3-opus", rows["second_judge"]["est_prompt_tokens"], rows["second_judge"]["est_completion_tokens"]))
     assert not any(row["upper_bound"] for row in rows.values())
     assert estimate["total"]["est_cost_usd"] == pytest.approx(sum(row["est_cost_usd"] for row in rows.values()))
     assert "1 without an answer" in rows["judge"]["note"] and "total" in printed
@@ -96,7 +75,7 @@ def test_generated_answers_are_estimated_with_stand_ins_of_policy_max_tokens(tmp
     assert long["judge"]["est_prompt_tokens"] - short["judge"]["est_prompt_tokens"] == 5 * 200
     assert long["judge"]["upper_bound"] and long["judge"]["requests"] == 5
     assert long["judge"]["est_cost_usd"] == pytest.approx(
-        cost("gpt-4", long["judge"]["est_prompt_tokens"], long["judge"]["est_completion_tokens"]))
+        listed_cost("gpt-4", long["judge"]["est_prompt_tokens"], long["judge"]["est_completion_tokens"]))
     assert estimate["total"]["upper_bound"] and "upper bound" in printed
 
 
