@@ -45,11 +45,11 @@ def run_one(script: Path, quick: bool, timeout_s: int) -> list[dict]:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            return [{"benchmark": script.stem, "error": f"timed out after {timeout_s} s"}]
+            return [{"benchmark": script.stem, "script": script.name, "error": f"timed out after {timeout_s} s"}]
         elapsed = time.perf_counter() - started
         if proc.returncode != 0 or not out.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            return [{"benchmark": script.stem, "error": f"exit {proc.returncode}: " + " | ".join(tail)}]
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return [{"benchmark": script.stem, "script": script.name, "error": f"exit {proc.returncode}: " + " / ".join(tail)}]
         rows = json.loads(out.read_text())
     for row in rows:
         row.setdefault("script", script.name)
@@ -65,6 +65,7 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         if "skipped" in row or "error" in row:
             status = f"skipped: {row['skipped']}" if "skipped" in row else f"error: {row['error']}"
+            status = status.replace("|", "/").replace("\n", " ")  # one table cell
             lines.append(f"| {row['benchmark']} | {status} | | | |")
             continue
         value = row["value"]
