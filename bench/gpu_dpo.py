@@ -73,6 +73,7 @@ def measure_generation(model_path: str, device: str, batch: int, new_tokens: int
         if device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
+    del model  # free the GPU for the training that follows
     generated = (out.shape[1] - inputs["input_ids"].shape[1]) * out.shape[0]
     return {"batch": batch, "new_tokens_per_prompt": new_tokens, "prompt_tokens": int(inputs["input_ids"].shape[1]),
             "generated_tokens": int(generated), "seconds": round(seconds, 3), "tokens_per_s": round(generated / seconds, 1)}  # fmt: skip
@@ -136,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             f"train.ref_logps_dir={work / 'store'}", "train.dataloader_num_workers=0", f"out_dir={work / 'run'}",
             "tracking.mode=disabled",
         ])  # fmt: skip
+        # Before training: once DeepSpeed ZeRO-3 has run in this process, from_pretrained would load
+        # the model partitioned (transformers keeps the DeepSpeed config process-wide).
+        generation = measure_generation(model_path, device, batch=4 if args.quick else 32,
+                                        new_tokens=16 if args.cpu_dry_run else 128)  # fmt: skip
         if device == "cuda":
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
         summary = run_dpo(cfg, work / "run")
@@ -163,8 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None, "recipe": "dpo_paper + ZeRO-3, bf16",
             "random_weights": args.model is None, "quick": args.quick,
         }  # fmt: skip
-        generation = measure_generation(model_path, device, batch=4 if args.quick else 32,
-                                        new_tokens=16 if args.cpu_dry_run else 128)  # fmt: skip
     rows = [
         common.row("gpu_dpo", metric="DPO training tokens/s (1.1B Llama, bf16, ZeRO-3, 1 GPU)",
                    value=round(tokens_per_s, 1), target="reported (no target)", met=None, details=details),
