@@ -128,11 +128,16 @@ def test_a_job_requeued_near_its_time_limit_starts_again_and_completes(tmp_path)
         time.sleep(0.2)
     # What Slurm sends before the time limit (--signal=B:USR1@...): the job script requeues itself.
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    # Slurm holds a requeued job for about two minutes before it may start again: lift that here.
+    # Slurm holds a requeued job for about two minutes before it may start again: lift that here, but
+    # not at once: started again within a second or so of the requeue, the job is refused by slurmd
+    # ("Job credential revoked": the previous run's credential) and fails.
+    pending_since = None
     while "restart 1" not in log.read_text():
         state = subprocess.run(["squeue", "-h", "-o", "%T %r", "-j", job], capture_output=True, text=True).stdout
         if state.startswith("PENDING"):
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            pending_since = pending_since or time.monotonic()
+            if time.monotonic() - pending_since > 5:
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
         assert time.monotonic() < deadline + 60, state
         time.sleep(0.5)
     while True:
