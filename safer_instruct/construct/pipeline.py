@@ -10,6 +10,7 @@ to send.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
@@ -147,20 +148,23 @@ class ConstructRun:
             payload = dict(payloads[name])
             if name in EXPERT_STAGES and (name != "filter_instructions" or cfg.filter_instructions.expert_check):
                 payload["expert"] = _role_answer_settings(cfg, "expert")
-            if name in VERDICT_STAGES and cfg[name].expert_check and self.verdict_prefill() is not None:
-                payload["verdict_prefill"] = self.verdict_prefill()  # only when set: unprefilled runs keep theirs
+            if name in VERDICT_STAGES and cfg[name].expert_check and self.verdict_prefill is not None:
+                payload["verdict_prefill"] = self.verdict_prefill  # only when set: unprefilled runs keep theirs
             if name in UPSTREAM:
                 payload["upstream"] = signatures[UPSTREAM[name]]
             signatures[name] = signature_of(payload)
         return signatures
 
+    @functools.cached_property
     def expert_prefill(self) -> str | None:
         """The expert's `verdict_prefill` as configured: the checks ask with it, and the LLM session
         leaves it out (with a warning) where the expert's backend cannot send it."""
         return parse_role("expert", self.cfg.expert).verdict_prefill
 
+    @functools.cached_property
     def verdict_prefill(self) -> str | None:
-        """The text the expert's pass/fail answers start with, as sent (None: not prefilled, or no check on)."""
+        """The text the expert's pass/fail answers start with, as sent (None: not prefilled, or no check on).
+        Worked out once: every output row's provenance records it."""
         if not any(self.cfg[name].expert_check for name in VERDICT_STAGES):
             return None
         return parse_role("expert", self.cfg.expert).verdict_prefill_sent
@@ -170,7 +174,7 @@ class ConstructRun:
 
     def provenance(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {"id": row["id"], "sample_index": int(row.get("sample_index", 0)), "corpus": self.corpus_spec.label,
-                **self.models(), "templates": self.template_tags(), "verdict_prefill": self.verdict_prefill()}  # fmt: skip
+                **self.models(), "templates": self.template_tags(), "verdict_prefill": self.verdict_prefill}  # fmt: skip
 
     # -- steps
 
@@ -181,13 +185,13 @@ class ConstructRun:
                               chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"])  # fmt: skip
             return InduceStep(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
         if name == "filter_instructions":
-            task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill())
+            task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill)
             return ExpertStep(name, task, enabled=bool(cfg.filter_instructions.expert_check),
                               pre_check=instruction_pre_check(self.heuristics))  # fmt: skip
         if name == "respond":
             return ExpertStep(name, RespondTask(self.templates[name], bool(cfg.respond.drop_truncated)))
         if name == "filter_responses":
-            task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill())
+            task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill)
             return ExpertStep(name, task, enabled=bool(cfg.filter_responses.expert_check))
         leakage = cfg.assemble.get("leakage") or {}
         prompts, skipped = _load_leakage(cfg)
@@ -279,7 +283,7 @@ class ConstructRun:
         done = self.finished()
         run_info = {"run": {"stages_run": ran, "stages_kept": kept, "out_dir": str(self.out_dir)},
                     "provenance": {"models": self.models(), "templates": self.template_tags(),
-                                   "verdict_prefill": self.verdict_prefill(),
+                                   "verdict_prefill": self.verdict_prefill,
                                    "corpus": self.corpus_spec.path, "domain": str(self.cfg.dataset.domain)}}  # fmt: skip
         stats = outputs.build_stats(done, run_info)
         outputs.write_stats(self.out_dir / "stats.json", stats)
@@ -296,7 +300,7 @@ class ConstructRun:
         card = outputs.dataset_card(stats, title=str(dataset.title), tags=[str(t) for t in dataset.tags],
                                     content_warning=str(dataset.content_warning),
                                     purpose=str(dataset.purpose or ""), templates=templates,
-                                    models=self.models(), verdict_prefill=self.verdict_prefill(),
+                                    models=self.models(), verdict_prefill=self.verdict_prefill,
                                     examples=outputs.first_rows(train),
                                     corpus=self.corpus_spec.path)  # fmt: skip
         outputs.write_card(self.out_dir / "README.md", card)
