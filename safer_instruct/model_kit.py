@@ -94,9 +94,12 @@ def _hub_model(repo_id: str) -> str:
     return repo_id
 
 
+COMPLETE_MARKER = ".complete"  # written last into a built model folder
+
+
 def _build_once(target: Path, build) -> Path:
     """Run `build(tmp_dir)` unless `target` is complete; publish it with an atomic rename."""
-    marker = target / ".complete"
+    marker = target / COMPLETE_MARKER
     if marker.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +110,7 @@ def _build_once(target: Path, build) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         build(tmp)
-        (tmp / ".complete").write_text("ok\n")
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
     return target
@@ -117,16 +120,23 @@ def _build_once(target: Path, build) -> Path:
 KIT_FOLDERS = {"tiny": f"tiny-{TINY_VERSION}", "smollm2-135m": f"smollm2-135m-instruct-{SMOLLM2_VERSION}"}
 
 
+def kit_folder(name: str) -> Path:
+    """Where the kit model `name` (a key of KIT_FOLDERS) is built."""
+    return cache_root() / "models" / KIT_FOLDERS[name]
+
+
 def built_kit_model(ref: str) -> Path | None:
     """The folder of a kit model that is already built, else None; builds nothing (dry runs)."""
-    folder = KIT_FOLDERS.get(ref[len(KIT_PREFIX) :]) if ref.startswith(KIT_PREFIX) else None
-    target = cache_root() / "models" / folder if folder else None
-    return target if target is not None and (target / ".complete").exists() else None
+    name = ref[len(KIT_PREFIX) :] if ref.startswith(KIT_PREFIX) else None
+    if name not in KIT_FOLDERS:
+        return None
+    target = kit_folder(name)
+    return target if (target / COMPLETE_MARKER).exists() else None
 
 
 def tiny_model_dir() -> Path:
     """The cached tiny random Llama with its locally trained tokenizer (built in seconds)."""
-    return _build_once(cache_root() / "models" / KIT_FOLDERS["tiny"], _build_tiny)
+    return _build_once(kit_folder("tiny"), _build_tiny)
 
 
 def _tiny_training_text() -> list[str]:
@@ -194,7 +204,7 @@ def smollm2_gguf_path() -> Path:
 def smollm2_model_dir() -> Path:
     """SmolLM2-135M-Instruct as a cached HF folder, converted from the GGUF on first use only."""
     gguf = smollm2_gguf_path()
-    return _build_once(cache_root() / "models" / KIT_FOLDERS["smollm2-135m"], lambda d: _convert_gguf(gguf, d))
+    return _build_once(kit_folder("smollm2-135m"), lambda d: _convert_gguf(gguf, d))
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:
