@@ -9,7 +9,7 @@ Each stage's requests are built the way its step builds them, from its input as 
   chosen response): such a row is marked "upper bound". Heuristics run on real rows only.
 
 A stage finished earlier (kept by a real run) and an expert check that is off make no requests. Nothing
-in out_dir is changed except `estimate.json` (and the run's saved config).
+in out_dir is changed except `estimate.json` (and `config.dry_run.yaml`: the real run's `config.yaml` stays).
 """
 
 from __future__ import annotations
