@@ -133,11 +133,16 @@ class PersistentRefDPOTrainer(DPOTrainer):
         return _with_ref_columns(dataset, chosen, rejected)
 
     def _compute_ref_logps(self, dataset, name: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """One pass of the reference model over a dataset (as TRL does), results kept in memory on every rank."""
+        """One pass of the reference model over a dataset, results in dataset order on every rank.
+
+        Unlike TRL's pass (dataset order), pairs go through in order of length: a batch is padded to its
+        longest pair, so batching pairs of similar length spends little of the pass on padding tokens.
+        """
         from torch.utils.data import DataLoader
         from trl.models import prepare_deepspeed
 
-        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.data_collator,
+        order = length_order(dataset)
+        loader = DataLoader(dataset.select(order), batch_size=batch_size, collate_fn=self.data_collator,
                             num_workers=self.args.dataloader_num_workers, shuffle=False)  # fmt: skip
         loader = self.accelerator.prepare(loader)
         if self.ref_model is None and self.is_deepspeed_enabled:
@@ -154,7 +159,17 @@ class PersistentRefDPOTrainer(DPOTrainer):
             chosen.append(ref_chosen.float().cpu())
             rejected.append(ref_rejected.float().cpu())
         log.info("computed reference log-probs for %d %s pairs", len(dataset), name)
-        return torch.cat(chosen).numpy(), torch.cat(rejected).numpy()
+        in_dataset_order = np.argsort(order)
+        return torch.cat(chosen).numpy()[in_dataset_order], torch.cat(rejected).numpy()[in_dataset_order]
+
+
+def length_order(dataset) -> np.ndarray:
+    """Row indices sorted by the padded length of each pair (prompt + its longer completion); stable."""
+    if not set(TOKEN_COLUMNS) <= set(dataset.column_names):
+        return np.arange(len(dataset))
+    lengths = [len(prompt) + max(len(chosen), len(rejected)) for prompt, chosen, rejected in
+               zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True)]  # fmt: skip
+    return np.argsort(np.asarray(lengths), kind="stable")
 
 
 def _with_ref_columns(dataset, chosen: np.ndarray, rejected: np.ndarray):

@@ -153,3 +153,34 @@ def test_dpo_starts_from_an_sft_lora_adapter_folder(tmp_path, pairs_file):
     assert abs(rows[0]["loss"] - math.log(2)) < 1e-4  # reference = the SFT model (base + its adapter, merged)
     meta = json.loads((tmp_path / "store" / summary["ref_logps"]["events"][0]["key"] / "meta.json").read_text())
     assert len(meta["reference"]) == 2  # base identity and adapter identity
+
+
+def test_reference_pass_in_length_order_returns_each_pair_its_own_values(tmp_path):
+    """The reference pass batches pairs by length; every pair must still get its own log-probs, in dataset order."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig
+
+    from safer_instruct.model_kit import load_tokenizer, resolve_model
+    from safer_instruct.training.trainers import PersistentRefDPOTrainer, length_order
+
+    path = resolve_model("kit:tiny")
+    generator = np.random.default_rng(0)
+    lengths = [(3, 9, 2), (1, 1, 30), (12, 4, 4), (2, 17, 5), (6, 2, 11), (9, 25, 1), (4, 6, 6)]  # unsorted on purpose
+    rows = {column: [generator.integers(5, 100, size=n).tolist() for n in sizes]
+            for column, sizes in zip(("prompt_ids", "chosen_ids", "rejected_ids"), zip(*lengths, strict=True), strict=True)}  # fmt: skip
+    dataset = Dataset.from_dict(rows)
+    assert length_order(dataset).tolist() == [6, 0, 2, 4, 3, 1, 5]  # by prompt + longer completion
+
+    torch.manual_seed(0)
+    trainer = PersistentRefDPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), processing_class=load_tokenizer(path),
+        args=DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", precompute_ref_log_probs=False),
+        train_dataset=dataset,
+    )  # fmt: skip
+    chosen, rejected = trainer._compute_ref_logps(dataset, "train", batch_size=3)
+    one_by_one = [trainer.compute_ref_log_probs(trainer.model, trainer.data_collator([row])) for row in dataset]
+    np.testing.assert_allclose(chosen, [c.item() for c, _ in one_by_one], rtol=1e-4)  # padding changes fp32 sums by ~1e-5
+    np.testing.assert_allclose(rejected, [r.item() for _, r in one_by_one], rtol=1e-4)
+    assert len(set(np.round(chosen, 3))) == len(dataset)  # distinct values: a mix-up could not pass unnoticed
