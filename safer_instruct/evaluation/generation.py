@@ -49,7 +49,16 @@ def policy_format(model_cfg: Mapping[str, Any], remote: bool) -> PromptFormat:
         log.info(
             "tokenizer of %s not available here: the server applies its chat template", model_cfg["path"]
         )
-        tokenizer = _ServerSideTemplate()
+        return server_side_format(model_cfg)
+    return _format(model_cfg, tokenizer)
+
+
+def server_side_format(model_cfg: Mapping[str, Any]) -> PromptFormat:
+    """The preset's PromptFormat without its tokenizer: chat messages, templated by whoever serves the model."""
+    return _format(model_cfg, _ServerSideTemplate())
+
+
+def _format(model_cfg: Mapping[str, Any], tokenizer: Any) -> PromptFormat:
     try:
         return PromptFormat.for_model(OmegaConf.create(dict(model_cfg)), tokenizer)
     except ValueError as err:

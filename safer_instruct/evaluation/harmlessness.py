@@ -27,7 +27,12 @@ from omegaconf import DictConfig
 from safer_instruct.config import to_plain
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.evaluation import judge
-from safer_instruct.evaluation.generation import answer_requests, decoding_settings, policy_format
+from safer_instruct.evaluation.generation import (
+    answer_requests,
+    decoding_settings,
+    policy_format,
+    server_side_format,
+)
 from safer_instruct.evaluation.prompts import (
     EvalItem,
     load_prompt_set,
@@ -382,14 +387,10 @@ def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def dry_run_format(cfg: DictConfig):
     """The policy's prompt format for a dry run: its tokenizer, except for a kit model not built yet
     (building it would load weights), whose chat messages are estimated without one."""
-    from omegaconf import OmegaConf
-
-    from safer_instruct.evaluation.generation import _ServerSideTemplate
-    from safer_instruct.formatting import PromptFormat
     from safer_instruct.model_kit import built_kit_model
 
     model_cfg, policy_cfg = to_plain(cfg.model), to_plain(cfg.policy)
     path = str(model_cfg.get("path") or "")
     if path.startswith("kit:") and built_kit_model(path) is None:
-        return PromptFormat.for_model(OmegaConf.create(dict(model_cfg)), _ServerSideTemplate())
+        return server_side_format(model_cfg)
     return policy_format(model_cfg, remote=bool(policy_cfg.get("base_url")))

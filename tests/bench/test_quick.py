@@ -92,3 +92,20 @@ def test_run_all_quick_writes_the_rows_of_what_it_ran(tmp_path):
     table = (tmp_path / "latest-quick.md").read_text()
     assert "(quick mode)" in table and "Measured 2026-01-01T00:00:00+00:00 to " in table
     assert "| llm_concurrency |" in table and "| llm_cache |" in table and "| judge_concurrency |" in table
+
+
+def test_gpu_script_cpu_dry_run_measures_training_and_generation(tmp_path):
+    # Where no GPU is lent, the GPU benchmark's code path is still exercised on CPU with a tiny Llama.
+    out = tmp_path / "rows.json"
+    proc = run_quick("bench/gpu_dpo.py", "--cpu-dry-run", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = {row["benchmark"]: row for row in json.loads(out.read_text())}
+    assert sorted(rows) == ["gpu_dpo", "gpu_dpo_mfu", "gpu_generation"]
+    for row in rows.values():
+        assert_well_formed(row)
+        assert row["value"] > 0 and row["details"]["device"].startswith("cpu (dry run")
+    training = rows["gpu_dpo"]["details"]
+    assert training["steps"] >= 1 and training["trained_tokens"] > 0 and training["reference_pass_s"] > 0
+    generation = rows["gpu_generation"]["details"]
+    assert generation["generated_tokens"] == generation["batch"] * generation["new_tokens_per_prompt"]
+    assert rows["gpu_generation"]["value"] == generation["tokens_per_s"]
