@@ -167,13 +167,13 @@ def test_reference_pass_in_length_order_returns_each_pair_its_own_values(tmp_pat
 
     path = resolve_model("kit:tiny")
     generator = np.random.default_rng(0)
-    lengths = [(3, 9, 2), (1, 1, 30), (12, 4, 4), (2, 17, 5), (6, 2, 11), (9, 25, 1), (4, 6, 6)]  # unsorted on purpose
-    rows = {column: [generator.integers(5, 100, size=n).tolist() for n in sizes]
-            for column, sizes in zip(("prompt_ids", "chosen_ids", "rejected_ids"), zip(*lengths, strict=True), strict=True)}  # fmt: skip
-    dataset = Dataset.from_dict(rows)
+    # (prompt, chosen, rejected) lengths, unsorted on purpose
+    lengths = [(3, 9, 2), (1, 1, 30), (12, 4, 4), (2, 17, 5), (6, 2, 11), (9, 25, 1), (4, 6, 6)]
+    columns = ("prompt_ids", "chosen_ids", "rejected_ids")
+    dataset = Dataset.from_list([{column: generator.integers(5, 100, size=n).tolist() for column, n in
+                                  zip(columns, sizes, strict=True)} for sizes in lengths])  # fmt: skip
     assert length_order(dataset).tolist() == [6, 0, 2, 4, 3, 1, 5]  # by prompt + longer completion
 
-    torch.manual_seed(0)
     trainer = PersistentRefDPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), processing_class=load_tokenizer(path),
         args=DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", precompute_ref_log_probs=False),
