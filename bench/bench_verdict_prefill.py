@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     missing = [name for name in RELEASE_FILES if not (common.RELEASE_DIR / name).is_file()]
     if missing:
-        reason = f"the release is not at {common.RELEASE_DIR} ({', '.join(missing)}; set SAFER_INSTRUCT_RELEASE_DIR)"
+        reason = f"the release is not at {common.RELEASE_DIR} ({', '.join(missing)}; set SAFER_INSTRUCT_RELEASE)"
         return common.write_rows(args.out, [common.skipped("verdict_prefill_parse_rate", reason)])
     args.n = args.n or (2 if args.quick else 12)
     args.max_tokens = args.max_tokens or (16 if args.quick else 64)

@@ -19,9 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from safer_instruct.paths import release_location
+
 ROOT = Path(__file__).resolve().parents[1]
 # The public release, read in place (never copied into the repository).
-RELEASE_DIR = Path(os.environ.get("SAFER_INSTRUCT_RELEASE_DIR") or ROOT.parent / "shared/data/safer-instruct-release")
+RELEASE_DIR = Path(release_location())
 
 ENV_DEFAULTS = {
     "HF_HUB_OFFLINE": "1",  # no benchmark may reach a hub: it would time the network

@@ -27,9 +27,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safer_instruct.errors import ConfigError, SaferInstructError
-from safer_instruct.paths import conf_dir
+from safer_instruct.paths import conf_dir, release_file
 
 log = logging.getLogger(__name__)
+
+# `${release:}` (the release folder or its Hub id) and `${release:test_set.csv}` in any config.
+if not OmegaConf.has_resolver("release"):
+    OmegaConf.register_new_resolver("release", release_file)
 
 # Libraries whose versions decide whether two runs are comparable.
 TRACKED_LIBRARIES = (

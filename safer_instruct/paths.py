@@ -63,3 +63,35 @@ def installed_package_path(
             f"reinstall it with `pip install --no-deps --force-reinstall {pip_name}`"
         )
     return path
+
+
+# --- The published Safer-Instruct release ------------------------------------------------------------
+
+RELEASE_ENV = "SAFER_INSTRUCT_RELEASE"
+RELEASE_HUB_ID = "lime-nlp/safer-instruct"
+# A machine that keeps shared data beside the checkout (this project's CI and development machines).
+SHARED_RELEASE_DIR = PROJECT_ROOT.parent / "shared" / "data" / "safer-instruct-release"
+
+
+def release_location() -> str:
+    """Where the published Safer-Instruct release (its CSV files) is read from, in this order:
+
+    1. the folder named by the environment variable `SAFER_INSTRUCT_RELEASE`;
+    2. `../shared/data/safer-instruct-release` beside the checkout, when it exists;
+    3. the Hub copy `lime-nlp/safer-instruct` (fetched by the loaders on a machine with a network).
+
+    The release is third-party text: it is always read in place, never copied into the repository.
+    Configs reach this through the `${release:}` resolver (`${release:test_set.csv}` for one file).
+    """
+    named = os.environ.get(RELEASE_ENV)
+    if named:
+        return str(Path(named).expanduser())
+    if SHARED_RELEASE_DIR.is_dir():
+        return str(SHARED_RELEASE_DIR)
+    return RELEASE_HUB_ID
+
+
+def release_file(name: str = "") -> str:
+    """`release_location()`, or one file inside it (`name`); for the Hub copy, `<hub id>/<name>`."""
+    location = release_location()
+    return f"{location}/{name}" if name else location

