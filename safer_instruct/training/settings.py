@@ -47,7 +47,8 @@ class TrainSettings:
     optimizer: str = _help("rmsprop", f"Optimizer name as transformers spells it: {', '.join(OPTIMIZERS)} (others are passed through).")
     lr_scheduler: str = _help("constant_with_warmup", "Learning-rate schedule after warmup (transformers name: "
                                                      "constant_with_warmup, linear, cosine, ...).")
-    warmup_steps: int = _help(150, "Linear warmup steps (the paper: 150).")
+    warmup_steps: float = _help(150, "Linear warmup: optimizer steps (>= 1), or a share of all steps (below 1, e.g. 0.03 as "
+                                     "Stanford Alpaca). Passed to transformers as is.")
     num_epochs: float = _help(1.0, "Passes over the data; ignored when max_steps > 0.")
     max_steps: int = _help(-1, "Stop after this many optimizer steps (-1: run num_epochs).")
     weight_decay: float = _help(0.0, "Weight decay.")
@@ -84,6 +85,10 @@ class TrainSettings:
             raise ConfigError("train.num_epochs must be > 0 when train.max_steps=-1")
         if self.warmup_steps < 0 or self.logging_steps < 1 or self.save_steps < 0:
             raise ConfigError("train.warmup_steps and train.save_steps must be >= 0, train.logging_steps >= 1")
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
+            raise ConfigError(f"train.warmup_steps={self.warmup_steps}: give whole steps (>= 1) or a share of all steps (< 1)")
+        if self.warmup_steps >= 1:
+            self.warmup_steps = int(self.warmup_steps)
         if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
             raise ConfigError(f"train.resume must be auto, never or an existing checkpoint folder, got '{self.resume}'")
         if self.eval_size < 0:
