@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from safer_instruct.errors import SaferInstructError
+from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.llm.config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -55,14 +55,113 @@ def vllm_executable() -> str:
 
 
 def vllm_command(model_path: str, port: int, cfg: ServerConfig) -> list[str]:
-    """`vllm serve` with tensor parallelism from config (GPU nodes)."""
+    """`vllm serve` with tensor parallelism from config (GPU nodes), checked first against what vLLM
+    accepts for this model (`vllm_max_model_len`), so a preset that vLLM would refuse fails here."""
+    max_model_len = vllm_max_model_len(model_path, cfg)
     cmd = [vllm_executable(), "serve", model_path, "--host", LOOPBACK, "--port", str(port),
            "--tensor-parallel-size", str(cfg.tensor_parallel_size), "--dtype", cfg.dtype]  # fmt: skip
     if cfg.gpu_memory_utilization is not None:
         cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
-    if cfg.max_model_len is not None:
-        cmd += ["--max-model-len", str(cfg.max_model_len)]
+    if max_model_len is not None:
+        cmd += ["--max-model-len", str(max_model_len)]
     return cmd + list(cfg.extra_args)
+
+
+# vLLM's `serve --dtype` choices (docs.vllm.ai, engine arguments).
+VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+# The config.json keys vLLM derives a model's maximum length from; the smallest one present wins.
+MAX_LENGTH_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
+                   "max_seq_length", "seq_len")  # fmt: skip
+# RoPE scalings whose factor vLLM does not multiply into the derived length.
+UNSCALED_ROPE_TYPES = ("default", "su", "longrope", "llama3", "mrope")
+
+
+def model_config_json(model_path: str) -> dict | None:
+    """The model's config.json (its text part for multimodal configs): a local folder, or a hub id
+    already in the local hub cache; None when neither (nothing is downloaded)."""
+    path = Path(model_path).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model_path, "config.json")
+        except Exception:  # noqa: BLE001 - not a hub id either
+            cached = None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    import json
+
+    config = json.loads(path.read_text())
+    return config.get("text_config") or config
+
+
+def model_max_length(config: dict, sliding_window_disabled: bool = False) -> tuple[int, str] | None:
+    """The longest sequence vLLM derives from a config.json, and the key it comes from (None: no key).
+
+    The smallest of `MAX_LENGTH_KEYS` present; with `--disable-sliding-window` also the sliding
+    window; times the RoPE scaling factor where vLLM applies one (linear, dynamic, yarn)."""
+    found = [(int(config[key]), key) for key in MAX_LENGTH_KEYS if isinstance(config.get(key), (int, float))]
+    if sliding_window_disabled and isinstance(config.get("sliding_window"), (int, float)):
+        found.append((int(config["sliding_window"]), "sliding_window"))
+    if not found:
+        return None
+    length, key = min(found)
+    scaling = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    rope_type = scaling.get("rope_type") or scaling.get("type") or "default"
+    if isinstance(scaling.get("factor"), (int, float)) and rope_type not in UNSCALED_ROPE_TYPES:
+        if rope_type == "yarn" and scaling.get("original_max_position_embeddings"):
+            length = int(scaling["original_max_position_embeddings"])
+        length, key = int(length * scaling["factor"]), f"{key} x rope_scaling.factor {scaling['factor']}"
+    return length, key
+
+
+def vllm_max_model_len(model_path: str, cfg: ServerConfig) -> int | None:
+    """Check a vLLM server preset against the model and return the `--max-model-len` to pass.
+
+    What vLLM refuses at start-up fails here with a ConfigError naming both numbers: a dtype outside
+    its choices, a tensor parallel size that is not positive or does not divide the attention heads
+    (and key/value heads), a max model length above the model's. `server.max_model_len: null` follows
+    the model (its config's length); None is returned only when the config cannot be read here (a hub
+    id not in the local cache), and vLLM then derives the length itself."""
+    if cfg.dtype not in VLLM_DTYPES:
+        raise ConfigError(f"server.dtype '{cfg.dtype}' is not one of vLLM's --dtype choices: {', '.join(VLLM_DTYPES)}")
+    tensor_parallel = cfg.tensor_parallel_size
+    if not isinstance(tensor_parallel, int) or tensor_parallel < 1:
+        raise ConfigError(f"server.tensor_parallel_size must be a positive number of GPUs, got {tensor_parallel!r}")
+    if cfg.gpu_memory_utilization is not None and not 0 < cfg.gpu_memory_utilization <= 1:
+        raise ConfigError(f"server.gpu_memory_utilization is a share of GPU memory in (0, 1], got {cfg.gpu_memory_utilization}")
+    if cfg.max_model_len is not None and cfg.max_model_len < 1:
+        raise ConfigError(f"server.max_model_len must be >= 1 or null (the model's own), got {cfg.max_model_len}")
+    config = model_config_json(model_path)
+    if config is None:
+        log.info("no config.json of %s here: vLLM checks its settings against the model itself", model_path)
+        return cfg.max_model_len
+    heads, kv_heads = config.get("num_attention_heads"), config.get("num_key_value_heads")
+    if isinstance(heads, int) and heads % tensor_parallel:
+        raise ConfigError(
+            f"server.tensor_parallel_size={tensor_parallel} does not divide the {heads} attention heads of {model_path} "
+            f"(num_attention_heads in its config.json), so vLLM would refuse to start: use one of "
+            f"{', '.join(str(n) for n in range(1, heads + 1) if heads % n == 0 and n <= 16)}"
+        )
+    if isinstance(kv_heads, int) and kv_heads % tensor_parallel and tensor_parallel % kv_heads:
+        raise ConfigError(
+            f"server.tensor_parallel_size={tensor_parallel} neither divides nor is a multiple of the {kv_heads} key/value "
+            f"heads of {model_path} (num_key_value_heads in its config.json), so vLLM would refuse to start"
+        )
+    limit = model_max_length(config, sliding_window_disabled="--disable-sliding-window" in cfg.extra_args)
+    if limit is None:
+        return cfg.max_model_len
+    length, key = limit
+    if cfg.max_model_len is None:
+        return length
+    if cfg.max_model_len > length:
+        raise ConfigError(
+            f"server.max_model_len={cfg.max_model_len} is larger than the {length} tokens {model_path} supports "
+            f"({key} in its config.json), so vLLM would refuse to start: set server.max_model_len=null to follow the "
+            f"model, or a value <= {length}"
+        )
+    return cfg.max_model_len
 
 
 COMMANDS = {"transformers": transformers_command, "vllm": vllm_command}
