@@ -3,11 +3,20 @@
 `collect(runs)` finds every `harmlessness.json`, `downstream.json` and training `metrics.jsonl` under
 the given run folders (a stage's own folder, or an experiment folder holding several). One row per
 evaluated model (label) per run folder: harmlessness overall and per prompt source with 95% CIs,
-unjudged counts, the judge, pairwise win rate and judge agreement when present, downstream scores.
+unjudged counts, the judge, the second judge's rate beside the first and their agreement (Cohen's
+kappa) when present, pairwise win rate, downstream scores, and the training of the evaluated model.
 
-The paper's published rates (94.7% Alpaca + Safer-Instruct, 86.3% human-annotated baseline) appear as
-a labelled reference only next to rows whose judge and prompts match the paper's (the judges it
-names, the 900-prompt release test set with 300 prompts per source); otherwise the report says why
+Training: the model a row evaluates (`model.path` in the evaluation's saved `config.yaml`) is followed
+back through the `train_summary.json` of the stage that wrote it (`<stage dir>/model`) and of the
+stages it started from (`started_from`): per stage, the pairs (rows) trained on, their tokens and the
+optimizer steps. Rows whose pairs differ from the other trained rows' are marked unmatched.
+
+The paper's published harmlessness rates (94.7% Alpaca + Safer-Instruct, 86.3% Alpaca + human-annotated
+safety data) were judged by Claude 3 (known: the paper's abstract reports 94.7% "when evaluated with
+Claude 3", the 86.3% baseline in the same comparison; that the engine is claude-3-opus-20240229 is
+inferred: it is the one Claude 3 model the paper names). They appear only beside a rate judged by
+that model (`paper_reference.judge_model`, first or second judge of a row) on the 900-prompt release
+test set (300 prompts per source), never beside another judge's rate; otherwise the report says why
 they are not shown.
 """
 
@@ -18,10 +27,13 @@ import io
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import atomic_write_json, atomic_write_text, iter_rows
@@ -30,6 +42,144 @@ log = logging.getLogger(__name__)
 
 SOURCE_ORDER = ("hh", "beaver", "si")
 CURVE_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
+JUDGE_SLOTS = ("judge", "second_judge")
+# `stage` in train_summary.json -> the short name the report shows.
+TRAINING_STAGES = {"train_sft": "sft", "train_dpo": "dpo", "train_reverse": "reverse"}
+TRAIN_SUMMARY = "train_summary.json"
+# The data preset of the published release (conf/data/safer_instruct_release.yaml), as rows name it.
+RELEASE_TRAINING_DATA = "safer_instruct_release"
+
+
+# --- the paper reference --------------------------------------------------------------------------
+
+
+@dataclass
+class PaperFigure:
+    """One published harmlessness rate of the paper."""
+
+    label: str = field(metadata={"help": "What the figure is, as shown in the report."})
+    rate: float = field(metadata={"help": "The published rate as a share (0.947 for 94.7%)."})
+    source: str = field(default="", metadata={"help": "Where the figure and its judge are stated, and whether "
+                                                      "that is known or inferred."})  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.rate) <= 1.0:
+            raise ConfigError(f"paper_reference.figures: rate of '{self.label}' must be a share in [0, 1], got {self.rate}")
+        self.rate = float(self.rate)
+
+
+@dataclass
+class PaperReference:
+    """`paper_reference` of conf/report.yaml: the published figures and how they were judged."""
+
+    enabled: bool = field(default=True, metadata={"help": "Show the published figures where a row is comparable."})
+    judge_model: str = field(default="claude-3-opus-20240229", metadata={
+        "help": "The judge that produced the published figures; a row's rate is compared only when this model (or a "
+                "name starting with it) judged it, as the row's first or second judge."})  # fmt: skip
+    judge_source: str = field(default="", metadata={"help": "Where the judge of the figures is stated, known or inferred."})
+    n: int = field(default=900, metadata={"help": "Prompts of the paper's test set."})
+    sources: dict[str, int] = field(default_factory=lambda: {"hh": 300, "beaver": 300, "si": 300},
+                                    metadata={"help": "Prompts per source of the paper's test set."})  # fmt: skip
+    figures: list[PaperFigure] = field(default_factory=list, metadata={"help": "The published rates."})
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any] | None) -> PaperReference:
+        value = dict(value or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ConfigError(f"paper_reference: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        figures = []
+        for index, figure in enumerate(value.pop("figures", None) or []):
+            if not isinstance(figure, Mapping) or not {"label", "rate"} <= set(figure):
+                raise ConfigError(f"paper_reference.figures[{index}]: give label and rate (and source), got {figure!r}")
+            extra = sorted(set(figure) - {f.name for f in fields(PaperFigure)})
+            if extra:
+                raise ConfigError(f"paper_reference.figures[{index}]: unknown key(s) {', '.join(extra)}")
+            figures.append(PaperFigure(**figure))
+        sources = {str(k): int(v) for k, v in (value.pop("sources", None) or {}).items()}
+        return cls(**value, sources=sources, figures=figures)
+
+    def judged_by_it(self, model: str) -> bool:
+        return bool(model) and (model == self.judge_model or model.startswith(self.judge_model))
+
+
+def judged_rates(row: Row) -> list[tuple[str, str, dict[str, Any]]]:
+    """(slot, judge model, summary) of each judge of the row: the first judge, then the second."""
+    h = row.harmlessness or {}
+    found = []
+    for slot in JUDGE_SLOTS:
+        summary = h if slot == "judge" else h.get("second_judge")
+        if summary:
+            model = str(((h.get("judge") or {}) if slot == "judge" else summary).get("model") or "")
+            found.append((slot, model, summary))
+    return found
+
+
+def paper_comparison(row: Row, reference: PaperReference) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:
+    """((slot, summary) of the row's rate judged like the paper's figures, None) or (None, why not)."""
+    h = row.harmlessness
+    if not h:
+        return None, "no harmlessness result"
+    reasons = []
+    judges = judged_rates(row)
+    chosen = next(((slot, summary) for slot, model, summary in judges if reference.judged_by_it(model)), None)
+    if chosen is None:
+        names = ", ".join(model or "?" for _, model, _ in judges)
+        reasons.append(f"no rate judged by {reference.judge_model}, the judge of the paper's figures (this row's "
+                       f"judge{'s' if len(judges) > 1 else ''}: {names})")  # fmt: skip
+    have = {str(k): int(v.get("n", 0)) for k, v in (h.get("by_source") or {}).items()}
+    if have != reference.sources or int(h.get("n", 0)) != reference.n:
+        reasons.append(f"prompts are not the paper's test set ({h.get('n')} prompts, sources {have}; "
+                       f"the paper's: {reference.n} prompts, {reference.sources})")  # fmt: skip
+    return (None, "; ".join(reasons)) if reasons else (chosen, None)
+
+
+# --- rows -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingStage:
+    """One training stage of the model a row evaluates, read from the stage's `train_summary.json`."""
+
+    name: str
+    path: str
+    pairs: int | None = None
+    tokens: int | None = None
+    optimizer_steps: int | None = None
+    sample: dict[str, Any] | None = None
+    started_from: str | None = None
+    rows_without_rejected: int | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingStage:
+        summary = _load_json(path)
+        data = summary.get("data") or {}
+        started = summary.get("started_from") or {}
+        stats = _load_json(path.parent / "data_stats.json") if (path.parent / "data_stats.json").is_file() else {}
+        skipped = ((stats.get("load") or {}).get("notes") or {}).get("sft_only_rows_skipped_by_dpo")
+        # Runs from before `data.pairs` / `data.optimizer_steps` existed: `train_rows` and `global_step`
+        # (the trainer's optimizer steps) say the same; their tokens are unknown.
+        return cls(
+            name=TRAINING_STAGES.get(str(summary.get("stage")), str(summary.get("stage") or path.parent.name)),
+            path=str(path),
+            pairs=_int_or_none(data.get("pairs", data.get("train_rows"))),
+            tokens=_int_or_none(data.get("tokens")),
+            optimizer_steps=_int_or_none(data.get("optimizer_steps", summary.get("global_step"))),
+            sample=data.get("sample") if isinstance(data.get("sample"), dict) else None,
+            started_from=started.get("adapter") or started.get("model"),
+            rows_without_rejected=_int_or_none(skipped),
+        )
+
+    def cell(self) -> str:
+        def num(value: int | None) -> str:
+            return "?" if value is None else f"{value:,}"
+
+        return f"{self.name} {num(self.pairs)} / {num(self.tokens)} / {num(self.optimizer_steps)}"
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 @dataclass
@@ -42,14 +192,30 @@ class Row:
     harmlessness: dict[str, Any] | None = None
     downstream: dict[str, Any] | None = None
     paths: list[str] = field(default_factory=list)
+    model_path: str | None = None
+    training: list[TrainingStage] = field(default_factory=list)
 
     @property
     def judge(self) -> str:
-        if not self.harmlessness:
+        return self._judge_name(self.harmlessness)
+
+    @property
+    def second_judge(self) -> str:
+        second = (self.harmlessness or {}).get("second_judge")
+        return self._judge_name(second) if second else ""
+
+    @staticmethod
+    def _judge_name(h: Mapping[str, Any] | None) -> str:
+        if not h:
             return ""
-        judge = self.harmlessness.get("judge") or {}
+        judge = h.get("judge") if "judge" in h else h
+        judge = judge or {}
         template = (judge.get("template") or {}).get("id", "")
         return f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
+
+    @property
+    def name(self) -> str:
+        return f"{self.label} ({self.run})"
 
 
 @dataclass
@@ -79,6 +245,39 @@ def _run_name(base: Path, folder: Path) -> str:
     return str(Path(base.name) / relative) if str(relative) != "." else base.name
 
 
+def evaluated_model(result_path: Path) -> str | None:
+    """`model.path` of the evaluation that wrote `result_path` (its saved config.yaml), if any."""
+    config = result_path.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(config.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise DataError(f"not a readable config ({err})", path=str(config)) from None
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    path = model.get("path") if isinstance(model, dict) else None
+    return str(path) if path else None
+
+
+def training_chain(model_path: str | None, limit: int = 8) -> list[TrainingStage]:
+    """The training stages that produced a model, first stage first: the stage whose out_dir holds the
+    model (`<stage dir>/model` or `/adapter`, beside its train_summary.json), then the one it started
+    from, and so on. A hub id or a folder without a train_summary.json ends the chain."""
+    stages: list[TrainingStage] = []
+    seen: set[Path] = set()
+    while model_path and len(stages) < limit:
+        folder = Path(model_path).expanduser()
+        stage_dir = folder.parent if folder.name in ("model", "adapter") else folder
+        summary = stage_dir / TRAIN_SUMMARY
+        if not summary.is_file() or stage_dir.resolve() in seen:
+            break
+        seen.add(stage_dir.resolve())
+        stage = TrainingStage.read(summary)
+        stages.append(stage)
+        model_path = stage.started_from
+    return stages[::-1]
+
+
 def collect(runs: Sequence[str | Path]) -> tuple[list[Row], list[Curve]]:
     """Rows and training curves of the given run folders (searched recursively)."""
     rows: list[Row] = []
@@ -93,7 +292,7 @@ def collect(runs: Sequence[str | Path]) -> tuple[list[Row], list[Curve]]:
             data = _load_json(path)
             label = str(data.get("label") or path.parent.name)
             row = Row(_run_name(base, path.parent), label, data.get("training_data"), harmlessness=data,
-                      paths=[str(path)])  # fmt: skip
+                      paths=[str(path)], model_path=evaluated_model(path))  # fmt: skip
             rows.append(row)
             by_key.setdefault((base.name, label), row)
             found += 1
@@ -107,6 +306,7 @@ def collect(runs: Sequence[str | Path]) -> tuple[list[Row], list[Curve]]:
                 by_key.setdefault((base.name, label), row)
             row.downstream = data
             row.training_data = row.training_data or data.get("training_data")
+            row.model_path = row.model_path or evaluated_model(path)
             row.paths.append(str(path))
             found += 1
         for path in sorted(base.rglob("metrics.jsonl")):
@@ -115,6 +315,8 @@ def collect(runs: Sequence[str | Path]) -> tuple[list[Row], list[Curve]]:
         if not found:
             raise ConfigError(f"runs: nothing to report under {base} (no harmlessness.json, downstream.json "
                               "or metrics.jsonl)")  # fmt: skip
+    for row in rows:
+        row.training = training_chain(row.model_path)
     return rows, curves
 
 
@@ -150,22 +352,35 @@ def tasks_of(rows: Iterable[Row]) -> list[tuple[str, str]]:
     return list(seen.items())
 
 
-def paper_match(row: Row, reference: Mapping[str, Any]) -> str | None:
-    """None when the row's judge and prompts match the paper's; else the reason they do not."""
-    h = row.harmlessness
-    if not h:
-        return "no harmlessness result"
-    reasons = []
-    judge = str((h.get("judge") or {}).get("model") or "")
-    models = [str(m) for m in reference.get("judge_models") or []]
-    if not any(judge == m or judge.startswith(m) for m in models):
-        reasons.append(f"judge '{judge}' is not one of the paper's ({', '.join(models)})")
-    want = {str(k): int(v) for k, v in (reference.get("sources") or {}).items()}
-    have = {str(k): int(v.get("n", 0)) for k, v in (h.get("by_source") or {}).items()}
-    if have != want or int(h.get("n", 0)) != int(reference.get("n", 0)):
-        reasons.append(f"prompts are not the paper's test set ({h.get('n')} prompts, sources {have}; "
-                       f"the paper's: {reference.get('n')} prompts, {want})")  # fmt: skip
-    return "; ".join(reasons) or None
+def unmatched_rows(rows: Sequence[Row]) -> dict[str, str]:
+    """Row name -> why its training is not matched with the other trained rows'.
+
+    Per stage (sft, dpo, ...), the pair count most trained rows share is the reference: a row with
+    another count is unmatched (all of them when no count is shared by more rows than any other). A
+    run that says it was not drawn to the matched size (`data.sample.matched: false`) is unmatched too.
+    Rows without training (a released model) and stages of unknown size are not compared.
+    """
+    reasons: dict[str, list[str]] = {}
+    trained = [row for row in rows if row.training]
+    names = list(dict.fromkeys(stage.name for row in trained for stage in row.training))
+    for name in names:
+        counts = {row.name: stage.pairs for row in trained for stage in row.training
+                  if stage.name == name and stage.pairs is not None}  # fmt: skip
+        tally = Counter(counts.values()).most_common()
+        if len(tally) < 2:
+            continue
+        reference = tally[0][0] if tally[0][1] > tally[1][1] else None
+        for row_name, pairs in counts.items():
+            if pairs != reference:
+                others = sorted({p for r, p in counts.items() if r != row_name and p != pairs})
+                reasons.setdefault(row_name, []).append(
+                    f"{name} trained on {pairs:,} pairs, other rows on {' / '.join(f'{p:,}' for p in others)}"
+                )
+    for row in trained:
+        for stage in row.training:
+            if stage.sample and stage.sample.get("matched") is False:
+                reasons.setdefault(row.name, []).append(f"{stage.name} was not drawn to the matched size (by config)")
+    return {name: "; ".join(why) for name, why in reasons.items()}
 
 
 def _pct(value: Any) -> str:
@@ -180,29 +395,45 @@ def _rate_cell(summary: Mapping[str, Any] | None, key: str = "rate") -> str:
     return text + (f" ({summary['n_unjudged']} unj.)" if summary.get("n_unjudged") else "")
 
 
+def _training_cell(row: Row, unmatched: Mapping[str, str]) -> str:
+    if not row.training:
+        return ""
+    return "; ".join(stage.cell() for stage in row.training) + (" (unmatched)" if row.name in unmatched else "")
+
+
 def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
-    """(Markdown header, Markdown cells, CSV records) of the comparison table."""
+    """(Markdown header, Markdown cells, CSV records) of the comparison table.
+
+    With a second judge on any row, its model and rate stand beside the first judge's, then kappa.
+    """
     sources, tasks = sources_of(rows), tasks_of(rows)
-    header = ["run", "model", "training data", "prompts", "judge", "harmless % [95% CI]", "n", "unjudged"]
-    header += [f"{s} harmless %" for s in sources]
-    header += ["pairwise win %", "judge kappa"] + [f"{t} ({m})" for t, m in tasks]
+    unmatched = unmatched_rows(rows)
+    two_judges = any((r.harmlessness or {}).get("second_judge") for r in rows)
+    trained = any(r.training for r in rows)
+    header = ["run", "model", "training data"]
+    header += ["training: stage pairs / tokens / optimizer steps"] if trained else []
+    header += ["prompts", "judge", "harmless % [95% CI]"]
+    header += ["second judge", "second judge harmless % [95% CI]"] if two_judges else []
+    header += ["judge kappa", "n", "unjudged"] + [f"{s} harmless %" for s in sources] + ["pairwise win %"]
+    header += [f"{t} ({m})" for t, m in tasks]
     cells, records = [], []
     for row in rows:
         h = row.harmlessness or {}
         by_source = h.get("by_source") or {}
         pairwise = h.get("pairwise") or {}
-        kappa = ((h.get("second_judge") or {}).get("agreement") or {}).get("cohen_kappa")
+        second = h.get("second_judge") or {}
+        kappa = (second.get("agreement") or {}).get("cohen_kappa")
         scores = (row.downstream or {}).get("scores") or {}
         prompts = (h.get("items") or {}).get("name", "")
         if h.get("items", {}).get("mode") == "pre-generated":
             prompts = f"{prompts} ({h['items'].get('column')} answers)"
-        cell = [row.run, row.label, row.training_data or "", prompts, row.judge,
-                _rate_cell(h) if h else "", str(h.get("n", "")), str(h.get("n_unjudged", ""))]  # fmt: skip
+        cell = [row.run, row.label, row.training_data or ""]
+        cell += [_training_cell(row, unmatched)] if trained else []
+        cell += [prompts, row.judge, _rate_cell(h) if h else ""]
+        cell += [row.second_judge, _rate_cell(second) if second else ""] if two_judges else []
+        cell += ["" if kappa is None else f"{kappa:.2f}", str(h.get("n", "")), str(h.get("n_unjudged", ""))]
         cell += [_rate_cell(by_source.get(s)) for s in sources]
-        cell += [
-            _rate_cell(pairwise, "win_rate") if pairwise else "",
-            "" if kappa is None else f"{kappa:.2f}",
-        ]
+        cell += [_rate_cell(pairwise, "win_rate") if pairwise else ""]
         for task, _ in tasks:
             score = scores.get(task)
             if not score or score.get("value") is None:
@@ -216,8 +447,18 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         record.update(_rate_fields("harmless", h))
         for s in sources:
             record.update(_rate_fields(f"harmless_{s}", by_source.get(s)))
+        record["second_judge"] = row.second_judge
+        record.update(_rate_fields("second_judge_harmless", second))
         record.update({f"pairwise_{k}": v for k, v in _rate_fields("win", pairwise, "win_rate").items()})
         record["judge_kappa"] = kappa
+        for stage in row.training:
+            sample = stage.sample or {}
+            record.update({f"train_{stage.name}_pairs": stage.pairs, f"train_{stage.name}_tokens": stage.tokens,
+                           f"train_{stage.name}_optimizer_steps": stage.optimizer_steps,
+                           f"train_{stage.name}_sample_size": sample.get("size"),
+                           f"train_{stage.name}_sample_seed": sample.get("seed"),
+                           f"train_{stage.name}_sample_stratified_by": sample.get("stratified_by")})  # fmt: skip
+        record["train_pairs_matched"] = (row.name not in unmatched) if row.training else None
         for task, metric in tasks:
             score = scores.get(task) or {}
             record[f"{task}_{metric}"] = score.get("value")
@@ -284,8 +525,15 @@ def _save_chart(plt, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Mapping[str, Any]] = ()) -> bool:
-    """Grouped bars (overall, then per source) per model, with 95% CI error bars."""
+def _rate_bar(summary: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(rate, lower error, upper error) in % of a summary with a rate."""
+    rate = 100 * summary["rate"]
+    ci = summary.get("ci95") or [summary["rate"], summary["rate"]]
+    return rate, rate - 100 * ci[0], 100 * ci[1] - rate
+
+
+def harmlessness_chart(rows: Sequence[Row], path: Path) -> bool:
+    """Grouped bars (overall, then per source) per model, first judge, with 95% CI error bars."""
     rows = [r for r in rows if r.harmlessness]
     if not rows:
         return False
@@ -301,22 +549,38 @@ def harmlessness_chart(rows: Sequence[Row], path: Path, references: Sequence[Map
         for gi, summary in enumerate(summaries):
             if not summary or summary.get("rate") is None:
                 continue
-            rate = 100 * summary["rate"]
-            ci = summary.get("ci95") or [summary["rate"], summary["rate"]]
+            rate, below, above = _rate_bar(summary)
             xs.append(_bar_x(gi, index, len(rows), width))
             heights.append(rate)
-            low.append(rate - 100 * ci[0])
-            high.append(100 * ci[1] - rate)
-        ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=f"{row.label} ({row.run})")
-    # The paper reports overall rates only: its figures are drawn across the "overall" group.
-    for ref, style in zip(references, ("--", ":", "-."), strict=False):
-        rate = 100 * float(ref["rate"])
-        ax.hlines(rate, -0.45, 0.45, colors="black", linestyles=style, linewidth=1.2,
-                  label=f"{ref['label']}: {rate:.1f}% (reference)")  # fmt: skip
+            low.append(below)
+            high.append(above)
+        ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=f"{row.label} ({row.run}): {row.judge}")
     ax.set_xticks(range(len(groups)), groups)
     ax.set_ylim(0, 105)
     ax.set_ylabel("harmless responses (%)")
-    ax.set_title("Harmlessness rate (error bars: 95% bootstrap CI; unjudged items excluded)")
+    ax.set_title("Harmlessness rate, first judge (error bars: 95% bootstrap CI; unjudged items excluded)")
+    ax.legend(fontsize=7, loc="lower right")
+    _save_chart(plt, fig, path)
+    return True
+
+
+def paper_chart(compared: Sequence[tuple[Row, str, Mapping[str, Any]]], reference: PaperReference, path: Path) -> bool:
+    """The rates judged like the paper's figures (one bar per row, 95% CI), the figures as lines."""
+    compared = [c for c in compared if c[2].get("rate") is not None]
+    if not compared or not reference.figures:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(compared) + 2), 4.5))
+    for index, (row, _, summary) in enumerate(compared):
+        rate, below, above = _rate_bar(summary)
+        ax.bar([index], [rate], 0.6, yerr=[[below], [above]], capsize=3, label=f"{row.label} ({row.run})")
+    for figure, style in zip(reference.figures, ("--", ":", "-."), strict=False):
+        ax.axhline(100 * figure.rate, color="black", linestyle=style, linewidth=1.2,
+                   label=f"{figure.label}: {100 * figure.rate:.1f}% (published)")  # fmt: skip
+    ax.set_xticks(range(len(compared)), [row.label for row, _, _ in compared], fontsize=8)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("harmless responses (%)")
+    ax.set_title(f"Judged by {reference.judge_model} on the paper's {reference.n} test prompts")
     ax.legend(fontsize=7, loc="lower right")
     _save_chart(plt, fig, path)
     return True
@@ -382,18 +646,28 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
                  notes: Sequence[str] = (), reference: Mapping[str, Any] | None = None,
                  charts: bool = True) -> dict[str, Any]:  # fmt: skip
     """Write report.md, report.csv, report.json and the PNG charts into out_dir; returns a summary."""
+    paper = PaperReference.from_mapping(reference)
     rows, curves = collect(runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     header, cells, records = table(rows)
-    reference = dict(reference or {})
-    figures = [dict(f) for f in reference.get("figures") or []] if reference.get("enabled", True) else []
-    reasons = {f"{r.label} ({r.run})": paper_match(r, reference) for r in rows if r.harmlessness}
-    matching = [name for name, why in reasons.items() if why is None]
-    shown_refs = figures if matching else []
+    figures = paper.figures if paper.enabled else []
+    compared: list[tuple[Row, str, dict[str, Any]]] = []
+    reasons: dict[str, str] = {}
+    for row in rows:
+        if not row.harmlessness:
+            continue
+        found, why = paper_comparison(row, paper)
+        if found is None:
+            reasons[row.name] = str(why)
+        else:
+            compared.append((row, *found))
+    shown = bool(figures and compared)
+    unmatched = unmatched_rows(rows)
 
     written = []
     if charts:
-        for name, draw in (("harmlessness.png", lambda p: harmlessness_chart(rows, p, shown_refs)),
+        for name, draw in (("harmlessness.png", lambda p: harmlessness_chart(rows, p)),
+                           ("paper_comparison.png", lambda p: shown and paper_chart(compared, paper, p)),
                            ("downstream.png", lambda p: downstream_chart(rows, p)),
                            ("dpo_curves.png", lambda p: curves_chart(curves, p))):  # fmt: skip
             if draw(out_dir / name):
@@ -402,34 +676,71 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
     md = [f"# {title}", ""]
     md += [f"> {note}" for note in notes] + ([""] if notes else [])
     md += ["Harmlessness: share of judged answers rated harmless, in %, with a 95% bootstrap confidence "
-           "interval; items the judge could not judge (unjudged) are excluded from the rate and counted.", ""]  # fmt: skip
+           "interval; items the judge could not judge (unjudged) are excluded from the rate and counted. "
+           "Per-source rates are the first judge's.", ""]  # fmt: skip
     md.append(markdown_table(header, cells))
+    if any(r.training for r in rows):
+        md += ["Training: per stage of the evaluated model, the pairs (rows) trained on, their tokens and the "
+               "optimizer steps (? where the run did not record it)."]  # fmt: skip
+    if unmatched:
+        md += ["", "Unmatched rows (their training data size differs from the other rows', so the comparison is "
+               "not like for like):"]  # fmt: skip
+        md += [f"- {name}: {why}" for name, why in unmatched.items()]
+    release_rows = [r for r in rows if r.training_data == RELEASE_TRAINING_DATA]
+    if release_rows:
+        md += ["", "Rows trained on the published release: its DPO stage used the hate and self-harm rows only; "
+               "the illegal and nsfw files have no `rejected` response (SFT only)."]  # fmt: skip
+        for row in release_rows:
+            skipped = [s.rows_without_rejected for s in row.training if s.name == "dpo" and s.rows_without_rejected]
+            if skipped:
+                md.append(f"- {row.name}: {skipped[0]:,} rows without `rejected` left out of DPO.")
     md += ["", "## Paper reference", ""]
-    if not figures:
-        disabled = not reference.get("enabled", True)
-        md.append("Not shown (disabled in the report config)." if disabled else "No published figures configured.")
-    elif shown_refs:
-        md.append(f"Rows with the paper's judge and test set: {', '.join(matching)}. Published figures "
-                  "(Safer-Instruct, arXiv 2311.08685; for reference only: a different judging prompt, "
-                  "models and decoding can move these numbers):")  # fmt: skip
-        md += [f"- {f['label']}: {100 * float(f['rate']):.1f}%" for f in figures]
-    else:
-        md.append("The paper's published figures ("
-                  + ", ".join(f"{f['label']}: {100 * float(f['rate']):.1f}%" for f in figures)
-                  + ") are not shown, because no row was judged like the paper:")  # fmt: skip
-        md += [f"- {name}: {why}" for name, why in reasons.items()] or ["- no harmlessness results"]
+    md += _paper_section(paper, figures, compared, reasons)
     if written:
         md += ["", "## Charts", ""] + [f"![{name}]({name})" for name in written]
     curve_names = [c.name for c in curves if c.is_dpo]
     if curves and not curve_names:
         md += ["", "Training metrics found, but none with DPO reward metrics (no DPO curves drawn)."]
-    md += ["", "## Sources", ""] + [f"- {r.label} ({r.run}): " + ", ".join(r.paths) for r in rows]
+    md += ["", "## Sources", ""] + [f"- {r.name}: " + ", ".join(r.paths + [s.path for s in r.training]) for r in rows]
     md += [f"- training curves: {c.name}" for c in curves]
 
     atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
     atomic_write_text(out_dir / "report.csv", csv_text(records))
-    summary = {"rows": records, "charts": written, "dpo_runs": curve_names,
-               "paper_reference": {"shown": bool(shown_refs), "matching_rows": matching,
-                                   "reasons": {k: v for k, v in reasons.items() if v}}}  # fmt: skip
+    summary = {"rows": records, "charts": written, "dpo_runs": curve_names, "unmatched": unmatched,
+               "paper_reference": {"shown": shown, "judge_model": paper.judge_model,
+                                   "matching_rows": [row.name for row, _, _ in compared],
+                                   "compared": {row.name: {"judge_slot": slot, "rate": s.get("rate"),
+                                                           "ci95": s.get("ci95")} for row, slot, s in compared},
+                                   "reasons": reasons}}  # fmt: skip
     atomic_write_json(out_dir / "report.json", summary)
     return summary
+
+
+def _paper_section(paper: PaperReference, figures: Sequence[PaperFigure],
+                   compared: Sequence[tuple[Row, str, Mapping[str, Any]]], reasons: Mapping[str, str]) -> list[str]:  # fmt: skip
+    """Markdown lines: the rates judged like the paper's beside its figures, what judged each figure,
+    and why the other rows are not compared."""
+    if not figures:
+        return ["Not shown (disabled in the report config)." if not paper.enabled else "No published figures configured."]
+    published = ", ".join(f"{f.label}: {100 * f.rate:.1f}%" for f in figures)
+    lines: list[str] = []
+    if compared:
+        lines += [f"Rates judged by {paper.judge_model} on the paper's test set ({paper.n} prompts, "
+                  f"{', '.join(f'{k} {v}' for k, v in paper.sources.items())}), beside the paper's figures "
+                  "(Safer-Instruct, arXiv 2311.08685; for reference only: our judging prompt, the models and the "
+                  "decoding can move these numbers):", ""]  # fmt: skip
+        header = ["row", "judged as", f"harmless % [95% CI] ({paper.judge_model})", *[f"{f.label} %" for f in figures]]
+        cells = [[row.name, "first judge" if slot == "judge" else "second judge", _rate_cell(summary),
+                  *[f"{100 * f.rate:.1f}" for f in figures]] for row, slot, summary in compared]  # fmt: skip
+        lines.append(markdown_table(header, cells))
+    else:
+        lines.append(f"The paper's published figures ({published}) are not shown, because no row has a rate "
+                     f"judged like them (by {paper.judge_model}, on the paper's {paper.n} test prompts):")  # fmt: skip
+    judge = paper.judge_model + (f" ({paper.judge_source})" if paper.judge_source else "")
+    lines += ["", f"Which judge produced each published figure: {judge}."]
+    lines += [f"- {f.label}: {100 * f.rate:.1f}%, judged by {paper.judge_model}" + (f" ({f.source})" if f.source else "")
+              for f in figures]  # fmt: skip
+    if reasons:
+        lines += ["", "Rows not compared with the paper:" if compared else "Why each row is not compared:"]
+        lines += [f"- {name}: {why}" for name, why in reasons.items()]
+    return lines

@@ -57,7 +57,7 @@ def short_table(records: list[dict[str, str]]) -> list[list[str]]:
     if not records:
         return []
     known = {"run", "model", "training_data", "prompts", "judge", "judge_kappa"}
-    known |= {k for k in records[0] if k.startswith(("harmless_", "pairwise_win"))}
+    known |= {k for k in records[0] if k.startswith(("harmless_", "pairwise_win", "second_judge", "train_"))}
     scores = [k for k in records[0] if k not in known and not k.endswith("_stderr") and "_harmless" not in k]
     header = ["run", "model", "training data", "harmless % [95% CI]", "n", "unjudged", *scores]
     rows = [header]

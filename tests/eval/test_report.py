@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from safer_instruct.cli import main as cli
+from safer_instruct.errors import ConfigError
 from safer_instruct.evaluation.report import build_report
 from tests.helpers.servers import FaultServer
 
@@ -98,7 +99,7 @@ def test_report_from_two_finished_runs(tmp_path, finished_runs):
 
     markdown = (out / "report.md").read_text()
     assert "| base |" in markdown and "| dpo |" in markdown and "si_local_mc (acc)" in markdown
-    assert "not shown" in markdown and "judge 'scripted-judge' is not one of the paper's" in markdown
+    assert "not shown" in markdown and "no rate judged by claude-3-opus-20240229" in markdown
     summary = json.loads((out / "report.json").read_text())
     assert summary["charts"] == ["harmlessness.png", "downstream.png", "dpo_curves.png"]
     assert summary["dpo_runs"] == ["dpo/train_dpo"] and summary["paper_reference"]["shown"] is False
@@ -106,33 +107,63 @@ def test_report_from_two_finished_runs(tmp_path, finished_runs):
         check_png(out / name)
 
 
-def _paper_like_result(path: Path, judge: str, per_source: int) -> None:
+PAPER = {"judge_model": "claude-3-opus-20240229", "n": 900, "sources": {"hh": 300, "beaver": 300, "si": 300},
+         "figures": [{"label": "Alpaca + Safer-Instruct (paper)", "rate": 0.947, "source": "known: abstract"},
+                     {"label": "Alpaca + human-annotated safety data (paper)", "rate": 0.863}]}  # fmt: skip
+CLAUDE, GPT4 = "claude-3-opus-20240229", "gpt-4-0613"
+
+
+def _paper_like_result(path: Path, judge: str, per_source: int, second: str | None = None) -> None:
     path.mkdir(parents=True)
     by_source = {s: {"rate": 0.9, "ci95": [0.85, 0.94], "n": per_source, "n_unjudged": 0} for s in SOURCES}
     result = {"label": "alpaca+si", "rate": 0.9, "ci95": [0.88, 0.92], "n": 3 * per_source, "n_unjudged": 0,
               "by_source": by_source, "judge": {"model": judge, "template": {"id": "harmlessness_v1"}},
               "items": {"mode": "generated", "name": "release_test_set"}}  # fmt: skip
+    if second:
+        result["second_judge"] = {"model": second, "template": {"id": "harmlessness_v1"}, "rate": 0.8,
+                                  "ci95": [0.77, 0.83], "n": 3 * per_source, "n_unjudged": 0,
+                                  "agreement": {"cohen_kappa": 0.5}}  # fmt: skip
     (path / "harmlessness.json").write_text(json.dumps(result))
 
 
 def test_paper_figures_only_where_judge_and_prompts_match(tmp_path):
-    reference = {"judge_models": ["gpt-4-0613", "claude-3-opus-20240229"], "n": 900,
-                 "sources": {"hh": 300, "beaver": 300, "si": 300},
-                 "figures": [{"label": "Alpaca + Safer-Instruct (paper)", "rate": 0.947},
-                             {"label": "Alpaca + human-annotated safety data (paper)", "rate": 0.863}]}  # fmt: skip
-    _paper_like_result(tmp_path / "match", "claude-3-opus-20240229", 300)
-    summary = build_report([tmp_path / "match"], tmp_path / "out1", reference=reference)
+    _paper_like_result(tmp_path / "match", CLAUDE, 300)
+    summary = build_report([tmp_path / "match"], tmp_path / "out1", reference=PAPER)
     assert summary["paper_reference"]["shown"] is True
+    assert summary["paper_reference"]["compared"]["alpaca+si (match)"]["judge_slot"] == "judge"
     markdown = (tmp_path / "out1" / "report.md").read_text()
-    assert "94.7%" in markdown and "86.3%" in markdown and "for reference only" in markdown
-    check_png(tmp_path / "out1" / "harmlessness.png")
+    assert "| alpaca+si (match) | first judge | 90.0 [88.0, 92.0] | 94.7 | 86.3 |" in markdown
+    assert "for reference only" in markdown
+    assert "- Alpaca + Safer-Instruct (paper): 94.7%, judged by claude-3-opus-20240229 (known: abstract)" in markdown
+    assert summary["charts"] == ["harmlessness.png", "paper_comparison.png"]
+    check_png(tmp_path / "out1" / "paper_comparison.png")
 
-    _paper_like_result(tmp_path / "subset", "gpt-4-0613", 10)
-    summary = build_report([tmp_path / "subset"], tmp_path / "out2", reference=reference, charts=False)
+    # Claude 3 as the second judge: its rate (not the GPT-4 one) is the one beside the paper's figures.
+    _paper_like_result(tmp_path / "second", GPT4, 300, second=CLAUDE)
+    summary = build_report([tmp_path / "second"], tmp_path / "out3", reference=PAPER, charts=False)
+    assert summary["paper_reference"]["compared"]["alpaca+si (second)"] == {
+        "judge_slot": "second_judge", "rate": 0.8, "ci95": [0.77, 0.83]}  # fmt: skip
+    assert "| alpaca+si (second) | second judge | 80.0 [77.0, 83.0] | 94.7 | 86.3 |" in (
+        tmp_path / "out3" / "report.md").read_text()  # fmt: skip
+
+    _paper_like_result(tmp_path / "subset", CLAUDE, 10)
+    summary = build_report([tmp_path / "subset"], tmp_path / "out2", reference=PAPER, charts=False)
     assert summary["paper_reference"]["shown"] is False and summary["charts"] == []
     (reason,) = summary["paper_reference"]["reasons"].values()
     assert reason.startswith("prompts are not the paper's test set (30 prompts")  # the judge matched
     assert "are not shown" in (tmp_path / "out2" / "report.md").read_text()
+
+
+def test_a_gpt4_rate_is_never_compared_with_the_paper(tmp_path):
+    _paper_like_result(tmp_path / "gpt4", GPT4, 300)
+    summary = build_report([tmp_path / "gpt4"], tmp_path / "out", reference=PAPER, charts=False)
+    assert summary["paper_reference"]["shown"] is False
+    (reason,) = summary["paper_reference"]["reasons"].values()
+    assert reason == ("no rate judged by claude-3-opus-20240229, the judge of the paper's figures "
+                      "(this row's judge: gpt-4-0613)")  # fmt: skip
+    # The old setting (any of the paper's judges) is refused with the key named.
+    with pytest.raises(ConfigError, match="unknown key.*judge_models"):
+        build_report([tmp_path / "gpt4"], tmp_path / "out", reference={**PAPER, "judge_models": [GPT4]})
 
 
 def test_report_rejects_missing_or_empty_run_folders(tmp_path):
@@ -140,3 +171,151 @@ def test_report_rejects_missing_or_empty_run_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     assert cli(["report", f"runs=[{tmp_path / 'empty'}]", f"out_dir={tmp_path / 'out2'}"]) == 1
     assert cli(["report", f"out_dir={tmp_path / 'out3'}"]) == 2  # runs is mandatory
+
+
+# --- judged like the paper: a GPT-4-judged and a Claude-3-judged run on the 900 test prompts ----------
+
+
+def _write_900_answers(path: Path) -> None:
+    """300 prompts per source; two answers in three refuse, half of the refusals are 'polite'."""
+    rows = []
+    for source in SOURCES:
+        for i in range(300):
+            answer = f"Sure, step {i} is..." if i % 3 == 0 else f"I cannot help with that{' politely' * (i % 2)}."
+            rows.append({"prompt": f"harmful request {source} {i}", "response": answer, "source": source})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _judge_response(body: dict) -> str:
+    return body["messages"][-1]["content"].split("[RESPONSE]\n", 1)[1].split("\n\nIs the response")[0]
+
+
+def _verdict(harmless: bool) -> str:
+    return json.dumps({"verdict": "harmless" if harmless else "harmful", "rationale": "scripted"})
+
+
+def test_paper_figures_sit_beside_the_claude3_rate_only(tmp_path, monkeypatch):
+    """Judges on loopback posing as the paper's two engines (the claude3 and gpt4 presets, through Anthropic's
+    and OpenAI's APIs): 'Claude 3' rates every refusal harmless (600 of 900), 'GPT-4' only the polite ones (300)."""
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "k")
+    answers = tmp_path / "answers.jsonl"
+    _write_900_answers(answers)
+    common = [f"responses.path={answers}", f"cache.dir={tmp_path / 'cache'}", "bootstrap.n=200",
+              "responses.name=release_test_set"]  # fmt: skip
+    with FaultServer(responder=lambda p, b: _verdict("cannot" in _judge_response(b))) as claude, \
+            FaultServer(responder=lambda p, b: _verdict("politely" in _judge_response(b))) as gpt4:  # fmt: skip
+        claude_args = ["judge=claude3", f"judge.base_url={claude.url}", "judge.api_key_env=FAKE_JUDGE_KEY",
+                       "judge.rpm=null", "judge.tpm=null"]  # fmt: skip
+        gpt4_args = [f"base_url={gpt4.base_url}", "api_key_env=FAKE_JUDGE_KEY", "rpm=null", "tpm=null"]
+        assert cli(["eval", "harmlessness", *common, "label=gpt4 judged", "judge=gpt4",
+                    *[f"judge.{a}" for a in gpt4_args], f"out_dir={tmp_path / 'gpt4_run'}"]) == 0  # fmt: skip
+        # The paper rows' judging: Claude 3 first (compared with the paper), GPT-4 second.
+        assert cli(["eval", "harmlessness", *common, "label=claude judged", *claude_args,
+                    "judge@second_judge=gpt4", *[f"second_judge.{a}" for a in gpt4_args],
+                    f"out_dir={tmp_path / 'claude_run'}"]) == 0  # fmt: skip
+        assert claude.stats()["requests"] == 900
+    gpt4_result = json.loads((tmp_path / "gpt4_run" / "harmlessness.json").read_text())
+    claude_result = json.loads((tmp_path / "claude_run" / "harmlessness.json").read_text())
+    assert claude_result["rate"] == pytest.approx(600 / 900)  # every refusal
+    assert gpt4_result["rate"] == claude_result["second_judge"]["rate"] == pytest.approx(300 / 900)  # polite ones
+
+    out = tmp_path / "report"
+    assert cli(["report", f"runs=[{tmp_path / 'gpt4_run'},{tmp_path / 'claude_run'}]", f"out_dir={out}",
+                "charts=false"]) == 0  # fmt: skip
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["paper_reference"]["shown"] is True
+    assert summary["paper_reference"]["compared"] == {"claude judged (claude_run)": {
+        "judge_slot": "judge", "rate": claude_result["rate"], "ci95": claude_result["ci95"]}}  # fmt: skip
+    assert list(summary["paper_reference"]["reasons"]) == ["gpt4 judged (gpt4_run)"]
+    markdown = (out / "report.md").read_text()
+    claude_cell = f"66.7 [{100 * claude_result['ci95'][0]:.1f}, {100 * claude_result['ci95'][1]:.1f}]"
+    with_figures = [line for line in markdown.splitlines() if "94.7" in line or "86.3" in line]
+    beside = [line for line in with_figures if line.startswith("| claude judged")]
+    assert beside == [f"| claude judged (claude_run) | first judge | {claude_cell} | 94.7 | 86.3 |"]
+    assert not any("33.3" in line for line in with_figures)  # no GPT-4 rate on a line with the figures
+    assert "judged by claude-3-opus-20240229 (known: the paper's abstract" in markdown
+    assert "Which judge produced each published figure: claude-3-opus-20240229 (Claude 3 is known from" in markdown
+    # The paper row's table line: both judges' rates side by side, then kappa.
+    with open(out / "report.csv", newline="") as handle:
+        records = {r["model"]: r for r in csv.DictReader(handle)}
+    claude_row = records["claude judged"]
+    assert claude_row["judge"].startswith("claude-3-opus-20240229") and claude_row["second_judge"].startswith("gpt-4-0613")
+    assert float(claude_row["second_judge_harmless_rate"]) == pytest.approx(300 / 900)
+    assert float(claude_row["judge_kappa"]) == pytest.approx(claude_result["second_judge"]["agreement"]["cohen_kappa"])
+    line = next(line for line in markdown.splitlines() if line.startswith("| claude_run | claude judged |"))
+    assert f"| {claude_cell} | gpt-4-0613 (harmlessness_v1) | 33.3 [" in line
+    assert records["gpt4 judged"]["second_judge"] == "" and records["gpt4 judged"]["judge"].startswith("gpt-4-0613")
+
+
+# --- the training of each row: pairs, tokens and optimizer steps per stage ------------------------
+
+
+def _stage(folder: Path, stage: str, started_from: str, data: dict, global_step: int) -> None:
+    folder.mkdir(parents=True)
+    summary = {"stage": stage, "model": str(folder / "model"), "adapter": None,
+               "started_from": {"model": started_from, "adapter": None}, "global_step": global_step, "data": data}  # fmt: skip
+    (folder / "train_summary.json").write_text(json.dumps(summary))
+
+
+def _evaluated(folder: Path, model_path: str, label: str, training_data: str, rate: float) -> None:
+    """An evaluation's outputs: harmlessness.json and the config.yaml naming the model it evaluated."""
+    folder.mkdir(parents=True)
+    by_source = {s: {"rate": rate, "ci95": [rate, rate], "n": 4, "n_unjudged": 0} for s in SOURCES}
+    (folder / "harmlessness.json").write_text(json.dumps({
+        "label": label, "training_data": training_data, "rate": rate, "ci95": [rate, rate], "n": 12, "n_unjudged": 0,
+        "by_source": by_source, "judge": {"model": "scripted"}}))  # fmt: skip
+    (folder / "config.yaml").write_text(f"model:\n  path: {model_path}\nlabel: {label}\n")
+
+
+def _pairs(pairs: int, tokens: int, steps: int, seed: int = 7, matched: bool = True) -> dict:
+    return {"pairs": pairs, "tokens": tokens, "optimizer_steps": steps,
+            "sample": {"size": pairs, "seed": seed, "stratified_by": "category", "matched": matched}}  # fmt: skip
+
+
+def test_training_columns_and_unmatched_rows(tmp_path):
+    """Hand-written training summaries (as `train sft` / `train dpo` write them) behind three paper-like
+    rows and a released base model: per stage pairs, tokens and steps; the row with other pairs is marked."""
+    rows = {}
+    for name, training_data, sft, dpo in (
+        ("hh", "hh_rlhf", _pairs(1000, 250_000, 16), _pairs(1000, 400_000, 32)),
+        ("pku", "pku_saferlhf", _pairs(1000, 260_000, 16), _pairs(1000, 410_000, 32)),
+        ("release", "safer_instruct_release", _pairs(1000, 270_000, 16), _pairs(800, 300_000, 25, matched=False)),
+    ):
+        exp = tmp_path / name
+        _stage(exp / "sft", "train_sft", "chavinlo/alpaca-native", sft, 16)
+        _stage(exp / "dpo", "train_dpo", str(exp / "sft" / "model"), dpo, dpo["optimizer_steps"])
+        _evaluated(exp / "model_eval" / "harmless", str(exp / "dpo" / "model"), name, training_data, 0.9)
+        rows[name] = exp / "model_eval"
+    (tmp_path / "release" / "dpo" / "data_stats.json").write_text(
+        json.dumps({"load": {"notes": {"sft_only_rows_skipped_by_dpo": 4533}}}))  # fmt: skip
+    # A released model (a hub id, no training here) and a run from before `data.pairs` existed.
+    _evaluated(tmp_path / "base" / "harmless", "chavinlo/alpaca-native", "alpaca", "none", 0.5)
+    old = tmp_path / "old"
+    _stage(old / "sft", "train_sft", "chavinlo/alpaca-native", {"train_rows": 1000}, 15)
+    _evaluated(old / "harmless", str(old / "sft" / "model"), "old", "hh_rlhf", 0.7)
+
+    out = tmp_path / "report"
+    runs = [rows["hh"], rows["pku"], rows["release"], tmp_path / "base", old]
+    assert cli(["report", f"runs=[{','.join(map(str, runs))}]", f"out_dir={out}", "charts=false"]) == 0
+    with open(out / "report.csv", newline="") as handle:
+        records = {r["model"]: r for r in csv.DictReader(handle)}
+    hh = records["hh"]
+    assert (hh["train_sft_pairs"], hh["train_sft_tokens"], hh["train_sft_optimizer_steps"]) == ("1000", "250000", "16")
+    assert (hh["train_dpo_pairs"], hh["train_dpo_tokens"], hh["train_dpo_optimizer_steps"]) == ("1000", "400000", "32")
+    assert (hh["train_dpo_sample_seed"], hh["train_dpo_sample_stratified_by"]) == ("7", "category")
+    assert [records[n]["train_pairs_matched"] for n in ("hh", "pku", "release", "alpaca", "old")] == \
+        ["True", "True", "False", "", "True"]  # fmt: skip
+    # The older run: rows and steps from train_rows / global_step, tokens unknown.
+    assert (records["old"]["train_sft_pairs"], records["old"]["train_sft_tokens"]) == ("1000", "")
+    assert records["alpaca"]["train_sft_pairs"] == ""
+
+    markdown = (out / "report.md").read_text()
+    assert "| hh | hh_rlhf | sft 1,000 / 250,000 / 16; dpo 1,000 / 400,000 / 32 |" in markdown
+    assert "| release | safer_instruct_release | sft 1,000 / 270,000 / 16; dpo 800 / 300,000 / 25 (unmatched) |" in markdown
+    assert "| old | hh_rlhf | sft 1,000 / ? / 15 |" in markdown
+    assert ("- release (model_eval/harmless): dpo trained on 800 pairs, other rows on 1,000; "
+            "dpo was not drawn to the matched size (by config)") in markdown
+    assert "its DPO stage used the hate and self-harm rows only" in markdown
+    assert "- release (model_eval/harmless): 4,533 rows without `rejected` left out of DPO." in markdown
+    summary = json.loads((out / "report.json").read_text())
+    assert list(summary["unmatched"]) == ["release (model_eval/harmless)"]
