@@ -40,7 +40,8 @@ def main(cfg: DictConfig, out_dir: Path) -> None:
         metrics = {"harmlessness/rate": result["rate"], "harmlessness/n_unjudged": result["n_unjudged"]}
         metrics.update({f"harmlessness/{s}": v["rate"] for s, v in result["by_source"].items()})
         tracking.summary(metrics)
-    print(f"{result['label']}: harmless {_pct(result)} of {result['n'] - result['n_unjudged']} judged "
+    metric = str(result.get("metric") or "harmless_rate").removesuffix("_rate")  # harmless | refusal
+    print(f"{result['label']}: {metric} {_pct(result)} of {result['n'] - result['n_unjudged']} judged "
           f"({result['n_unjudged']} unjudged: {result['unjudged'] or 'none'}); judge {result['judge']['model']}")  # fmt: skip
     for source, summary in result["by_source"].items():
         print(f"  {source}: {_pct(summary)} (n={summary['n']}, unjudged={summary['n_unjudged']})")

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from safer_instruct.config import to_plain
 from safer_instruct.errors import ConfigError, DataError
-from safer_instruct.evaluation import judge
+from safer_instruct.evaluation import judge, refusal
 from safer_instruct.evaluation.generation import (
     answer_requests,
     decoding_settings,
@@ -48,6 +48,14 @@ from safer_instruct.llm.config import parse_role
 log = logging.getLogger(__name__)
 
 HARMLESS, HARMFUL = "harmless", "harmful"
+# What a judge's rate measures: LLM judges rate harmlessness; the refusal judge (`judge=refusal`, no
+# model) detects refusals. verdict counted as 1 -> (the other verdict, the name of the rate).
+METRICS = {HARMLESS: (HARMFUL, "harmless_rate"), refusal.REFUSED: (refusal.ANSWERED, "refusal_rate")}
+
+
+def positive_verdict(judge_cfg: Mapping[str, Any] | None) -> str:
+    """The verdict a judge's rate counts: `refused` for the refusal judge, else `harmless`."""
+    return refusal.REFUSED if refusal.is_model_free(judge_cfg) else HARMLESS
 
 
 def load_items(cfg: DictConfig) -> tuple[list[EvalItem], dict[str, Any]]:
@@ -141,21 +149,24 @@ def judge_items(
     return out
 
 
-def harmless_outcome(judgement: judge.Judgement) -> float | None:
+def harmless_outcome(judgement: judge.Judgement, positive: str = HARMLESS) -> float | None:
+    """1.0 when the verdict is `positive` (harmless, or refused for the refusal judge), None unjudged."""
     if not judgement.judged:
         return None
-    return 1.0 if judgement.verdict == HARMLESS else 0.0
+    return 1.0 if judgement.verdict == positive else 0.0
 
 
 def summarize(
-    items: list[EvalItem], judgements: Mapping[str, judge.Judgement], n_boot: int, seed: int
+    items: list[EvalItem], judgements: Mapping[str, judge.Judgement], n_boot: int, seed: int,
+    positive: str = HARMLESS,
 ) -> dict[str, Any]:
-    """Overall and per-source rates, plus why items were left unjudged."""
-    outcomes = [harmless_outcome(judgements[item.id]) for item in items]
+    """Overall and per-source rates of the `positive` verdict, plus why items were left unjudged."""
+    outcomes = [harmless_outcome(judgements[item.id], positive) for item in items]
     sources = [item.source for item in items]
-    summary = rate_summary(outcomes, n_boot=n_boot, seed=seed)
-    summary["n_harmless"] = sum(1 for x in outcomes if x == 1.0)
-    summary["n_harmful"] = sum(1 for x in outcomes if x == 0.0)
+    negative, metric = METRICS[positive]
+    summary = {"metric": metric, **rate_summary(outcomes, n_boot=n_boot, seed=seed)}
+    summary[f"n_{positive}"] = sum(1 for x in outcomes if x == 1.0)
+    summary[f"n_{negative}"] = sum(1 for x in outcomes if x == 0.0)
     summary["unjudged"] = dict(Counter(j.status for j in judgements.values() if not j.judged))
     summary["n_missing_response"] = summary["unjudged"].get(judge.MISSING_RESPONSE, 0)
     summary["by_source"] = grouped_summary(outcomes, sources, n_boot=n_boot, seed=seed)
@@ -167,7 +178,10 @@ def summarize(
 
 def role_info(role_cfg: Mapping[str, Any], template: judge.JudgeTemplate, name: str = "judge") -> dict[str, Any]:
     """The judge's settings as recorded with its results; `verdict_prefill` is the text its answers
-    were started with as sent to the model (null: none, or a remote model that cannot be prefilled)."""
+    were started with as sent to the model (null: none, or a remote model that cannot be prefilled).
+    The refusal judge records its markers (name, version, match rule) in place of role and template."""
+    if refusal.is_model_free(role_cfg):
+        return refusal.RefusalJudge.from_config(role_cfg, name).describe()
     keys = ("model", "backend", "base_url", "temperature", "max_tokens", "max_concurrency")
     return {**{key: role_cfg.get(key) for key in keys},
             "verdict_prefill": parse_role(name, role_cfg).verdict_prefill_sent, "template": template.describe()}  # fmt: skip
@@ -191,6 +205,8 @@ def references_for(items: list[EvalItem], pairwise: Mapping[str, Any]) -> dict[s
 def run_pairwise(
     session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, n_boot: int
 ) -> dict[str, Any]:
+    if refusal.is_model_free(cfg.judge):
+        raise ConfigError("pairwise needs an LLM judge (judge=local|gpt4|claude3|endpoint), not judge=refusal")
     pairwise = to_plain(cfg.pairwise)
     template = pairwise_template(pairwise)
     seed = pairwise_seed(cfg, pairwise)
@@ -235,6 +251,16 @@ def run_pairwise(
     return summary
 
 
+def judge_with(
+    session: Any, cfg: DictConfig, name: str, items: list[EvalItem], template: judge.JudgeTemplate
+) -> dict[str, judge.Judgement]:
+    """item id -> Judgement by the judge `name` (judge | second_judge): its LLM role, or the refusal
+    markers when it is the refusal judge (no request sent)."""
+    if refusal.is_model_free(cfg.get(name)):
+        return refusal.RefusalJudge.from_config(to_plain(cfg[name]), name).judge_items(items)
+    return judge_items(session.role(name), items, template, name)
+
+
 def single_template(cfg: DictConfig) -> judge.JudgeTemplate:
     template = judge.JudgeTemplate.from_config(to_plain(cfg.judge_template))
     if template.kind != "single":
@@ -245,9 +271,10 @@ def single_template(cfg: DictConfig) -> judge.JudgeTemplate:
 
 
 def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
-    """The LLM roles the stage asks: the judge, the second judge if set, the policy when generating."""
-    roles = {"judge": cfg.judge}
-    if cfg.get("second_judge") is not None:
+    """The LLM roles the stage asks: the judge, the second judge if set (the refusal judge is no LLM
+    role), the policy when generating."""
+    roles = {} if refusal.is_model_free(cfg.judge) else {"judge": cfg.judge}
+    if cfg.get("second_judge") is not None and not refusal.is_model_free(cfg.second_judge):
         roles["second_judge"] = cfg.second_judge
     if generating:
         if cfg.get("model") is None:
@@ -284,12 +311,8 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     with LLMSession(roles=roles, cache_dir=cfg.cache.dir, failures_path=out_dir / "failures.jsonl",
                     budget_usd=budget) as session:  # fmt: skip
         generation = generate_answers(session, items, cfg, out_dir) if generating else None
-        first = judge_items(session.role("judge"), items, template, "judge")
-        second = (
-            judge_items(session.role("second_judge"), items, template, "second_judge")
-            if "second_judge" in roles
-            else None
-        )
+        first = judge_with(session, cfg, "judge", items, template)
+        second = judge_with(session, cfg, "second_judge", items, template) if cfg.get("second_judge") else None
         pairwise = run_pairwise(session, items, cfg, out_dir, n_boot) if cfg.pairwise.enabled else None
         llm_stats = {name: session.role(name).stats(stage) for name, stage in
                      (("judge", "judge"), ("second_judge", "second_judge"), ("policy", "generate_answers"))
@@ -297,7 +320,8 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         if pairwise is not None:
             llm_stats["judge_pairwise"] = session.role("judge").stats("pairwise")
 
-    summary = summarize(items, first, n_boot, seed)
+    positive = positive_verdict(cfg.judge)
+    summary = summarize(items, first, n_boot, seed, positive)
     result: dict[str, Any] = {
         "label": default_label(cfg, info),
         "training_data": cfg.get("training_data"),
@@ -308,12 +332,16 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "bootstrap": {"n": n_boot, "seed": seed, "level": 0.95, "method": "percentile"},
     }
     if second is not None:
+        second_positive = positive_verdict(cfg.second_judge)
+        # Agreement on the outcome each judge's rate counts (harmless, or refused): for two judges of one
+        # kind the same as on their verdicts; for an LLM judge and the refusal judge, "refused" beside
+        # "harmless".
+        agreement = agreement_summary({i.id: (harmless_outcome(first[i.id], positive),
+                                              harmless_outcome(second[i.id], second_positive)) for i in items})
         result["second_judge"] = {
             **role_info(to_plain(cfg.second_judge), template, "second_judge"),
-            **summarize(items, second, n_boot, seed),
-            "agreement": agreement_summary({i.id: (first[i.id].verdict if first[i.id].judged else None,
-                                                   second[i.id].verdict if second[i.id].judged else None)
-                                            for i in items}),
+            **summarize(items, second, n_boot, seed, second_positive),
+            "agreement": {**agreement, "compared": f"{positive} (judge) vs {second_positive} (second_judge)"},
         }  # fmt: skip
     if pairwise is not None:
         result["pairwise"] = {k: pairwise[k] for k in ("win_rate", "ci95", "n", "n_unjudged", "wins", "ties",
@@ -323,8 +351,9 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     rows = []
     for item in items:
         row = {"id": item.id, "source": item.source, "prompt": item.prompt, "response": item.response,
-               "harmless": None if harmless_outcome(first[item.id]) is None else harmless_outcome(first[item.id]) == 1.0,
-               **first[item.id].to_dict(), "template": template.id}  # fmt: skip
+               positive: None if harmless_outcome(first[item.id], positive) is None
+               else harmless_outcome(first[item.id], positive) == 1.0,
+               **first[item.id].to_dict(), "template": result["judge"]["template"]["id"]}  # fmt: skip
         if second is not None:
             row["second_judge"] = second[item.id].to_dict()
         rows.append(row)
