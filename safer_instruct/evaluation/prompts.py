@@ -23,7 +23,7 @@ from typing import Any
 
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import iter_rows
-from safer_instruct.paths import PROJECT_ROOT, installed_package_path
+from safer_instruct.paths import PROJECT_ROOT, RELEASE_HUB_ID, installed_package_path
 
 DEFAULT_SOURCE = "all"
 # Column names tried in order when a config leaves them to auto-detection: ours, then the release's.
@@ -49,10 +49,17 @@ class EvalItem:
 
 def resolve_path(value: str | Path) -> Path:
     """A data path as given; a relative one that is not under the working directory is tried from the
-    project root (the presets name `../shared/...` relative to the checkout)."""
+    project root (the presets name `../shared/...` relative to the checkout). A file of the release's
+    Hub copy (`lime-nlp/safer-instruct/test_set.csv`, what `${release:test_set.csv}` gives where no
+    local copy is found) is fetched with the data loader's snapshot download (a DataError offline)."""
     path = Path(str(value)).expanduser()
     if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
         return (PROJECT_ROOT / path).resolve()
+    hub_prefix = f"{RELEASE_HUB_ID}/"
+    if not path.exists() and str(value).startswith(hub_prefix):
+        from safer_instruct.data.loading import hub_snapshot
+
+        return hub_snapshot(RELEASE_HUB_ID) / str(value)[len(hub_prefix):]
     return path
 
 

@@ -180,3 +180,14 @@ def test_benign_set_is_ours_with_two_sources():
     assert len(items) == 120 == len({i.prompt for i in items}) == len({i.id for i in items})
     assert sum(i.source == "everyday" for i in items) == 80
     assert sum(i.source == "looks_sensitive" for i in items) == 40
+
+
+def test_release_file_without_a_local_copy_is_fetched_from_the_hub_copy_or_a_clear_error(monkeypatch):
+    """`${release:test_set.csv}` where no local release exists is `lime-nlp/safer-instruct/test_set.csv`:
+    fetched through the data loader's snapshot download; offline (as in tests) a DataError naming it."""
+    from safer_instruct.errors import DataError
+    from safer_instruct.evaluation.prompts import resolve_path
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="hub:lime-nlp/safer-instruct"):
+        resolve_path("lime-nlp/safer-instruct/test_set.csv")
