@@ -5,6 +5,8 @@
   is changed when a launcher already set them, e.g. `srun accelerate launch` or `srun torchrun`).
 * `single_process_env()`: DeepSpeed wants a process group even for one process; a plain
   `python train/sft.py train.deepspeed=zero2` gets a loopback one on a free port.
+* `deepspeed_process_group()`: the above, and on CPU with several processes DeepSpeed's own
+  communication layer over gloo before the model is loaded (see its docstring).
 """
 
 from __future__ import annotations
@@ -64,3 +66,29 @@ def single_process_env() -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
+
+
+def deepspeed_process_group(configured: bool) -> None:
+    """Prepare the process group a DeepSpeed run needs, before any model is loaded; a no-op without
+    DeepSpeed (`configured`: train.deepspeed is set; `accelerate launch` with a DeepSpeed config says so itself).
+
+    On GPUs accelerate initializes DeepSpeed's communication layer itself. On CPU it only starts a
+    torch gloo group, and DeepSpeed's layer stays uninitialized: ZeRO-3's `zero.Init`, which
+    `from_pretrained` enters to load the weights partitioned, then counts one process and rejects
+    the batch sizes of 2 or more ("train_batch_size is not equal to micro_batch_per_gpu *
+    gradient_acc_step * world_size"). So on CPU with several processes we initialize it over gloo
+    here (accelerate then finds the torch group started and uses it).
+    """
+    if not configured and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return
+    single_process_env()
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    from deepspeed import comm
+
+    if not comm.is_initialized():
+        comm.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)

@@ -52,10 +52,9 @@ def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
     torch_dtype(cfg.model.dtype)  # validates the name
     if train.deepspeed and peft.method == "qlora":
         raise ConfigError("QLoRA (peft=qlora) does not run under DeepSpeed here: use peft=lora or train.deepspeed=null")
-    if train.deepspeed:
-        from safer_instruct.training.distributed import single_process_env
+    from safer_instruct.training.distributed import deepspeed_process_group
 
-        single_process_env()
+    deepspeed_process_group(bool(train.deepspeed))
     start = starting_point(cfg.model.path)
     return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=start.load_tokenizer())
 
