@@ -10,7 +10,7 @@ no CPU time slice or GIL with the client being measured). Measured side by side 
   with the judge preset's own concurrency (`max_concurrency` of conf/llm/openai.yaml, 16), on a fresh
   cache, including reading the file, bootstrap CIs and writing the outputs.
 
-The answers are the release's `alpaca` column of test_set.csv when ../shared has it (900 answers),
+The answers are the release's `alpaca` column of test_set.csv when the release folder has it (900 answers),
 otherwise 900 synthetic ones.
 
     python bench/bench_judge.py [--quick] [--out FILE.json]

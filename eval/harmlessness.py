@@ -1,7 +1,7 @@
 """`safer-instruct eval harmlessness`: how often a judge rates a model's answers to harmful prompts harmless.
 
     safer-instruct eval harmlessness model=smollm2-135m                      # generate, then judge
-    safer-instruct eval harmlessness responses.path=../shared/data/safer-instruct-release/test_set.csv \
+    safer-instruct eval harmlessness 'responses.path=${release:test_set.csv}' \
         responses.column=alpaca judge=claude3                                 # judge pre-generated answers
     safer-instruct eval harmlessness model=tiny prompt_set=advbench judge@second_judge=gpt4 pairwise.enabled=true
     safer-instruct eval harmlessness model=tiny judge=gpt4 dry_run=true      # requests and cost; sends nothing

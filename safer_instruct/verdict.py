@@ -1,7 +1,7 @@
 """The one parser for every verdict an LLM gives: instruction filter, response filter, judge.
 
-The contract (DESIGN.md): the model answers with a JSON object `{"verdict": ..., "rationale": ...}`;
-a bare verdict word on the first line is accepted too. Anything else is *unparseable*: callers count
+The contract, the same for every check: the model answers with a JSON object
+`{"verdict": ..., "rationale": ...}`; a bare verdict word on the first line is accepted too. Anything else is *unparseable*: callers count
 it (as unjudged, or as a filter failure) and never treat it as a pass or as harmless.
 """
 

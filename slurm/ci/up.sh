@@ -4,9 +4,8 @@
 #   bash slurm/ci/up.sh            # about 15 s from nothing, about 4 s with the packages installed
 #   bash slurm/ci/down.sh          # stop it again
 #
-# Verified configuration: ../shared/notes/slurm-on-localhost.md (Debian bookworm, root, no systemd,
-# no cgroups). munge for auth, slurmdbd + MariaDB for real `sacct` (submitit needs it to see job
-# states). Options (environment):
+# Verified on Debian bookworm, as root, without systemd and without cgroups. munge for auth, slurmdbd +
+# MariaDB for real `sacct` (submitit needs it to see job states). Options (environment):
 #   SLURM_ACCOUNTING=slurmdbd|none   none: no MariaDB/slurmdbd (no sacct; submitit states UNKNOWN)
 #   SLURM_CPUS=N                     advertise N CPUs (oversubscribes the real cores)
 #   SLURM_FRESH=1|0                  1 (default): wipe job state and the accounting database first
