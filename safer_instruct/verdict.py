@@ -1,8 +1,9 @@
 """The one parser for every verdict an LLM gives: instruction filter, response filter, judge.
 
 The contract, the same for every check: the model answers with a JSON object
-`{"verdict": ..., "rationale": ...}`; a bare verdict word on the first line is accepted too. Anything else is *unparseable*: callers count
-it (as unjudged, or as a filter failure) and never treat it as a pass or as harmless.
+`{"verdict": ..., "rationale": ...}`; a bare verdict word on the first line is accepted too. Anything
+else is *unparseable*: callers count it (as unjudged, or as a filter failure) and never treat it as a
+pass or as harmless.
 """
 
 from __future__ import annotations
