@@ -9,6 +9,12 @@ not chat turns.
 Task lists name the harness's own tasks (mmlu, arc_challenge, hellaswag, truthfulqa_mc2) or local
 ones from `include_path` (conf/lm_eval_tasks: offline tests and the demo). With
 `include_defaults: false` lm-eval does not index its ~10k bundled tasks (8 s saved).
+
+Context length: the harness sees `harness.max_length`, which defaults to the model preset's
+`context_length` (2048 for LLaMA-7B / Alpaca-7B), not the training `model.max_length` (512 in the paper
+recipes): few-shot contexts longer than the training length are what these benchmarks hold. When
+both are unset, HFLM reads the model config (`max_position_embeddings`). The length used is recorded
+in `settings.max_length`.
 """
 
 from __future__ import annotations
@@ -92,7 +98,7 @@ def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: boo
             tokenizer=tokenizer,
             batch_size=harness.get("batch_size") or 1,
             device=device,
-            max_length=harness.get("max_length") or model_cfg.get("max_length"),
+            max_length=harness.get("max_length"),  # None: HFLM reads the model config
         )
     if backend == "api":
         import lm_eval.api.registry as registry
@@ -112,6 +118,8 @@ def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: boo
             "max_retries": int(harness.get("max_retries") or 3),
             "tokenized_requests": False,
         }
+        if harness.get("max_length"):
+            args["max_length"] = int(harness["max_length"])
         tokenizer = harness.get("tokenizer") or _local_model(str(model_cfg["path"]))
         if tokenizer:  # lm-eval counts tokens with it; by default it loads the served name from the hub
             args["tokenizer"] = tokenizer
@@ -206,6 +214,9 @@ def run_downstream(
     started = time.perf_counter()
     with served(model_cfg, harness) as harness_run:
         lm = build_lm(model_cfg, harness_run, chat)
+        # The context the harness truncates to: HFLM's (given or read from the model config); for a
+        # server, what was passed (null: lm-eval's own default).
+        settings["max_length"] = int(lm.max_length) if settings["backend"] == "hf" else harness.get("max_length")
         try:
             results = _evaluate(lm, manager, tasks, settings, chat, system, seed)
         except (KeyError, TypeError, NotImplementedError) as err:

@@ -206,12 +206,14 @@ class Row:
 
     @staticmethod
     def _judge_name(h: Mapping[str, Any] | None) -> str:
+        """`model (template id)` of the judge of a result (the first judge's, or a second judge's own);
+        a judge whose rate counts refusals (judge=refusal), not harmless answers, says so."""
         if not h:
             return ""
-        judge = h.get("judge") if "judge" in h else h
-        judge = judge or {}
+        judge = (h.get("judge") if "judge" in h else h) or {}
         template = (judge.get("template") or {}).get("id", "")
-        return f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
+        name = f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
+        return name + (", refusal rate" if h.get("metric") == "refusal_rate" else "")
 
     @property
     def name(self) -> str:

@@ -28,6 +28,7 @@ def test_downstream_local_tasks_tiny_model(tmp_path, tiny_model):
     assert (gen["metric"], gen["n"]) == ("exact_match", 4)  # the task has only 4 documents
     assert 0.0 <= mc["value"] <= 1.0 and mc["stderr"] is not None
     assert result["settings"]["chat_template"] is True  # the tiny preset is prompt_format=chat
+    assert result["settings"]["max_length"] == 2048  # the model's context (model.context_length), not max_length=256
     assert result["task_versions"] == {"si_local_gen": 1.0, "si_local_mc": 1.0}
     assert result["versions"]["lm_eval"].startswith("0.4") and result["label"] == "tiny"
     raw = json.loads((out / "lm_eval_results.json").read_text())
@@ -36,10 +37,12 @@ def test_downstream_local_tasks_tiny_model(tmp_path, tiny_model):
 
     # An Alpaca-format preset is evaluated without the chat template.
     alpaca = tmp_path / "alpaca"
+    # The harness's context follows model.context_length.
     assert cli(["eval", "downstream", "model=tiny", "model.prompt_format=alpaca", "tasks=[si_local_mc]",
-                f"out_dir={alpaca}", "harness.limit=3", *LOCAL]) == 0  # fmt: skip
+                f"out_dir={alpaca}", "harness.limit=3", "model.context_length=1024", *LOCAL]) == 0  # fmt: skip
     result = json.loads((alpaca / "downstream.json").read_text())
     assert result["settings"]["chat_template"] is False and result["scores"]["si_local_mc"]["n"] == 3
+    assert result["settings"]["max_length"] == 1024
     assert list(result["scores"]) == ["si_local_mc"]
 
 
