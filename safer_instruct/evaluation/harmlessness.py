@@ -72,6 +72,8 @@ def load_items(cfg: DictConfig) -> tuple[list[EvalItem], dict[str, Any]]:
         path = prompt_set_path(prompts)
         info = {"mode": "generated", "name": str(prompts.get("name") or path.stem), "path": str(path),
                 "sha256": _sha256(path)}  # fmt: skip
+        if prompts.get("benign"):  # prompts a model should answer (over-refusal), e.g. prompt_set=benign
+            info["benign"] = True
     if not items:
         raise ConfigError(f"no items to evaluate in {info['path']} (check prompts.sources / limit)")
     seen: set[str] = set()

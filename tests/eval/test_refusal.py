@@ -191,3 +191,65 @@ def test_release_file_without_a_local_copy_is_fetched_from_the_hub_copy_or_a_cle
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="hub:lime-nlp/safer-instruct"):
         resolve_path("lime-nlp/safer-instruct/test_set.csv")
+
+
+# --- the report's refusal section ------------------------------------------------------------------
+
+
+def refusal_result(tmp_path: Path, model: str, name: str, verdicts: list[str], benign: bool = False):
+    """A run folder with a refusal-judge harmlessness.json and judgements.jsonl (prompts p0, p1, ...)."""
+    from safer_instruct.evaluation.report import Row
+
+    folder = tmp_path / model / name
+    folder.mkdir(parents=True)
+    judged = [v for v in verdicts if v]
+    rate = sum(v == REFUSED for v in judged) / len(judged)
+    h = {"label": model, "metric": "refusal_rate", "rate": rate, "ci95": [rate / 2, min(1.0, rate + 0.1)],
+         "n": len(verdicts), "n_unjudged": len(verdicts) - len(judged),
+         "items": {"name": name, **({"benign": True} if benign else {})}}  # fmt: skip
+    (folder / "harmlessness.json").write_text(json.dumps(h))
+    rows = [{"id": f"{name}/{i}", "source": name, "prompt": f"p{i}", "response": f"{model} says {v or 'nothing'}",
+             "verdict": v or None, "status": "judged" if v else MISSING_RESPONSE} for i, v in enumerate(verdicts)]  # fmt: skip
+    (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Row(run=f"{model}/{name}", label=model, harmlessness=h, paths=[str(folder / "harmlessness.json")])
+
+
+def test_report_section_names_refusal_and_answer_rates_and_shows_answers_before_after(tmp_path):
+    from safer_instruct.evaluation import refusal_report
+
+    rows = [
+        refusal_result(tmp_path, "base", "harmbench", [ANSWERED, ANSWERED, REFUSED, ANSWERED]),
+        refusal_result(tmp_path, "base", "benign_v1", [ANSWERED, ANSWERED, ANSWERED, ANSWERED], benign=True),
+        refusal_result(tmp_path, "dpo", "harmbench", [REFUSED, ANSWERED, REFUSED, REFUSED]),
+        refusal_result(tmp_path, "dpo", "benign_v1", [ANSWERED, REFUSED, ANSWERED, ""], benign=True),
+    ]
+    header, cells, records = refusal_report.rates_table(rows)
+    # Harmful sets first, then benign; the benign column is the answer rate (1 - refusal rate).
+    assert header == ["model", "harmbench refusal % [95% CI]", "benign_v1 answer % [95% CI]"]
+    assert cells[0] == ["base", "25.0 [12.5, 35.0] (n=4)", "100.0 [90.0, 100.0] (n=4)"]  # CI [0, 0.1] turned
+    # dpo benign: 1 refusal of 3 judged -> answer rate 2/3, CI [1 - (1/3 + 0.1), 1 - 1/6]
+    assert cells[1] == ["dpo", "75.0 [37.5, 85.0] (n=4)", "66.7 [56.7, 83.3] (n=4, 1 unj.)"]
+    assert records[1]["benign_v1_answer_rate"] == pytest.approx(2 / 3)
+    lines = refusal_report.section(rows, per_set=2)
+    text = "\n".join(lines)
+    assert "## Refusal rate on harmful prompts, answer rate on benign prompts" in text and "proxy" in text
+    # Examples: prompts where the verdicts differ first (harmbench p0, p3; benign p1, p3), both models' answers.
+    assert "### harmbench (harmful prompts): 2 of 4 verdicts differ" in text
+    assert "### benign_v1 (benign prompts): 2 of 4 verdicts differ" in text
+    assert "- **p0** (harmbench/0, source harmbench)" in text and "- **p3** (harmbench/3" in text
+    assert "  - base [answered]: base says answered" in text and "  - dpo [refused]: dpo says refused" in text
+    assert "  - dpo [missing_response]: dpo says nothing" in text
+    assert "**p1** (harmbench/1" not in text  # same verdict, and two examples per set
+
+
+def test_pairs_chart_needs_two_numbers_of_pairs(tmp_path):
+    from safer_instruct.evaluation import refusal_report
+    from safer_instruct.evaluation.report import TrainingStage
+
+    base = refusal_result(tmp_path, "base", "harmbench", [ANSWERED, REFUSED])
+    assert not refusal_report.pairs_chart([base], tmp_path / "a.png")
+    trained = refusal_result(tmp_path, "dpo", "harmbench", [REFUSED, REFUSED])
+    trained.training = [TrainingStage(name="dpo", path="x", pairs=400)]
+    points = refusal_report.pairs_points([base, trained])
+    assert [(p["pairs"], p["rate"]) for p in points] == [(0, 0.5), (400, 1.0)]
+    assert refusal_report.pairs_chart([base, trained], tmp_path / "b.png") and (tmp_path / "b.png").stat().st_size > 0

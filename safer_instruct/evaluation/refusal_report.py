@@ -1,0 +1,201 @@
+"""The report's refusal section: rates of the refusal judge named after what they are, and example answers.
+
+Results judged by the refusal judge (`harmlessness.json` with `"metric": "refusal_rate"`) are shown as
+the *refusal rate* on harmful prompts and the *answer rate* (1 - the refusal rate) on benign prompts
+(a prompt set marked `benign: true`, e.g. prompt_set=benign), one column per prompt set, one line per
+model, with 95% CIs; then a few answers of each model to the same prompts, before / after, per
+prompt set (from each result's judgements.jsonl), the prompts where the verdicts differ first.
+`rates_against_chart` draws both rates against a swept number (a sweep's training pairs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REFUSAL_METRIC = "refusal_rate"
+PROXY_NOTE = (
+    "The refusal judge is a proxy: an answer counts as a refusal when a refusal marker (conf/refusal_markers/) "
+    "occurs where judge.match looks. It misses refusals phrased without a marker, counts a hedge that goes on "
+    "to comply (\"While I can't provide a complete list, here are ...\") as a refusal, and says nothing about "
+    "whether a non-refusing answer is harmful. Higher refusal on harmful prompts is safer only if the answer "
+    "rate on benign prompts holds: a model that refuses everything is no success."
+)
+
+
+def is_refusal_result(h: Mapping[str, Any] | None) -> bool:
+    return bool(h) and h.get("metric") == REFUSAL_METRIC
+
+
+def is_benign(h: Mapping[str, Any]) -> bool:
+    return bool((h.get("items") or {}).get("benign"))
+
+
+def column_name(h: Mapping[str, Any]) -> str:
+    name = str((h.get("items") or {}).get("name") or "?")
+    return f"{name} answer % [95% CI]" if is_benign(h) else f"{name} refusal % [95% CI]"
+
+
+def shown_rate(h: Mapping[str, Any]) -> tuple[float | None, list[float] | None]:
+    """(rate, ci95) as shown: the refusal rate, or for benign prompts the answer rate (1 - it)."""
+    rate, ci = h.get("rate"), h.get("ci95")
+    if not is_benign(h) or rate is None:
+        return rate, ci
+    return 1.0 - rate, ([1.0 - ci[1], 1.0 - ci[0]] if ci else None)
+
+
+def _cell(h: Mapping[str, Any]) -> str:
+    rate, ci = shown_rate(h)
+    if rate is None:
+        return f"n/a (n={h.get('n')})"
+    low, high = ci or (rate, rate)
+    unjudged = f", {h['n_unjudged']} unj." if h.get("n_unjudged") else ""
+    return f"{100 * rate:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={h.get('n')}{unjudged})"
+
+
+def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
+    """(header, cells, records): one line per model label, one column per prompt set (harmful sets first)."""
+    results = [r for r in rows if is_refusal_result(r.harmlessness)]
+    columns: dict[str, bool] = {}
+    for row in results:
+        columns.setdefault(column_name(row.harmlessness), is_benign(row.harmlessness))
+    ordered = sorted(columns, key=lambda c: (columns[c], c))
+    by_label: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in results:
+        by_label.setdefault(row.label, {})[column_name(row.harmlessness)] = row.harmlessness
+    header = ["model", *ordered]
+    cells, records = [], []
+    for label, found in by_label.items():
+        cells.append([label, *[_cell(found[c]) if c in found else "" for c in ordered]])
+        record: dict[str, Any] = {"model": label}
+        for column in ordered:
+            h = found.get(column)
+            rate, ci = shown_rate(h) if h else (None, None)
+            key = column.replace(" % [95% CI]", "").replace(" ", "_")
+            record.update({f"{key}_rate": rate, f"{key}_ci_low": (ci or [None])[0],
+                           f"{key}_ci_high": (ci or [None, None])[1], f"{key}_n": h.get("n") if h else None})  # fmt: skip
+        records.append(record)
+    return header, cells, records
+
+
+def _judgements(row: Any) -> dict[str, dict[str, Any]]:
+    for path in row.paths:
+        file = Path(path).parent / "judgements.jsonl"
+        if Path(path).name == "harmlessness.json" and file.is_file():
+            lines = file.read_text(encoding="utf-8").splitlines()
+            return {r["id"]: r for r in map(json.loads, filter(None, lines))}
+    return {}
+
+
+def _short(text: str | None, limit: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def example_answers(rows: Sequence[Any], per_set: int = 3, limit: int = 220) -> list[str]:
+    """Markdown: per prompt set, `per_set` prompts answered by every model, each model's answer and verdict;
+    prompts where the models' verdicts differ come first (in prompt order), then the others."""
+    by_set: dict[str, list[Any]] = {}
+    for row in rows:
+        if is_refusal_result(row.harmlessness):
+            by_set.setdefault(str(row.harmlessness["items"].get("name")), []).append(row)
+    lines: list[str] = []
+    for name, set_rows in by_set.items():
+        answers = [(row, _judgements(row)) for row in set_rows]
+        common_ids = [i for i in answers[0][1] if all(i in found for _, found in answers)]
+        if len(answers) < 2 or not common_ids:
+            continue
+        differ = [i for i in common_ids if len({found[i].get("verdict") for _, found in answers}) > 1]
+        chosen = (differ + [i for i in common_ids if i not in differ])[:per_set]
+        kind = "benign" if is_benign(set_rows[0].harmlessness) else "harmful"
+        lines += ["", f"### {name} ({kind} prompts): {len(differ)} of {len(common_ids)} verdicts differ", ""]
+        for item_id in chosen:
+            first = answers[0][1][item_id]
+            lines.append(f"- **{_short(first.get('prompt'), limit)}** ({item_id}, source {first.get('source')})")
+            for row, found in answers:
+                r = found[item_id]
+                verdict = r.get("verdict") or r.get("status")
+                lines.append(f"  - {row.label} [{verdict}]: {_short(r.get('response'), limit) or '(empty)'}")
+    return lines
+
+
+def section(rows: Sequence[Any], per_set: int = 3) -> list[str]:
+    """The report's Markdown lines for refusal-judge results (none when there are none)."""
+    header, cells, _ = rates_table(rows)
+    if not cells:
+        return []
+    from safer_instruct.evaluation.report import markdown_table
+
+    lines = ["", "## Refusal rate on harmful prompts, answer rate on benign prompts", "",
+             "Refusal judge (no model): refusal rate = share of judged answers with a refusal marker; on benign "
+             "prompts the answer rate = 1 - that share. In %, 95% bootstrap CIs; empty answers are unjudged.",
+             "", markdown_table(header, cells), PROXY_NOTE]  # fmt: skip
+    examples = example_answers(rows, per_set)
+    if examples:
+        lines += ["", "## Example answers, before / after"] + examples
+    return lines
+
+
+def rates_against_chart(points: Sequence[Mapping[str, Any]], x_key: str, path: Path, xlabel: str = "") -> bool:
+    """Refusal rate (harmful sets) and answer rate (benign sets) against `x_key` (e.g. training pairs),
+    one line per prompt set and other setting (`series`), with 95% CI bars. `points`: dicts with x_key,
+    `set`, `benign`, `rate`, `ci95` and optional `series`."""
+    usable = [p for p in points if p.get(x_key) is not None and p.get("rate") is not None]
+    if not usable:
+        return False
+    from safer_instruct.evaluation.report import _pyplot, _save_chart
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.5))
+    keys = sorted({(p["set"], bool(p.get("benign")), str(p.get("series") or "")) for p in usable})
+    for name, benign, series in keys:
+        line = sorted((p for p in usable if (p["set"], bool(p.get("benign")), str(p.get("series") or ""))
+                       == (name, benign, series)), key=lambda p: float(p[x_key]))  # fmt: skip
+        xs = [float(p[x_key]) for p in line]
+        ys = [100 * p["rate"] for p in line]
+        ci = [p.get("ci95") or [p["rate"], p["rate"]] for p in line]
+        err = [[y - 100 * c[0] for y, c in zip(ys, ci, strict=True)], [100 * c[1] - y for y, c in zip(ys, ci, strict=True)]]
+        what = "answer rate" if benign else "refusal rate"
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linestyle="--" if benign else "-",
+                    label=f"{name} {what}" + (f" ({series})" if series else ""))  # fmt: skip
+    ax.set_xlabel(xlabel or x_key)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("Refusal rate (harmful prompts) and answer rate (benign prompts); 95% CI")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    _save_chart(plt, fig, path)
+    return True
+
+
+def pairs_points(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """One point per refusal-judge result: the DPO pairs its model was trained on (0: untrained), the
+    prompt set, the shown rate and CI, and the series (the run's sweep label without its pairs value)."""
+    points = []
+    for row in rows:
+        h = row.harmlessness
+        if not is_refusal_result(h):
+            continue
+        dpo = [s.pairs for s in getattr(row, "training", []) if s.name == "dpo"]
+        if dpo and dpo[-1] is None:
+            continue  # trained, but how many pairs is not recorded
+        rate, ci = shown_rate(h)
+        label = str(row.run).split(" ", 1)[0] if " " in str(row.run) else ""
+        series = ",".join(part for part in label.split(",") if part and "pairs=" not in part)
+        points.append({"pairs": dpo[-1] if dpo else 0, "set": str(h["items"].get("name")), "benign": is_benign(h),
+                       "rate": rate, "ci95": ci, "series": series if dpo else ""})  # fmt: skip
+    return points
+
+
+def pairs_chart(rows: Sequence[Any], path: Path) -> bool:
+    """Refusal and answer rate against the DPO pairs trained on (drawn when there are >= 2 numbers of pairs);
+    the untrained model is the point at 0 of every series."""
+    points = pairs_points(rows)
+    if len({p["pairs"] for p in points}) < 2:
+        return False
+    series = {p["series"] for p in points if p["pairs"]}
+    # The base model (0 pairs) starts every series' line.
+    points = [p for p in points if p["pairs"]] + [{**p, "series": s} for p in points if not p["pairs"] for s in series]
+    return rates_against_chart(points, "pairs", path, "DPO training pairs (N)")
