@@ -31,7 +31,8 @@ from safer_instruct.paths import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
-# The metric a paper reports for each well-known task; other tasks use their first metric.
+# The metric reported for each well-known task (ours: the usual choice, acc_norm where lm-eval offers length
+# normalisation); other tasks use their first metric.
 DEFAULT_PRIMARY_METRICS = {
     "arc_challenge": "acc_norm",
     "arc_easy": "acc_norm",
