@@ -348,15 +348,20 @@ def compose_stage(config_name: str, overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(" ".join(line.strip() for line in text.splitlines()[:2] if line.strip())) from None
 
 
-def validate(plan: Plan, only: Iterable[str] | None = None) -> None:
-    """Compose every step's config with its overrides: a bad key fails now, naming the step."""
+def step_config(plan: Plan, name: str) -> DictConfig:
+    """The config a step's stage composes from the step's overrides (what its job will run with)."""
     from safer_instruct.cli import STAGES
-    from safer_instruct.config import check_required
 
     config_names = {s.words: s.config_name for s in STAGES}
+    return compose_stage(config_names[plan.steps[name].stage], plan.overrides(name))
+
+
+def validate(plan: Plan, only: Iterable[str] | None = None) -> None:
+    """Compose every step's config with its overrides: a bad key fails now, naming the step."""
+    from safer_instruct.config import check_required
+
     for name in only if only is not None else plan.steps:
-        step = plan.steps[name]
         try:
-            check_required(compose_stage(config_names[step.stage], plan.overrides(name)))
+            check_required(step_config(plan, name))
         except ConfigError as err:
-            raise ConfigError(f"experiment step '{name}' ({step.stage_name}): {err}") from None
+            raise ConfigError(f"experiment step '{name}' ({plan.steps[name].stage_name}): {err}") from None
