@@ -29,6 +29,7 @@ from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+MET_SHOWN = {True: "yes", False: "no", None: "n/a"}  # None: a figure reported without a target
 
 
 def discover() -> list[Path]:
@@ -70,7 +71,7 @@ def markdown_table(rows: list[dict]) -> str:
             continue
         value = row["value"]
         shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        lines.append(f"| {row['benchmark']} | {row['metric']} | {shown} | {row['target']} | {'yes' if row['met'] else 'no'} |")
+        lines.append(f"| {row['benchmark']} | {row['metric']} | {shown} | {row['target']} | {MET_SHOWN[row['met']]} |")
     return "\n".join(lines) + "\n"
 
 

@@ -94,18 +94,59 @@ def test_run_all_quick_writes_the_rows_of_what_it_ran(tmp_path):
     assert "| llm_concurrency |" in table and "| llm_cache |" in table and "| judge_concurrency |" in table
 
 
-def test_gpu_script_cpu_dry_run_measures_training_and_generation(tmp_path):
-    # Where no GPU is lent, the GPU benchmark's code path is still exercised on CPU with a tiny Llama.
+def test_gpu_check_cpu_dry_run_runs_every_part(tmp_path):
+    # Where no GPU is lent, every part of the GPU check still runs, on CPU with a tiny Llama.
     out = tmp_path / "rows.json"
-    proc = run_quick("bench/gpu_dpo.py", "--cpu-dry-run", "--out", str(out))
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    proc = run_quick("bench/gpu_check.py", "--cpu-dry-run", "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.stdout.rstrip().endswith("|")  # the table is printed last
     rows = {row["benchmark"]: row for row in json.loads(out.read_text())}
-    assert sorted(rows) == ["gpu_dpo", "gpu_dpo_mfu", "gpu_generation"]
+    assert sorted(rows) == ["gpu_chain", "gpu_dpo", "gpu_dpo_mfu", "gpu_generation", "gpu_matmul_peak", "gpu_qlora_dpo"]
     for row in rows.values():
         assert_well_formed(row)
         assert row["value"] > 0 and row["details"]["device"].startswith("cpu (dry run")
+    assert out.with_suffix(".md").read_text().count("| gpu_") == 6
     training = rows["gpu_dpo"]["details"]
     assert training["steps"] >= 1 and training["trained_tokens"] > 0 and training["reference_pass_s"] > 0
+    assert training["peak_source"] == "measured (gpu_matmul_peak)"
+    assert training["peak_bf16_tflops"] == pytest.approx(rows["gpu_matmul_peak"]["value"], rel=1e-2)
     generation = rows["gpu_generation"]["details"]
     assert generation["generated_tokens"] == generation["batch"] * generation["new_tokens_per_prompt"]
     assert rows["gpu_generation"]["value"] == generation["tokens_per_s"]
+    chain = rows["gpu_chain"]["details"]
+    assert len(chain["sft_losses"]) == 4 and len(chain["dpo_losses"]) == 2
+    if "answers" in chain:  # the release's test set is here: 64 prompts answered
+        assert chain["answers"] == 64 and chain["non_empty_answers"] > 0
+    else:
+        assert chain["generation"].startswith("skipped: the release's test set is not here")
+    qlora = rows["gpu_qlora_dpo"]["details"]
+    assert qlora["steps"] == 2 and qlora["trained_tokens"] > 0
+
+
+def test_gpu_check_without_cuda_skips_every_row_and_says_why(tmp_path):
+    if cuda_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "rows.json"
+    proc = run_quick("bench/gpu_check.py", "--parts", "matmul_peak", "dpo", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(out.read_text())
+    assert [row["benchmark"] for row in rows] == ["gpu_matmul_peak", "gpu_dpo", "gpu_dpo_mfu"]
+    assert all("no CUDA device" in row["skipped"] for row in rows)
+
+
+def test_gpu_bundle_packing_lists_the_files_and_enforces_the_limit(tmp_path):
+    from safer_instruct.paths import release_location
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "pkg-1.0-py3-none-any.whl").write_bytes(b"x" * 300_000)
+    over = run_quick("bench/gpu_check.py", "--pack-bundle", str(bundle), "--bundle-limit-mib", "0.1")
+    assert over.returncode == 1 and "over the 0.1 MiB limit" in over.stdout
+    fits = run_quick("bench/gpu_check.py", "--pack-bundle", str(bundle), "--bundle-limit-mib", "60")
+    assert fits.returncode == 0, fits.stdout + fits.stderr
+    manifest = (bundle / "MANIFEST.md").read_text()
+    assert "| `pkg-1.0-py3-none-any.whl` | 0.29 |" in manifest
+    test_set = Path(release_location()) / "test_set.csv"
+    if test_set.is_file():  # the chain's prompts travel with the bundle (never committed: .gpu-bundle/ is ignored)
+        assert (bundle / "release" / "test_set.csv").read_bytes() == test_set.read_bytes()
+        assert "| `release/test_set.csv` |" in manifest
