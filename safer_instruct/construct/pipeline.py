@@ -94,21 +94,11 @@ def _role_answer_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
 
 def _load_leakage(cfg: DictConfig) -> tuple[dict[str, list[str]], dict[str, str]]:
     """The evaluation prompt sets of `assemble.leakage.sets`, read with the eval stage's own loader."""
-    from safer_instruct.evaluation.prompts import load_prompt_set
+    from safer_instruct.data.leakage import load_leakage_sets
 
     leakage = cfg.assemble.get("leakage") or {}
-    prompts: dict[str, list[str]] = {}
-    skipped: dict[str, str] = {}
-    for name, set_cfg in sorted((_plain(leakage.get("sets")) or {}).items()):
-        set_cfg = dict(set_cfg or {}, limit=None, sources=[])  # the guard checks the whole set
-        try:
-            prompts[name] = [item.prompt for item in load_prompt_set(set_cfg)]
-        except SaferInstructError as err:
-            if leakage.get("require_all"):
-                raise
-            log.warning("leakage guard: prompt set %s not checked: %s", name, err)
-            skipped[name] = str(err)
-    return prompts, skipped
+    sets = _plain(leakage.get("sets")) or {}
+    return load_leakage_sets(sets, required=set(sets) if leakage.get("require_all") else ())
 
 
 class ConstructRun:

@@ -19,15 +19,16 @@ import json
 import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safer_instruct.construct.dedup import NearDuplicateIndex, build_index
+from safer_instruct.construct.dedup import NearDuplicateIndex
 from safer_instruct.construct.heuristics import InstructionHeuristics
 from safer_instruct.construct.store import DROPPED, KEPT, StageStore
 from safer_instruct.construct.tasks import InduceTask, Outcome, RespondTask, VerdictTask
 from safer_instruct.data.corpus import CorpusReader
+from safer_instruct.data.leakage import LeakageGuard  # shared with training (re-exported here)
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.io import atomic_write_json
 from safer_instruct.llm.types import ChatRequest
@@ -151,28 +152,6 @@ def instruction_pre_check(heuristics: InstructionHeuristics) -> Callable[[], Cal
 
 
 # ---------------------------------------------------------------- assemble
-
-
-@dataclass
-class LeakageGuard:
-    """Evaluation prompts that must never appear, exactly or nearly, in the training output."""
-
-    index: NearDuplicateIndex
-    sets: dict[str, int] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_prompts(cls, prompts: Mapping[str, list[str]], threshold: float, skipped: Mapping[str, str] | None = None):
-        pairs = ((f"{name}/{i}", text) for name, texts in prompts.items() for i, text in enumerate(texts))
-        return cls(build_index(pairs, threshold), {name: len(texts) for name, texts in prompts.items()},
-                   dict(skipped or {}))  # fmt: skip
-
-    def check(self, prompt: str) -> str | None:
-        if self.index.exact_match(prompt) is not None:
-            return "eval_leak_exact"
-        if self.index.near_match(prompt) is not None:
-            return "eval_leak_near"
-        return None
 
 
 @dataclass
