@@ -358,9 +358,10 @@ def unmatched_rows(rows: Sequence[Row]) -> dict[str, str]:
     """Row name -> why its training is not matched with the other trained rows'.
 
     Per stage (sft, dpo, ...), the pair count most trained rows share is the reference: a row with
-    another count is unmatched (all of them when no count is shared by more rows than any other). A
-    run that says it was not drawn to the matched size (`data.sample.matched: false`) is unmatched too.
-    Rows without training (a released model) and stages of unknown size are not compared.
+    another count is unmatched (all of them when no count is shared by more rows than any other). Beside
+    other trained rows, a run that says it was not drawn to the matched size (`data.sample.matched:
+    false`) is unmatched too. Rows without training (a released model) and stages of unknown size are
+    not compared; a single trained row has nothing to be matched with.
     """
     reasons: dict[str, list[str]] = {}
     trained = [row for row in rows if row.training]
@@ -378,7 +379,7 @@ def unmatched_rows(rows: Sequence[Row]) -> dict[str, str]:
                 reasons.setdefault(row_name, []).append(
                     f"{name} trained on {pairs:,} pairs, other rows on {' / '.join(f'{p:,}' for p in others)}"
                 )
-    for row in trained:
+    for row in trained if len(trained) > 1 else []:
         for stage in row.training:
             if stage.sample and stage.sample.get("matched") is False:
                 reasons.setdefault(row.name, []).append(f"{stage.name} was not drawn to the matched size (by config)")
@@ -685,8 +686,8 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
         md += ["Training: per stage of the evaluated model, the pairs (rows) trained on, their tokens and the "
                "optimizer steps (? where the run did not record it)."]  # fmt: skip
     if unmatched:
-        md += ["", "Unmatched rows (their training data size differs from the other rows', so the comparison is "
-               "not like for like):"]  # fmt: skip
+        md += ["", "Unmatched rows (not trained on the same number of pairs as the other rows, so the comparison "
+               "is not like for like):"]  # fmt: skip
         md += [f"- {name}: {why}" for name, why in unmatched.items()]
     release_rows = [r for r in rows if r.training_data == RELEASE_TRAINING_DATA]
     if release_rows:

@@ -319,3 +319,6 @@ def test_training_columns_and_unmatched_rows(tmp_path):
     assert "- release (model_eval/harmless): 4,533 rows without `rejected` left out of DPO." in markdown
     summary = json.loads((out / "report.json").read_text())
     assert list(summary["unmatched"]) == ["release (model_eval/harmless)"]
+    # A trained row alone has nothing to be matched with: not marked, even if drawn without matching.
+    alone = build_report([rows["release"]], tmp_path / "alone", charts=False)
+    assert alone["unmatched"] == {} and alone["rows"][0]["train_pairs_matched"] is True
