@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from safer_instruct.config import check_required, redact, save_run_config, to_plain
@@ -54,3 +55,36 @@ def test_tracking_mode_resolution(monkeypatch):
     assert resolve_mode("offline") == "offline"
     with pytest.raises(ConfigError, match="tracking.mode"):
         resolve_mode("sometimes")
+
+
+PAPER_ROWS = {"paper_alpaca": [], "paper_hh_rlhf": [], "paper_pku_saferlhf": [], "paper_release": [],
+              "paper_safer_instruct": ["paper.sharegpt_path=/data/sharegpt.json", "paper.corpus_path=/data/texts.jsonl"]}  # fmt: skip
+
+
+@pytest.mark.parametrize("experiment", list(PAPER_ROWS))
+def test_paper_rows_evaluate_at_the_model_context_length_with_claude3_judging_first(experiment, tmp_path):
+    """What each paper row's evaluation jobs run with (the configs `run ... dry_run=true` prints)."""
+    from safer_instruct.config import compose
+    from safer_instruct.pipeline.plan import build_plan, compose_stage
+
+    cfg = compose("run", [f"experiment={experiment}", "launcher=slurm", "dry_run=true", *PAPER_ROWS[experiment]])
+    plan = build_plan(cfg, tmp_path)
+    downstream = compose_stage("eval_downstream", plan.overrides("downstream"))
+    # LLaMA-7B's context (max_position_embeddings 2048), not the training length of 512.
+    assert (downstream.model.name, downstream.model.context_length) == ("alpaca-7b", 2048)
+    assert downstream.harness.max_length == 2048 and downstream.model.max_length == 512
+    harmless = compose_stage("eval_harmlessness", plan.overrides("harmless"))
+    assert harmless.judge.model == "claude-3-opus-20240229" and harmless.second_judge.model == "gpt-4-0613"
+    assert harmless.judge.backend == "anthropic" and harmless.prompts.name == "release_test_set"
+
+
+def test_every_model_preset_names_its_context_length():
+    from safer_instruct.model_kit import TINY_ARCHITECTURE
+    from safer_instruct.paths import CONF_DIR
+
+    presets = {p.stem: yaml.safe_load(p.read_text()) for p in (CONF_DIR / "model").glob("*.yaml")}
+    assert {name: preset["context_length"] for name, preset in presets.items()} == {
+        "alpaca-7b": 2048, "llama-7b": 2048, "llama2-7b": 4096, "tinyllama-1.1b": 2048,
+        "smollm2-135m": 8192, "tiny": TINY_ARCHITECTURE["max_position_embeddings"]}  # fmt: skip
+    for name, preset in presets.items():
+        assert preset["max_length"] <= preset["context_length"], name

@@ -82,7 +82,8 @@ def test_each_paper_row_is_one_command(tmp_path, experiment, extra, trained):
     graph = sbatch_graph(out.stdout)
     assert graph["report"] == {"harmless", "downstream"}
     scripts = job_scripts(out.stdout)
-    assert "judge=gpt4" in scripts["harmless"] and "judge@second_judge=claude3" in scripts["harmless"]
+    # Claude 3 judges first (the paper's figures were judged by it), GPT-4 second (rates side by side, kappa).
+    assert "judge=claude3" in scripts["harmless"] and "judge@second_judge=gpt4" in scripts["harmless"]
     assert "prompt_set=release_test_set" in scripts["harmless"]
     if trained:
         assert graph["dpo"] >= {"sft"} and graph["harmless"] == {"dpo"}
