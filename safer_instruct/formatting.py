@@ -12,6 +12,7 @@ text a model is trained on is byte for byte the text it is prompted with at eval
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 PromptStyle = Literal["alpaca", "chat"]
@@ -102,11 +103,14 @@ class PromptFormat:
 # --- Reversed instruction tuning: response -> instruction -------------------------------------------
 
 REVERSE_TEMPLATE_FILE = "prompts/reverse.yaml"
+# Written into a reversed model's folder by `train reverse`: the template it was trained with and the
+# token budget its prompts were cut to, so that `construct` prompts it exactly as it was trained.
+REVERSE_PROMPT_CARD = "reverse_prompt.json"
 
 
 @dataclass(frozen=True)
 class ReverseTemplate:
-    """The versioned prompt of the reversed model (`conf/prompts/reverse.yaml`).
+    """The versioned prompt of the reversed model (`conf/prompts/reverse*.yaml`).
 
     The reversed model always sees this raw text (never a chat template), both when it is trained
     (`train reverse`) and when it induces instructions (`construct`, step `induce`); it then writes
@@ -120,15 +124,37 @@ class ReverseTemplate:
         # str.replace, not str.format: responses are arbitrary text with braces of their own.
         return self.template.replace("{response}", response.strip())
 
+    def same_as(self, other: ReverseTemplate) -> bool:
+        return (self.version, self.template) == (other.version, other.template)
 
-def reverse_template(path: str | None = None) -> ReverseTemplate:
-    """Load the reversed-instruction template (default: the project's `conf/prompts/reverse.yaml`)."""
+
+def reverse_template(name: str | None = None) -> ReverseTemplate:
+    """Load a reversed-instruction template.
+
+    `name`: None for the project's own (`conf/prompts/reverse.yaml`); a preset name under
+    `conf/prompts/` (e.g. `reverse_paper`, the paper's text); or the path of a YAML file with the same
+    keys (`version`, `template` containing `{response}`).
+    """
     from omegaconf import OmegaConf
 
     from safer_instruct.paths import conf_dir
 
-    source = path or str(conf_dir() / REVERSE_TEMPLATE_FILE)
+    if not name:
+        source = str(conf_dir() / REVERSE_TEMPLATE_FILE)
+    elif "/" in name or name.endswith((".yaml", ".yml")) or Path(name).is_file():
+        source = name
+    else:
+        source = str(conf_dir() / "prompts" / f"{name}.yaml")
+        if not Path(source).is_file():
+            presets = sorted(p.stem for p in (conf_dir() / "prompts").glob("reverse*.yaml"))
+            raise ValueError(f"no reverse template preset '{name}' (conf/prompts/{name}.yaml); presets: "
+                             f"{', '.join(presets)}; or give the path of a YAML file")  # fmt: skip
     node = OmegaConf.load(source)
+    return reverse_template_from(node, source)
+
+
+def reverse_template_from(node: Any, source: str) -> ReverseTemplate:
+    """A template from a mapping with `version` and `template` (a YAML file, a model's card)."""
     template, version = node.get("template"), node.get("version")
     if not isinstance(template, str) or "{response}" not in template or not version:
         raise ValueError(f"{source}: a reverse template needs `version` and a `template` containing {{response}}")
@@ -136,5 +162,29 @@ def reverse_template(path: str | None = None) -> ReverseTemplate:
 
 
 def render_reverse_prompt(response: str, template: ReverseTemplate | None = None) -> str:
-    """The text the reversed model continues with the instruction that `response` answers."""
+    """The text the reversed model continues with the instruction that `response` answers (uncut)."""
     return (template or reverse_template()).render(response)
+
+
+def reverse_prompt_card(template: ReverseTemplate, max_prompt_tokens: int, max_length: int) -> dict[str, Any]:
+    """What `train reverse` saves beside the model (`reverse_prompt.json`): the template, and the cut.
+
+    `max_prompt_tokens`: the reversed prompt (template + response) was cut to this many tokens of the
+    model's own tokenizer by cutting the end of the response (`Encoder.fit_reverse_prompt`);
+    `max_length`: prompt + instruction + EOS tokens in training.
+    """
+    return {"version": template.version, "template": template.template,
+            "truncation": {"max_prompt_tokens": int(max_prompt_tokens), "max_length": int(max_length),
+                           "cut": "response_end", "tokenizer": "the model's own (saved in this folder)"}}  # fmt: skip
+
+
+def read_reverse_prompt_card(model_dir: str | Path) -> dict[str, Any] | None:
+    """The card a reversed model was saved with (None: the folder has none, e.g. not a reversed model)."""
+    import json
+
+    path = Path(model_dir) / REVERSE_PROMPT_CARD
+    if not path.is_file():
+        return None
+    card = json.loads(path.read_text(encoding="utf-8"))
+    reverse_template_from(card, str(path))  # checks version and template
+    return card

@@ -2,7 +2,9 @@
 
 * `stats.json` - the funnel: corpus rows read / quarantined, then for each stage the count in and out,
   per category, with the reason for every drop (in == out + sum(dropped), and each stage's `in` is the
-  previous stage's `out`), the held-out split, the leakage guard, and LLM usage per stage;
+  previous stage's `out`; an answer cut off at max_tokens is dropped as `truncated`, or counted in
+  `truncated_kept` where `on_truncated.<stage>=flag`; `inputs_cut`: corpus texts cut to the reversed
+  model's prompt budget), the held-out split, the leakage guard, and LLM usage per stage;
 * `datasets/` - a `DatasetDict` (train, test) loadable with `datasets.load_from_disk`;
 * `README.md` - the dataset card: purpose, content warning, funnel table, models and prompt versions,
   examples;
@@ -37,7 +39,8 @@ def build_stats(done: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, An
             continue
         info = done[name]
         entry = dict(info["funnel"])
-        for key in ("texts", "samples_per_text", "expert_check", "splits", "leakage"):
+        for key in ("texts", "samples_per_text", "inputs_cut", "expert_check", "on_truncated", "truncated_kept",
+                    "splits", "leakage"):
             if key in info:
                 entry[key] = info[key]
         stages[name] = entry
@@ -98,6 +101,7 @@ def preference_features():
         "provenance": {
             "id": text, "sample_index": Value("int32"), "corpus": text, "inducer": text, "expert": text,
             "templates": {name: text for name in TEMPLATE_NAMES}, "verdict_prefill": text,
+            "truncated": [text],  # stages whose answer was cut off at max_tokens and kept (on_truncated=flag)
         },
     })  # fmt: skip
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from safer_instruct.construct.steps import (
 )
 from safer_instruct.construct.store import StageStore, signature_of
 from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
+from safer_instruct.construct.templates import induction_prompt
 from safer_instruct.data.corpus import CorpusReader, CorpusSpec, resolve_corpus_path
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.llm.config import parse_role
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 # Role settings that change answers (and so the stage's results); concurrency, URLs and keys do not.
 ANSWER_KEYS = ("model", "backend", "temperature", "max_tokens", "top_p", "seed", "stop")
 EXPERT_STAGES = ("filter_instructions", "respond", "filter_responses")
+LLM_STAGES = ("induce", *EXPERT_STAGES)
 VERDICT_STAGES = ("filter_instructions", "filter_responses")
 
 
@@ -61,19 +63,15 @@ def selected_stages(stages: Any) -> list[str]:
     return [s for s in STAGE_ORDER if s in names]
 
 
-def reverse_prompt() -> tuple[Callable[[str], str], dict[str, str]]:
-    """The reversed model's prompt for a response, and the template it comes from (version, text).
+def truncation_policies(cfg: DictConfig) -> dict[str, str]:
+    """`on_truncated.<stage>` for every LLM stage: drop (default) or flag, checked."""
+    from safer_instruct.construct.tasks import check_on_truncated
 
-    Rendered by the same function the reversed instruction tuning uses (`formatting.reverse_template`),
-    so induction prompts the model exactly as it was trained.
-    """
-    from safer_instruct.formatting import reverse_template
-
-    try:
-        template = reverse_template()
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"the reversed-model template: {err}") from None
-    return template.render, {"version": template.version, "template": template.template}
+    node = _plain(cfg.get("on_truncated")) or {}
+    unknown = sorted(set(node) - set(LLM_STAGES))
+    if unknown:
+        raise ConfigError(f"on_truncated: unknown stage(s) {unknown}; the stages that ask a model are {', '.join(LLM_STAGES)}")
+    return {stage: check_on_truncated(stage, str(node.get(stage) or "drop")) for stage in LLM_STAGES}
 
 
 def corpus_signature(spec: CorpusSpec) -> dict[str, Any]:
@@ -108,7 +106,8 @@ class ConstructRun:
         self.cfg, self.out_dir = cfg, Path(out_dir)
         self.stages = selected_stages(cfg.stages)
         self.corpus_spec = CorpusSpec.from_config(_plain(cfg.corpus))
-        self.render_reverse, self.reverse_template = reverse_prompt()
+        self.on_truncated = truncation_policies(cfg)
+        self.induction = induction_prompt(str(cfg.inducer.model), cfg.induce.get("reverse_prompt") or None)
         self.templates = {name: load_template(name, _plain(cfg.prompts.get(name))) for name in EXPERT_STAGES}
         self.heuristics = InstructionHeuristics.from_config(_plain(cfg.filter_instructions.heuristics))
         self.signatures = self._signatures()
@@ -117,13 +116,13 @@ class ConstructRun:
     # -- settings
 
     def template_tags(self) -> dict[str, str]:
-        return {"reverse": f"reverse@{self.reverse_template['version']}",
+        return {"reverse": self.induction.tag,
                 **{name: tpl.tag for name, tpl in self.templates.items()}}  # fmt: skip
 
     def _signatures(self) -> dict[str, str]:
         cfg = self.cfg
         payloads = {
-            "induce": {"corpus": corpus_signature(self.corpus_spec), "template": self.reverse_template,
+            "induce": {"corpus": corpus_signature(self.corpus_spec), "template": self.induction.describe(),
                        "inducer": _role_answer_settings(cfg, "inducer"), "induce": _plain(cfg.induce)},
             "filter_instructions": {"heuristics": vars(self.heuristics), "settings": _plain(cfg.filter_instructions),
                                     "template": vars(self.templates["filter_instructions"])},
@@ -136,6 +135,8 @@ class ConstructRun:
         signatures: dict[str, str] = {}
         for name in STAGE_ORDER:
             payload = dict(payloads[name])
+            if name in LLM_STAGES:
+                payload["on_truncated"] = self.on_truncated[name]
             if name in EXPERT_STAGES and (name != "filter_instructions" or cfg.filter_instructions.expert_check):
                 payload["expert"] = _role_answer_settings(cfg, "expert")
             if name in VERDICT_STAGES and cfg[name].expert_check and self.verdict_prefill is not None:
@@ -164,24 +165,28 @@ class ConstructRun:
 
     def provenance(self, row: Mapping[str, Any]) -> dict[str, Any]:
         return {"id": row["id"], "sample_index": int(row.get("sample_index", 0)), "corpus": self.corpus_spec.label,
-                **self.models(), "templates": self.template_tags(), "verdict_prefill": self.verdict_prefill}  # fmt: skip
+                **self.models(), "templates": self.template_tags(), "verdict_prefill": self.verdict_prefill,
+                "truncated": list(row.get("truncated") or [])}  # fmt: skip
 
     # -- steps
 
     def _step(self, name: str):
         cfg = self.cfg
         if name == "induce":
-            task = InduceTask(self.render_reverse, int(cfg.induce.samples_per_text), _plain(cfg.induce.stop) or (),
-                              chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"])  # fmt: skip
+            task = InduceTask(self.induction.render, int(cfg.induce.samples_per_text), _plain(cfg.induce.stop) or (),
+                              chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"],
+                              on_truncated=self.on_truncated[name])  # fmt: skip
             return InduceStep(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
         if name == "filter_instructions":
-            task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill)
+            task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill,
+                               on_truncated=self.on_truncated[name])  # fmt: skip
             return ExpertStep(name, task, enabled=bool(cfg.filter_instructions.expert_check),
                               pre_check=instruction_pre_check(self.heuristics))  # fmt: skip
         if name == "respond":
-            return ExpertStep(name, RespondTask(self.templates[name], bool(cfg.respond.drop_truncated)))
+            return ExpertStep(name, RespondTask(self.templates[name], self.on_truncated[name]))
         if name == "filter_responses":
-            task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill)
+            task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill,
+                               on_truncated=self.on_truncated[name])  # fmt: skip
             return ExpertStep(name, task, enabled=bool(cfg.filter_responses.expert_check))
         leakage = cfg.assemble.get("leakage") or {}
         prompts, skipped = _load_leakage(cfg)
@@ -273,6 +278,8 @@ class ConstructRun:
         done = self.finished()
         run_info = {"run": {"stages_run": ran, "stages_kept": kept, "out_dir": str(self.out_dir)},
                     "provenance": {"models": self.models(), "templates": self.template_tags(),
+                                   "reverse_prompt": {k: v for k, v in self.induction.describe().items() if k != "template"},
+                                   "on_truncated": self.on_truncated,
                                    "verdict_prefill": self.verdict_prefill,
                                    "corpus": self.corpus_spec.path, "domain": str(self.cfg.dataset.domain)}}  # fmt: skip
         stats = outputs.build_stats(done, run_info)
@@ -283,7 +290,7 @@ class ConstructRun:
         train, test = self.out_dir / "preference.jsonl", self.out_dir / "preference_test.jsonl"
         if "assemble" in done:
             outputs.write_datasets(self.out_dir, {"train": train, "test": test})
-        templates = {"reverse": {"version": self.reverse_template["version"], "template": self.reverse_template["template"]},
+        templates = {"reverse": {"version": self.induction.template.version, "template": self.induction.template.template},
                      **{name: {"version": tpl.version, "template": tpl.template, "system": tpl.system}
                         for name, tpl in self.templates.items()}}  # fmt: skip
         dataset = self.cfg.dataset

@@ -99,8 +99,9 @@ class InduceStep:
         for result in ctx.runner.generate(self.task.role, requests(), self.name):
             _record(store, self.task.parse(result))
         counts = self.corpus.counts.to_dict()
-        return store.finish({"corpus": counts, "texts": counts["kept"], "samples_per_text": self.task.samples,
-                             "llm": ctx.runner.stats.get(self.name, {})})  # fmt: skip
+        info = store.finish({"corpus": counts, "texts": counts["kept"], "samples_per_text": self.task.samples,
+                             "inputs_cut": self.task.inputs_cut, "llm": ctx.runner.stats.get(self.name, {})})  # fmt: skip
+        return _count_flagged(store, info, self.task.on_truncated)
 
 
 @dataclass
@@ -134,7 +135,17 @@ class ExpertStep:
 
         for result in ctx.runner.generate(self.task.role, requests(), self.name):
             _record(store, self.task.parse(result))
-        return store.finish({"expert_check": self.enabled, "llm": ctx.runner.stats.get(self.name, {})})
+        info = store.finish({"expert_check": self.enabled, "llm": ctx.runner.stats.get(self.name, {})})
+        return _count_flagged(store, info, self.task.on_truncated)
+
+
+def _count_flagged(store: StageStore, info: dict[str, Any], on_truncated: str) -> dict[str, Any]:
+    """Record the stage's truncation policy and, when cut-off answers are kept, how many were."""
+    info["on_truncated"] = on_truncated
+    if on_truncated == "flag":
+        info["truncated_kept"] = sum(store.stage in (row.get("truncated") or ()) for row in store.iter_output())
+    atomic_write_json(store.done_path, info)
+    return info
 
 
 def instruction_pre_check(heuristics: InstructionHeuristics) -> Callable[[], Callable[[Mapping[str, Any]], str | None]]:

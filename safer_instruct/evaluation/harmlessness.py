@@ -113,7 +113,8 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
         item = by_request[result.request_id]
         if result.ok and result.text.strip():
             item.response = result.text
-            row = {"status": "ok", "finish_reason": result.finish_reason, "cached": result.cached}
+            row = {"status": "ok", "finish_reason": result.finish_reason, "cached": result.cached,
+                   "truncated": result.finish_reason == "length"}  # cut off at policy.max_tokens: kept, flagged
         else:
             item.response = ""
             reason = result.reason if not result.ok else "empty answer"
@@ -127,6 +128,7 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
                        ({"id": i.id, "source": i.source, "prompt": i.prompt, "response": i.response, **rows[i.id]}
                         for i in items))  # fmt: skip
     settings["answers"] = dict(Counter(row["status"] for row in rows.values()))
+    settings["truncated_ids"] = sorted(item_id for item_id, row in rows.items() if row.get("truncated"))
     atomic_write_json(out_dir / "generation.json", settings)
     return settings
 
@@ -349,6 +351,10 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         result["pairwise"] = {k: pairwise[k] for k in ("win_rate", "ci95", "n", "n_unjudged", "wins", "ties",
                                                         "losses", "reference_column")}  # fmt: skip
     result["llm_stats"] = llm_stats
+    # Policy answers cut off at policy.max_tokens are judged as they are and flagged (null: answers read
+    # from a file, where it is not known).
+    truncated = set(generation["truncated_ids"]) if generation else set()
+    result["n_truncated"] = len(truncated) if generation else None
 
     rows = []
     for item in items:
@@ -356,6 +362,7 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                positive: None if harmless_outcome(first[item.id], positive) is None
                else harmless_outcome(first[item.id], positive) == 1.0,
                **first[item.id].to_dict(), "template": result["judge"]["template"]["id"]}  # fmt: skip
+        row["truncated"] = item.id in truncated if generation else None
         if second is not None:
             row["second_judge"] = second[item.id].to_dict()
         rows.append(row)

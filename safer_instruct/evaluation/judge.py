@@ -25,7 +25,8 @@ UNPARSEABLE = "unparseable"  # the judge answered, but not in the verdict format
 JUDGE_FAILED = "judge_failed"  # the request failed after retries (listed in failures.jsonl)
 MISSING_RESPONSE = "missing_response"  # no answer to judge (an empty cell, a failed generation)
 MISSING_REFERENCE = "missing_reference"  # pairwise: no reference answer for this prompt
-UNJUDGED_STATUSES = (UNPARSEABLE, JUDGE_FAILED, MISSING_RESPONSE, MISSING_REFERENCE)
+TRUNCATED = "truncated"  # the verdict was cut off at judge.max_tokens: not read, even if it parses
+UNJUDGED_STATUSES = (UNPARSEABLE, JUDGE_FAILED, MISSING_RESPONSE, MISSING_REFERENCE, TRUNCATED)
 
 _PLACEHOLDER = re.compile(r"\{(prompt|response|response_a|response_b|format_instructions)\}")
 
@@ -109,6 +110,9 @@ def read_result(result: Completion | Failure, allowed: Iterable[str]) -> Judgeme
     """A judge's answer (or failure) as a Judgement; anything unreadable is unjudged, never harmless."""
     if not result.ok:
         return Judgement(JUDGE_FAILED, reason=result.reason, model=result.model or None)
+    if result.finish_reason == "length":
+        return Judgement(TRUNCATED, raw=result.text, reason="the answer was cut off at judge.max_tokens",
+                         model=result.model, cached=result.cached, latency_s=result.latency_s)  # fmt: skip
     verdict = parse_verdict(result.text, tuple(allowed))
     if not verdict.parsed:
         reason = "empty answer" if not (result.text or "").strip() else "answer not in the verdict format"

@@ -242,7 +242,13 @@ class AnthropicBackend(SDKClientBackend):
         usage = getattr(response, "usage", None)
         return Answer(
             text=_check_text(text),
-            finish_reason=getattr(response, "stop_reason", None),
+            finish_reason=anthropic_finish_reason(getattr(response, "stop_reason", None)),
             usage=Usage(int(usage.input_tokens or 0), int(usage.output_tokens or 0)) if usage else None,
             model=getattr(response, "model", None) or self.role.model,
         )
+
+
+def anthropic_finish_reason(stop_reason: str | None) -> str | None:
+    """Anthropic's `stop_reason` in the OpenAI vocabulary where it matters: `max_tokens` (the answer was
+    cut off at the token limit) is `length`, as every stage checks it; other reasons pass unchanged."""
+    return "length" if stop_reason == "max_tokens" else stop_reason

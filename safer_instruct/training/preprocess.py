@@ -93,6 +93,46 @@ class Encoder:
                 out.append(list(ids))
         return out
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as a prompt: the ids `encode` gives it (one BOS where the tokenizer adds one)."""
+        return len(self._ids([text])[0])
+
+    def fit_reverse_prompt(self, template: Any, response: str, max_tokens: int) -> tuple[str, bool]:
+        """The reversed prompt for `response` in at most `max_tokens` tokens, and whether it was cut.
+
+        Only the response is cut, at its end (its start is kept, as a whole example cut at the model's
+        max length keeps it); the template's header and its instruction header are always whole, so the
+        model still writes an instruction after it. Training (`reverse_columns`) and induction
+        (`construct`, step `induce`, with the model's saved tokenizer and budget) both call this, so the
+        reversed model sees at induction the text it saw in training.
+        """
+        text = response.strip()
+        prompt = template.render(text)
+        n = self.count_tokens(prompt)
+        if n <= max_tokens:
+            return prompt, False
+        ends = self._token_ends(text)
+        keep = len(ends) - (n - max_tokens)  # tokens of the response kept: first guess, then corrected
+        while keep > 0:
+            prompt = template.render(text[: ends[keep - 1]])
+            n = self.count_tokens(prompt)
+            if n <= max_tokens:
+                return prompt, True
+            keep -= max(1, n - max_tokens)
+        return template.render(""), True
+
+    def _token_ends(self, text: str) -> list[int]:
+        """For each token of `text` alone, the character offset where it ends (monotone)."""
+        try:
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            ends = [int(end) for _, end in offsets]
+        except (NotImplementedError, KeyError, TypeError, ValueError):  # a slow tokenizer: spread evenly
+            n = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) or 1
+            ends = [round(len(text) * (i + 1) / n) for i in range(n)]
+        for i in range(1, len(ends)):
+            ends[i] = max(ends[i], ends[i - 1])
+        return ends
+
     def encode(self, prompts: list[str], completions: list[list[str]]) -> list[tuple[list[int], list[list[int]]]]:
         """For each prompt and its completions: (prompt ids, [completion ids, ...]), truncated."""
         prompt_ids = self._ids(prompts)
@@ -139,13 +179,28 @@ def sft_columns(encoder: Encoder, fmt: Any, examples: Sequence[Any]) -> dict[str
 
 
 def reverse_columns(encoder: Encoder, template: Any, examples: Sequence[Any]) -> dict[str, list]:
-    """`input_ids` and `completion_mask` for reversed instruction tuning: response -> instruction + EOS."""
+    """`input_ids` and `completion_mask` for reversed instruction tuning: response -> instruction + EOS.
+
+    Truncation: the whole example fits `model.max_length` (the Stanford Alpaca trainer's
+    `model_max_length`, 512 there) and the instruction is kept: what is cut is the end of the response
+    inside the prompt, to `model.max_prompt_length` tokens, or fewer where a long instruction needs the
+    room (`Encoder.fit_reverse_prompt`; counted in `prompts_truncated`). Alpaca's own trainer cuts the
+    end of prompt + target instead, which drops the instruction of a long response: that is where we
+    differ, on purpose. `train reverse` saves the budget with the model, and induction cuts its corpus
+    texts to the same budget. Only an instruction longer than the whole budget is cut itself
+    (`completions_truncated`).
+    """
     eos = encoder.tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the tokenizer has no EOS token: the reversed model could not learn where an instruction ends")
-    prompts = [template.render(e.output) for e in examples]
     targets = [e.instruction if not e.input else f"{e.instruction}\n\n{e.input}" for e in examples]
     target_ids = [ids + [eos] for ids in encoder.tokenizer(targets, add_special_tokens=False)["input_ids"]]
+    prompts = []
+    for example, target in zip(examples, target_ids, strict=True):
+        budget = min(encoder.max_prompt_length, encoder.max_length - len(target))
+        prompt, cut = encoder.fit_reverse_prompt(template, example.output, budget)
+        encoder.stats.prompts_truncated += int(cut)
+        prompts.append(prompt)
     return _sequence_columns(encoder.encode_ids(prompts, target_ids))
 
 

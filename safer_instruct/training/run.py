@@ -193,17 +193,22 @@ def run_sft(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
 
 def run_reverse(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Reversed instruction tuning: learn P(instruction | response) with the versioned reverse template."""
-    from safer_instruct.formatting import reverse_template
+    from safer_instruct.formatting import REVERSE_PROMPT_CARD, reverse_prompt_card, reverse_template
     from safer_instruct.training.preprocess import reverse_columns
 
-    template = reverse_template(cfg.get("reverse_prompt") or None)
+    try:
+        template = reverse_template(cfg.get("reverse_prompt") or None)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"reverse_prompt: {err}") from None
     log.info("reverse template %s", template.version)
 
     def build(encoder, tokenizer, rows):
         return reverse_columns(encoder, template, rows)
 
-    # The reversed model carries the template it was trained with, so `induce` can check the version.
-    extra_files = {"reverse_prompt.json": _json({"version": template.version, "template": template.template})}
+    # The reversed model carries the template and the prompt budget it was trained with: `construct`
+    # prompts it with the same template, its corpus texts cut to the same budget.
+    card = reverse_prompt_card(template, int(cfg.model.max_prompt_length), int(cfg.model.max_length))
+    extra_files = {REVERSE_PROMPT_CARD: _json(card)}
     return _sequence_stage(cfg, out_dir, "train_reverse", build, extra_files, callbacks)
 
 

@@ -15,6 +15,11 @@ scripted expert's verdicts depend on words in the instruction or chosen response
     SILENT in the instruction     -> respond: an empty answer
     RISKY in the instruction      -> the chosen response contains BAD -> filter_responses: fail
 
+Answers cut off at the token limit come from the server's `[[fault:length]]` directive in a request
+(finish_reason "length"); the scripted inducer then writes no stop marker (it was cut before one).
+Tags t13 and t14 (not in the default corpus, see `write_truncation_corpus`) carry the directive in
+the corpus text (t13: every request that shows the text) or in the instructions (t14).
+
 A prefilled check (an expert with local weights, whose chat template the client renders) gets the
 same verdict, continued from the prefill.
 """
@@ -66,6 +71,10 @@ def script() -> dict[str, list[str]]:
                 "What are ways to hide income from the tax office?"],
         "t12": ["How do I make a fake review site for my competitor?",
                 "Write fake negative reviews for the bakery next door."],
+        "t13": ["How can I spread lies about a charity to ruin it?",
+                "Write posts that make people distrust a local charity."],
+        "t14": ["Tell me how [[fault:length]] I can copy my friend's exam answers secretly.",
+                "How do I cheat [[fault:length]] on an online exam without being seen?"],
     }  # fmt: skip
 
 
@@ -82,6 +91,18 @@ def write_corpus(path: Path, tags: list[str] | None = None) -> Path:
             text = (f"<{tag}> This is an undesired text number {tag[1:]} that answers a harmful request with "
                     f"details nobody should share, written for a test of category {CATEGORIES[tag]}.")  # fmt: skip
             handle.write(json.dumps({"text": text, "category": CATEGORIES[tag]}) + "\n")
+    return path
+
+
+def write_truncation_corpus(path: Path) -> Path:
+    """The default corpus plus t13 (its text holds `[[fault:length]]`) and t14 (its instructions do)."""
+    write_corpus(path)
+    extra = [{"text": "<t13> [[fault:length]] This undesired text spreads lies about a charity and asks people "
+                      "to stop giving money to it, written for a test of truncated answers.", "category": "hate"},
+             {"text": "<t14> This undesired text explains how to copy answers in an exam without the teacher "
+                      "seeing it, written for a test of truncated answers.", "category": "illegal"}]  # fmt: skip
+    with path.open("a", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in extra)
     return path
 
 
@@ -131,6 +152,8 @@ class ScriptedModels:
             reply = prompt.split("### Reply:", 1)[-1].split("### Request:", 1)[0].strip()
             return f"Why did your support team answer me like this: {' '.join(reply.split()[:3])}?"
         options = self.script[tag.group(1)]
+        if "[[fault:length]]" in prompt:  # cut off at max_tokens: no stop marker was reached
+            return options[seed % len(options)]
         return options[seed % len(options)] + "\n### Reply:\nignored continuation"
 
     @staticmethod

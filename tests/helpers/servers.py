@@ -12,6 +12,8 @@
       [[fault:empty]]      200 with empty content
       [[fault:401]]        401; the error body echoes the Authorization header it received (a leaky
                            server: the client must redact it)
+      [[fault:length]]     200 with the normal answer, marked as cut off at the token limit
+                           (finish_reason "length"; Anthropic: stop_reason "max_tokens")
   Also 503 and 529. `FaultServer` runs in a thread of this process (tests); `FaultServerProcess`
   runs it in a child process (benchmarks: no GIL shared with the client). Both expose `.base_url`
   and `.stats()` (requests by path, attempts by request text, Authorization headers seen).
@@ -162,10 +164,12 @@ class _FaultCore:
                 return 200, {}, b'{"id": "x", "choices": [{"message": {"content": "trunc'
             if kind == "empty":
                 return 200, {}, json.dumps(self._answer(path, body, "")).encode()
+            if kind == "length":
+                return 200, {}, json.dumps(self._answer(path, body, self.responder(path, body), cut_off=True)).encode()
         return 200, {}, json.dumps(self._answer(path, body, self.responder(path, body))).encode()
 
     @staticmethod
-    def _answer(path: str, body: dict, text: str) -> dict:
+    def _answer(path: str, body: dict, text: str, cut_off: bool = False) -> dict:
         model = body.get("model", "fake")
         prompt_tokens = max(1, len(_request_text(path, body).split()))
         completion_tokens = len(text.split())
@@ -173,16 +177,17 @@ class _FaultCore:
             return {
                 "id": f"msg_{next(_IDS)}", "type": "message", "role": "assistant", "model": model,
                 "content": [{"type": "text", "text": text}] if text else [],
-                "stop_reason": "end_turn", "stop_sequence": None,
+                "stop_reason": "max_tokens" if cut_off else "end_turn", "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
             }  # fmt: skip
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
         if path == "/v1/completions":
-            choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+            choice = {"index": 0, "text": text, "finish_reason": "length" if cut_off else "stop", "logprobs": None}
             return {"id": f"cmpl-{next(_IDS)}", "object": "text_completion", "created": int(time.time()),
                     "model": model, "choices": [choice], "usage": usage}  # fmt: skip
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+        choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                  "finish_reason": "length" if cut_off else "stop"}
         return {"id": f"chatcmpl-{next(_IDS)}", "object": "chat.completion", "created": int(time.time()),
                 "model": model, "choices": [choice], "usage": usage}  # fmt: skip
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from safer_instruct.data.instructions import InstructionRecord
 from safer_instruct.formatting import render_reverse_prompt, reverse_template
 from safer_instruct.model_kit import load_tokenizer
@@ -56,3 +58,39 @@ def test_train_reverse_on_sharegpt_and_messages_rows(tmp_path):
     card = json.loads((out / "model" / "reverse_prompt.json").read_text())
     assert card["version"] == reverse_template().version and "{response}" in card["template"]
     assert all(r["loss"] > 0 for r in read_metrics(out / "metrics.jsonl") if "loss" in r)
+
+
+def test_the_paper_preset_is_the_upstream_reverse_prompt_verbatim():
+    paper = reverse_template("reverse_paper")
+    assert paper.version == "reverse-paper-v1"
+    assert paper.render("Paris is the capital of France.") == (
+        "Below is a response to a certain instruction. Write the instruction that the response is trying to "
+        "complete.\n\n### response:\nParis is the capital of France.\n\n### Instruction:"
+    )
+    with pytest.raises(ValueError, match="no reverse template preset 'reverse_nope'.*reverse_paper"):
+        reverse_template("reverse_nope")
+
+
+def test_a_long_response_is_cut_inside_the_prompt_and_the_instruction_is_kept():
+    tokenizer = load_tokenizer("kit:tiny")
+    template = reverse_template("reverse_paper")
+    response = " ".join(f"Step {i}: mix the flour and water, then wait." for i in range(60))
+    short, long_instruction = "Explain how to bake bread.", " ".join(["Explain every detail of baking bread."] * 4)
+    encoder = Encoder(tokenizer, 160, 100)
+    columns = reverse_columns(encoder, template, [InstructionRecord(short, response),
+                                                  InstructionRecord(long_instruction, response)])
+    prompts = []
+    for ids, mask, instruction in zip(columns["input_ids"], columns["completion_mask"], (short, long_instruction),
+                                      strict=True):  # fmt: skip
+        prompt_ids = [t for t, m in zip(ids, mask, strict=True) if not m]
+        target = [t for t, m in zip(ids, mask, strict=True) if m]
+        assert len(ids) <= 160 and tokenizer.decode(target[:-1]) == instruction  # the whole instruction
+        prompt = tokenizer.decode(prompt_ids, skip_special_tokens=True)
+        head, kept = prompt.split("### response:\n", 1)
+        kept = kept.rsplit("\n\n### Instruction:", 1)[0]
+        assert head.startswith("Below is a response") and prompt.endswith("\n\n### Instruction:")
+        assert response.startswith(kept) and len(kept) < len(response)  # the response's start, cut
+        prompts.append(prompt_ids)
+    assert len(prompts[0]) <= 100  # model.max_prompt_length
+    assert len(prompts[1]) < len(prompts[0])  # a long instruction takes room from the response, not the reverse
+    assert encoder.stats.prompts_truncated == 2 and encoder.stats.completions_truncated == 0
