@@ -2,9 +2,11 @@
 
     safer-instruct report runs=[outputs/eval_harmlessness/base,outputs/eval_harmlessness/dpo]
 
-Writes into out_dir: `report.md` (the table, the paper reference or why it is not shown, the charts),
+Writes into out_dir: `report.md` (the table with both judges' rates and each row's training, unmatched
+rows, the paper reference beside the rates judged like it or why it is not shown, the charts),
 `report.csv` (the same rows, one column per number), `report.json`, and the PNG charts
-`harmlessness.png` (95% CI error bars), `downstream.png` and `dpo_curves.png` when there is data.
+`harmlessness.png` (95% CI error bars), `paper_comparison.png` (rates judged by the paper's judge, its
+figures as lines), `downstream.png` and `dpo_curves.png` when there is data.
 """
 
 from __future__ import annotations
