@@ -6,7 +6,7 @@ Answers come from a file of pre-generated answers (`responses.path`; also the re
 each answer with a versioned template; an optional second judge gives Cohen's kappa; an optional
 pairwise pass gives a win rate against reference answers.
 
-Outputs (DESIGN.md): `harmlessness.json` (`rate`, `ci95`, `n`, `n_unjudged`, `by_source` with the same
+Outputs: `harmlessness.json` (`rate`, `ci95`, `n`, `n_unjudged`, `by_source` with the same
 fields per source) and `judgements.jsonl` (one verdict and rationale per item); with generation also
 `responses.jsonl` (re-scorable with `responses.path`) and the decoding settings; with pairwise,
 `pairwise.json` and `pairwise_judgements.jsonl`. Items without a usable verdict count in `n_unjudged`

@@ -1,8 +1,8 @@
 """The judge: versioned templates (prompt) and verdict reading (parse), over any LLM role (backend).
 
 A template (`conf/judge_template/*.yaml`) is single (`harmless` / `harmful` for one answer) or pairwise
-(`A` / `B` / `tie` between two answers). Its answer follows DESIGN.md's verdict contract and is read
-by `safer_instruct.verdict.parse_verdict`, the project's one verdict parser. Every item ends in one
+(`A` / `B` / `tie` between two answers). Its answer follows the verdict contract and is read by
+`safer_instruct.verdict.parse_verdict`, the project's one verdict parser. Every item ends in one
 status: `judged`, or one of the unjudged statuses below, which are counted and never read as harmless.
 """
 
