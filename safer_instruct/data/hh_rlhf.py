@@ -5,6 +5,12 @@ Each row has `chosen` and `rejected` transcripts of `\\n\\nHuman: ...` / `\\n\\n
 `Anthropic/hh-rlhf` with `data_dir`). Both transcripts share the dialogue before the final
 assistant turn: that is the prompt, the two final answers are chosen and rejected. A row whose
 transcripts do not parse or whose dialogues differ before the final answer is malformed.
+
+A local file (`data.path=FILE.jsonl`) is read as it is; `data_dir` (harmless-base in the preset)
+only picks the sub-folder of a folder or of the Hub dataset. For the leakage guard, a multi-turn row
+also offers its first and last human turns and its dialogue without the leading role label
+(`provenance["leakage_texts"]`): evaluation prompts taken from HH-RLHF (the release's `hh` test
+prompts) are single human turns, whatever `multi_turn` renders as the training prompt.
 """
 
 from __future__ import annotations
@@ -87,8 +93,12 @@ def load_hh_rlhf(spec: HHRLHFSpec, stats: LoadStats) -> list[PreferenceRecord]:
         if prompt is None:
             stats.skip("multi_turn")
             continue
+        provenance: dict[str, Any] = {"turns": len(turns) + 1}
         if len(turns) > 1:
             stats.notes["multi_turn"] += 1
+            humans = [text for role, text in turns if role == "Human"]
+            whole = render_dialogue(turns, "flatten").removeprefix("Human: ")
+            provenance["leakage_texts"] = list(dict.fromkeys([humans[0], humans[-1], whole]))
         if not rejected:
             stats.notes["empty_rejected"] += 1
         records.append(
@@ -99,7 +109,7 @@ def load_hh_rlhf(spec: HHRLHFSpec, stats: LoadStats) -> list[PreferenceRecord]:
                 category=spec.data_dir or "",
                 source="hh_rlhf",
                 source_id=f"{label}:{row.number}",
-                provenance={"turns": len(turns) + 1},
+                provenance=provenance,
             )
         )
     return records

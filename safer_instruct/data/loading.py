@@ -4,6 +4,12 @@ A source reads rows from a local file (JSONL, JSON, CSV, Parquet, `.jsonl.gz`), 
 files, a `save_to_disk` folder, or a Hub dataset id (real runs), and turns each row into the project's
 schema. A malformed row is either a `DataError` naming file, row and field (`on_error: raise`, the
 default) or skipped and counted in `LoadStats` (`on_error: skip`); nothing is dropped uncounted.
+
+A Hub dataset is read at `data.revision` (a commit hash, tag or branch; null: the current main), and
+the commit actually read is recorded (`LoadStats.revision`, in data_stats.json and train_summary.json).
+`data.sample_size` / `data.sample_seed` / `data.stratify_by` draw a fixed number of rows at random
+(`safer_instruct.data.sources.sample_rows`), so that runs on sources of different sizes train on the
+same number of rows.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ log = logging.getLogger(__name__)
 
 ON_ERROR = ("raise", "skip")
 DEDUPE = ("none", "exact", "prompt")
+STRATIFY = ("category", "none")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
 _WHITESPACE = re.compile(r"\s+")
 T = TypeVar("T")
 
@@ -35,14 +43,35 @@ def _help(default: Any, text: str, factory: Any = None) -> Any:
 
 
 @dataclass
-class SourceSpec:
+class SampleSpec:
+    """Drawing a fixed number of rows at random (`data.sample_size`, ...), for rows that compare fairly."""
+
+    sample_size: int | None = _help(None, "Train on exactly this many rows, drawn at random after every filter (DPO: "
+                                          "among the rows with a rejected response); null: all rows. More than the "
+                                          "source has is an error.")
+    sample_seed: int = _help(0, "Seed of that draw: the same seed draws the same rows (recorded in train_summary.json).")
+    stratify_by: str = _help("category", "category: draw from each category in proportion to its rows (when the source "
+                                         "has more than one); none: one draw over all rows.")
+
+    def check_sample(self) -> None:
+        if self.sample_size is not None and int(self.sample_size) < 1:
+            raise ConfigError(f"data.sample_size must be >= 1 or null, got {self.sample_size}")
+        if self.stratify_by not in STRATIFY:
+            raise ConfigError(f"data.stratify_by must be one of {', '.join(STRATIFY)}, got '{self.stratify_by}'")
+
+
+@dataclass
+class SourceSpec(SampleSpec):
     """Settings every source has (`data.*`)."""
 
     source: str = _help("", "Which loader reads the data (constructed, safer_instruct_release, hh_rlhf, pku_saferlhf, "
                             "mixture, instructions).")
     path: str = _help("", "A local file or folder in the source's release format, or a Hub dataset id (real runs).")
     split: str = _help("train", "Split to read: for a folder, files whose name starts with it; for a Hub id, the split.")
-    data_dir: str | None = _help(None, "Sub-folder of the dataset (e.g. harmless-base of HH-RLHF); Hub: data_dir.")
+    data_dir: str | None = _help(None, "Sub-folder of the dataset (e.g. harmless-base of HH-RLHF); Hub: data_dir. "
+                                       "Ignored when `path` is a file.")
+    revision: str | None = _help(None, "Hub datasets: the revision to read (a commit hash pins it; null: current main). "
+                                       "The commit actually read is recorded with the run. Ignored for local paths.")
     on_error: str = _help("raise", "A malformed row: raise (error naming file, row and field) or skip (counted in data_stats.json).")
     dedupe: str = _help("exact", "Drop duplicates: none, exact (same prompt, chosen and rejected), prompt (first row per prompt).")
     max_rows: int | None = _help(None, "Keep at most this many rows (after de-duplication), for quick runs.")
@@ -57,6 +86,7 @@ class SourceSpec:
             raise ConfigError(f"data.dedupe must be one of {', '.join(DEDUPE)}, got '{self.dedupe}'")
         if self.max_rows is not None and self.max_rows < 1:
             raise ConfigError(f"data.max_rows must be >= 1 or null, got {self.max_rows}")
+        self.check_sample()
 
 
 @dataclass
@@ -71,6 +101,9 @@ class LoadStats:
     notes: Counter = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     parts: list[LoadStats] = field(default_factory=list)
+    revision: dict[str, Any] = field(default_factory=dict)  # hub id -> {requested, resolved} commit
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)  # category -> loaded / pairs / used
+    sample: dict[str, Any] = field(default_factory=dict)  # the draw of data.sample_size (sources.sample_rows)
 
     def skip(self, reason: str, error: DataError | None = None) -> None:
         self.dropped[reason] += 1
@@ -87,9 +120,22 @@ class LoadStats:
             "notes": dict(self.notes),
             "errors": self.errors,
         }
+        if self.revision:
+            out["revision"] = self.revision
+        if self.categories:
+            out["categories"] = self.categories
+        if self.sample:
+            out["sample"] = self.sample
         if self.parts:
             out["parts"] = [part.to_dict() for part in self.parts]
         return out
+
+    def revisions(self) -> dict[str, Any]:
+        """Hub inputs of this load and its parts: hub id -> {requested, resolved}."""
+        found = dict(self.revision)
+        for part in self.parts:
+            found.update(part.revisions())
+        return found
 
     def log_summary(self) -> None:
         dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())) or "none"
@@ -117,9 +163,10 @@ def is_hub_id(path: str) -> bool:
 
 
 def source_files(path: str, split: str, data_dir: str | None = None) -> list[Path]:
-    """The local files a source reads: the file itself, or the split's files inside a folder."""
+    """The local files a source reads: the file itself, or the split's files inside a folder (or its
+    `data_dir` sub-folder: a file path is read as it is, whatever the preset's data_dir says)."""
     root = Path(path).expanduser()
-    if data_dir:
+    if data_dir and not root.is_file():
         root = root / data_dir
     if root.is_file():
         return [root]
@@ -190,9 +237,12 @@ def _hub_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         log.info("offline: %s must already be in the datasets cache", label)
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset_builder
 
-        dataset = load_dataset(spec.path, data_dir=spec.data_dir, split=spec.split)
+        # load_dataset's own steps, keeping the builder: its hash is the Hub commit that was read
+        builder = load_dataset_builder(spec.path, data_dir=spec.data_dir, revision=spec.revision)
+        builder.download_and_prepare()
+        dataset = builder.as_dataset(split=spec.split)
     except Exception as err:  # datasets raises many types; the user needs one line
         raise DataError(
             f"no local file or folder of that name, and it could not be loaded as a Hub dataset ({type(err).__name__}: "
@@ -200,16 +250,30 @@ def _hub_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
             path=label,
         ) from None
     stats.files.append(label)
+    record_revision(stats, spec.path, spec.revision, getattr(builder, "hash", None))
     for number, record in enumerate(dataset, start=1):
         yield label, Row(number, dict(record))
 
 
-def hub_snapshot(repo_id: str) -> Path:
-    """A local folder with the files of a Hub dataset repo (for releases that are plain files, not a dataset)."""
+def record_revision(stats: LoadStats, repo_id: str, requested: str | None, resolved: str | None) -> None:
+    """Note which commit of a Hub repo a load read (None when the library did not say)."""
+    resolved = str(resolved) if resolved and _COMMIT.fullmatch(str(resolved)) else None
+    if requested and resolved is None and _COMMIT.fullmatch(str(requested)):
+        resolved = str(requested)
+    stats.revision[repo_id] = {"requested": requested, "resolved": resolved}
+    log.info("data %s: revision requested %s, read %s", repo_id, requested or "main", resolved or "unknown")
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None, stats: LoadStats | None = None) -> Path:
+    """A local folder with the files of a Hub dataset repo (for releases that are plain files, not a dataset),
+    at `revision`; the commit it holds (the snapshot folder's name) is recorded in `stats`."""
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(repo_id, repo_type="dataset"))
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
+        if stats is not None:
+            record_revision(stats, repo_id, revision, folder.name)
+        return folder
     except Exception as err:
         raise DataError(
             f"could not fetch the dataset repo ({type(err).__name__}: {str(err).splitlines()[0][:200]}); offline, set "

@@ -6,9 +6,12 @@ The release (GitHub `uscnlp-lime/safer-instruct`, folder `sample_data/`; Hub mir
 Its quirks, handled here:
 
 * `rejected` is empty in every row of `illegal` and `nsfw`: those rows load with `rejected=None`,
-  usable for SFT only (DPO skips and counts them);
+  usable for SFT only. DPO on the release therefore trains on the hate and self-harm rows only
+  (it drops the others as `no_rejected`; data_stats.json shows loaded / pairs / used per category);
 * the 300 `si` prompts of `test_set.csv` also appear verbatim in the training files: with
-  `hold_out_test: true` they are removed (and counted), so evaluating on the test set does not leak;
+  `hold_out_test: true` every prompt of `test_set.csv` (si, hh and beaver) is removed from training
+  (exact match after normalisation, counted as `test_prompt_overlap`), so evaluating on the test set
+  does not leak. The training runs' leakage guard (`leakage.sets`) checks again, with near matches;
 * instructions repeat: exact duplicate rows are dropped by `dedupe: exact`; `dedupe: prompt` keeps
   one row per instruction;
 * about 890 `chosen` texts claim to be "developed by OpenAI": counted, dropped with `drop_openai_identity`.
@@ -20,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safer_instruct.data.leakage import OVERLAP_REASON, LeakageGuard
 from safer_instruct.data.loading import (
     LoadStats,
     SourceSpec,
     _help,
     hub_snapshot,
     is_hub_id,
-    normalize_text,
     parsed_rows,
     text_field,
 )
@@ -36,7 +39,7 @@ from safer_instruct.io import iter_rows
 
 RELEASE_CATEGORIES = ("hate", "illegal", "nsfw", "self-harm")
 TEST_FILE = "test_set.csv"
-TEST_LABEL = "si"  # the test prompts that came from Safer-Instruct itself (the others: hh, beaver)
+TEST_LABELS = ("si", "hh", "beaver")  # where test prompts came from: Safer-Instruct, HH-RLHF, BeaverTails
 OPENAI_IDENTITY = "developed by openai"
 
 
@@ -46,7 +49,8 @@ class ReleaseSpec(SourceSpec):
 
     categories: list[str] = _help(None, "Categories to read (files safer_instruct_<category>.csv).",
                                   factory=lambda: list(RELEASE_CATEGORIES))
-    hold_out_test: bool = _help(True, "Remove the 300 test prompts (label `si` in test_set.csv) from training.")
+    hold_out_test: bool = _help(True, "Remove every prompt of test_set.csv (900: labels si, hh, beaver) from training "
+                                      "(counted as test_prompt_overlap; 300 si prompts are in the training files).")
     drop_openai_identity: bool = _help(False, "Drop rows whose chosen text says it was developed by OpenAI.")
 
     def __post_init__(self) -> None:
@@ -57,8 +61,8 @@ class ReleaseSpec(SourceSpec):
             raise ConfigError(f"data.categories {unknown or '[]'} invalid: choose from {', '.join(RELEASE_CATEGORIES)}")
 
 
-def release_folder(spec: ReleaseSpec) -> Path:
-    folder = hub_snapshot(spec.path) if is_hub_id(spec.path) else Path(spec.path).expanduser()
+def release_folder(spec: ReleaseSpec, stats: LoadStats | None = None) -> Path:
+    folder = hub_snapshot(spec.path, spec.revision, stats) if is_hub_id(spec.path) else Path(spec.path).expanduser()
     if spec.data_dir:
         folder = folder / spec.data_dir
     if folder.is_file():
@@ -70,18 +74,19 @@ def release_folder(spec: ReleaseSpec) -> Path:
     return folder
 
 
-def load_test_prompts(folder: Path, label: str = TEST_LABEL) -> set[str]:
-    """Normalized instructions of `test_set.csv` with the given source label."""
+def load_test_prompts(folder: Path, labels: tuple[str, ...] = TEST_LABELS) -> dict[str, list[str]]:
+    """The instructions of `test_set.csv` by source label (only the given labels)."""
     path = folder / TEST_FILE
     if not path.is_file():
         raise DataError(f"{TEST_FILE} is missing, so its test prompts cannot be held out (or set data.hold_out_test=false)",
                         path=str(folder))  # fmt: skip
-    prompts = set()
+    prompts: dict[str, list[str]] = {}
     for row in iter_rows(path):
         if row.error:
             raise DataError(row.error, path=str(path), row=row.number)
-        if row.data.get("label") == label:
-            prompts.add(normalize_text(text_field(row.data, "instruction", path=str(path), row=row.number)))
+        label = str(row.data.get("label") or "")
+        if label in labels:
+            prompts.setdefault(label, []).append(text_field(row.data, "instruction", path=str(path), row=row.number))
     return prompts
 
 
@@ -96,10 +101,12 @@ def parse_release_row(data: dict[str, Any], *, path: str, row: int) -> tuple[str
 
 
 def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
-    folder = release_folder(spec)
-    held_out = load_test_prompts(folder) if spec.hold_out_test else set()
+    folder = release_folder(spec, stats)
+    held_out = None
     if spec.hold_out_test:
-        stats.notes["test_prompts_held_out"] = len(held_out)
+        test_prompts = load_test_prompts(folder)
+        held_out = LeakageGuard.from_prompts(test_prompts, threshold=None)  # exact, after normalisation
+        stats.notes["test_prompts_held_out"] = sum(len(texts) for texts in test_prompts.values())
     records: list[PreferenceRecord] = []
     for category in spec.categories:
         path = folder / f"safer_instruct_{category}.csv"
@@ -108,8 +115,8 @@ def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
         stats.files.append(str(path))
         rows = ((str(path), row) for row in iter_rows(path))
         for _, row, (prompt, chosen, rejected) in parsed_rows(spec, stats, parse_release_row, rows):
-            if normalize_text(prompt) in held_out:
-                stats.skip("held_out_test_prompt")
+            if held_out is not None and held_out.check(prompt) is not None:
+                stats.skip(OVERLAP_REASON)
                 continue
             if OPENAI_IDENTITY in chosen.lower():
                 stats.notes["chosen_claims_openai_identity"] += 1

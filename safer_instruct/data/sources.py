@@ -13,7 +13,13 @@ Preference sources (`PreferenceRecord`; SFT trains on `chosen`, DPO on pairs):
 Instruction sources (`InstructionRecord`, for SFT and reversed instruction tuning): `instructions`
 (Alpaca, ShareGPT or messages format). SFT accepts both kinds.
 
-    records, stats = load_preferences(cfg.data)
+Every load runs the same steps, each counted in `LoadStats` (data_stats.json): read and parse
+(malformed rows), the leakage guard (`test_prompt_overlap`), de-duplication (`duplicate`), for DPO
+the rows without a rejected response (`no_rejected`), the draw of `data.sample_size` rows
+(`not_sampled`), `data.max_rows` (`cut_by_max_rows`); per category, the rows loaded, the pairs among
+them and the rows used.
+
+    records, stats = load_preferences(cfg.data, guard=guard, pairs_only=True)
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.data.hh_rlhf import HHRLHFSpec, load_hh_rlhf
 from safer_instruct.data.instructions import InstructionRecord, InstructionSpec, load_instructions
-from safer_instruct.data.loading import LoadStats, SourceSpec, _help, normalize_text, parsed_rows
+from safer_instruct.data.leakage import LeakageGuard
+from safer_instruct.data.loading import LoadStats, SampleSpec, SourceSpec, _help, normalize_text, parsed_rows
 from safer_instruct.data.pku_saferlhf import PKUSafeRLHFSpec, load_pku_saferlhf
 from safer_instruct.data.release import ReleaseSpec, load_release
 from safer_instruct.data.schema import PreferenceRecord
@@ -64,7 +71,7 @@ def load_constructed(spec: ConstructedSpec, stats: LoadStats) -> list[Preference
 
 
 @dataclass
-class MixtureSpec:
+class MixtureSpec(SampleSpec):
     """Several preference sources mixed by weight (`data=mixture_*`)."""
 
     source: str = _help("mixture", "Always 'mixture'.")
@@ -82,6 +89,7 @@ class MixtureSpec:
                 raise ConfigError(f"data.components[{index}].weight must be a number > 0, got {weight!r}")
             if component.get("source") == "mixture":
                 raise ConfigError(f"data.components[{index}] is itself a mixture: flatten it")
+        self.check_sample()
 
 
 def load_mixture(spec: MixtureSpec, stats: LoadStats) -> list[PreferenceRecord]:
@@ -128,29 +136,113 @@ def spec_from(node: Any) -> Any:
     return cls(**values)
 
 
-def load_preferences(node: Any) -> tuple[list[PreferenceRecord], LoadStats]:
-    """Preference records of any preference source, de-duplicated and capped as configured."""
+def load_preferences(node: Any, guard: LeakageGuard | None = None,
+                     pairs_only: bool = False) -> tuple[list[PreferenceRecord], LoadStats]:  # fmt: skip
+    """Preference records of any preference source: guarded, de-duplicated, drawn and capped as configured.
+
+    `guard`: evaluation prompts no row may match (removed as `test_prompt_overlap`). `pairs_only`:
+    keep only rows with a rejected response (DPO), before the draw of `data.sample_size`.
+    """
     spec = spec_from(node)
     if spec.source not in PREFERENCE_SOURCES:
         raise ConfigError(f"data.source '{spec.source}' gives instructions, not preference pairs: use a preference "
                           f"source ({', '.join(PREFERENCE_SOURCES)})")  # fmt: skip
     stats = LoadStats(source=spec.source)
     records = PREFERENCE_SOURCES[spec.source][1](spec, stats)
+    if guard is not None:
+        records = guard.filter(records, preference_texts, stats)
     records = _dedupe(records, getattr(spec, "dedupe", "none"), stats, key=_preference_key)
-    return _finish(records, spec, stats)
+    loaded = records
+    if pairs_only:
+        records = [r for r in records if r.is_pair]
+        without = len(loaded) - len(records)
+        if without:
+            stats.dropped["no_rejected"] += without
+        stats.notes["sft_only_rows_skipped_by_dpo"] = without
+        if loaded and not records:
+            raise DataError(f"none of the {len(loaded)} rows has a rejected response, so DPO has nothing to train on "
+                            "(rows without `rejected` are usable for SFT only)", path=_where(spec, stats))  # fmt: skip
+    records = _draw(records, spec, stats)
+    records, stats = _finish(records, spec, stats)
+    stats.categories = _category_counts(loaded, records)
+    return records, stats
 
 
-def load_sft_examples(node: Any) -> tuple[list[InstructionRecord], LoadStats]:
+def load_sft_examples(node: Any, guard: LeakageGuard | None = None) -> tuple[list[InstructionRecord], LoadStats]:
     """(instruction, response) examples for SFT: instruction datasets as they are, preference data's chosen."""
     spec = spec_from(node)
     if spec.source in INSTRUCTION_SOURCES:
         stats = LoadStats(source=spec.source)
         records = INSTRUCTION_SOURCES[spec.source][1](spec, stats)
+        if guard is not None:
+            records = guard.filter(records, instruction_texts, stats)
         records = _dedupe(records, spec.dedupe, stats, key=_instruction_key)
+        records = _draw(records, spec, stats)
         return _finish(records, spec, stats)
-    preferences, stats = load_preferences(node)
+    preferences, stats = load_preferences(node, guard)
     examples = [InstructionRecord(r.prompt, r.chosen, "", r.source, r.source_id) for r in preferences]
     return examples, stats
+
+
+def preference_texts(record: PreferenceRecord) -> list[str]:
+    """The texts of a row the leakage guard checks: its prompt, and any other form of it the source gave
+    (`provenance["leakage_texts"]`, e.g. the human turns of an HH-RLHF dialogue)."""
+    return [record.prompt, *record.provenance.get("leakage_texts", [])]
+
+
+def instruction_texts(record: InstructionRecord) -> list[str]:
+    return [record.instruction, f"{record.instruction}\n{record.input}" if record.input else ""]
+
+
+def sample_rows(rows: list, size: int, seed: int, stratify_by: str = "category") -> tuple[list, bool]:
+    """`size` rows drawn at random with `seed`, in their original order; (rows, whether stratified).
+
+    Stratified (when `stratify_by == "category"` and the rows have more than one category): each
+    category gets its share of `size` in proportion to its rows (largest remainders round up, ties
+    by category name), drawn within the category. The same rows and seed give the same draw.
+    """
+    if size > len(rows):
+        raise DataError(f"data.sample_size={size} but only {len(rows)} rows are left after filtering: lower the sample "
+                        "size (paper rows: paper.pairs) or set data.sample_size=null for an unmatched run")  # fmt: skip
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for index, row in enumerate(rows):
+        key = str(getattr(row, "category", "") or "") if stratify_by == "category" else ""
+        groups.setdefault(key, []).append(index)
+    if len(groups) < 2:
+        return [rows[i] for i in sorted(rng.sample(range(len(rows)), size))], False
+    quotas = {key: size * len(members) / len(rows) for key, members in groups.items()}
+    shares = {key: int(quota) for key, quota in quotas.items()}
+    by_remainder = sorted(groups, key=lambda key: (-(quotas[key] - shares[key]), key))
+    for key in by_remainder[: size - sum(shares.values())]:
+        shares[key] += 1
+    chosen = [i for key in sorted(groups) for i in rng.sample(groups[key], shares[key])]
+    return [rows[i] for i in sorted(chosen)], True
+
+
+def _draw(records: list, spec: Any, stats: LoadStats) -> list:
+    size = getattr(spec, "sample_size", None)
+    if size is None:
+        stats.sample = {"size": None, "seed": None, "stratified_by": None, "matched": False, "available": len(records)}
+        return records
+    drawn, stratified = sample_rows(records, int(size), int(spec.sample_seed), spec.stratify_by)
+    if len(records) > len(drawn):
+        stats.dropped["not_sampled"] += len(records) - len(drawn)
+    stats.sample = {"size": int(size), "seed": int(spec.sample_seed), "stratified_by": "category" if stratified else None,
+                    "matched": True, "available": len(records)}  # fmt: skip
+    return drawn
+
+
+def _category_counts(loaded: list[PreferenceRecord], used: list[PreferenceRecord]) -> dict[str, dict[str, int]]:
+    """Per category: rows loaded (after the guard and de-duplication), pairs among them, rows used."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in loaded:
+        entry = counts.setdefault(record.category or "", {"loaded": 0, "pairs": 0, "used": 0})
+        entry["loaded"] += 1
+        entry["pairs"] += int(record.is_pair)
+    for record in used:
+        counts.setdefault(record.category or "", {"loaded": 0, "pairs": 0, "used": 0})["used"] += 1
+    return dict(sorted(counts.items()))
 
 
 def _preference_key(record: PreferenceRecord, mode: str) -> Any:
@@ -178,13 +270,20 @@ def _dedupe(records: list, mode: str, stats: LoadStats, key: Callable[[Any, str]
     return kept
 
 
+def _where(spec: Any, stats: LoadStats) -> str:
+    return ", ".join(stats.files) or getattr(spec, "path", "")
+
+
 def _finish(records: list, spec: Any, stats: LoadStats) -> tuple[list, LoadStats]:
     if spec.max_rows is not None and len(records) > spec.max_rows:
         stats.notes["cut_by_max_rows"] = len(records) - spec.max_rows
+        stats.dropped["cut_by_max_rows"] += len(records) - spec.max_rows
         records = records[: spec.max_rows]
+        if stats.sample.get("size") is not None:
+            stats.sample["matched"] = False
     stats.kept = len(records)
     if not records:
-        where = ", ".join(stats.files) or getattr(spec, "path", "")
-        raise DataError(f"no usable rows ({stats.rows_read} read, dropped: {dict(stats.dropped) or 'none'})", path=where)
+        raise DataError(f"no usable rows ({stats.rows_read} read, dropped: {dict(stats.dropped) or 'none'})",
+                        path=_where(spec, stats))  # fmt: skip
     stats.log_summary()
     return records, stats

@@ -28,13 +28,14 @@ class StartingPoint:
 
     location: str
     adapter: str | None = None
+    revision: str | None = None  # hub models: `model.revision`, passed to from_pretrained(revision=...)
 
     def load_tokenizer(self) -> Any:
         """The tokenizer saved with the adapter (if any), else the model's; with a pad token."""
         from transformers import AutoTokenizer
 
         folder = self.adapter if self.adapter and (Path(self.adapter) / "tokenizer_config.json").is_file() else self.location
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder, revision=self.revision if folder == self.location else None)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
@@ -43,15 +44,18 @@ class StartingPoint:
         return [self.location] + ([self.adapter] if self.adapter else [])
 
 
-def starting_point(ref: str) -> StartingPoint:
-    """Resolve `model.path`; an adapter folder (adapter_config.json, no config.json) brings its base."""
+def starting_point(ref: str, revision: str | None = None) -> StartingPoint:
+    """Resolve `model.path` (at `revision` for a hub id); an adapter folder (adapter_config.json, no
+    config.json) brings its base."""
     folder = Path(str(ref)).expanduser()
     if folder.is_dir() and (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
         if not base:
             raise ModelNotFoundError(f"adapter {folder} does not name its base model (base_model_name_or_path)")
         return StartingPoint(location=resolve_model(base), adapter=str(folder))
-    return StartingPoint(location=resolve_model(str(ref)))
+    location = resolve_model(str(ref))
+    # A revision only means something for a hub id (a local folder, e.g. "@{sft}/model", has none).
+    return StartingPoint(location=location, revision=revision if revision and not Path(location).exists() else None)
 
 
 def torch_dtype(name: str) -> Any:

@@ -3,13 +3,17 @@
 The entry scripts in `train/` only call these. Each stage:
 
 1. reads and checks its settings (`train.*`, `peft.*`, `model.*`, `data.*`) before loading a model;
-2. loads the data through `safer_instruct.data.sources` and tokenizes it with the model's one prompt
-   format (`PromptFormat`), truncating prompts to `model.max_prompt_length` (counts logged and saved
-   in `data_stats.json`);
+2. loads the data through `safer_instruct.data.sources` (rows matching an evaluation prompt of
+   `leakage.sets` removed, `data.sample_size` rows drawn) and tokenizes it with the model's one prompt
+   format (`PromptFormat`), truncating prompts to `model.max_prompt_length`; `data_stats.json` records
+   rows read, rows used and rows removed per reason (`test_prompt_overlap` among them), per category,
+   the draw, the Hub revisions read and the tokenization;
 3. trains with TRL (SFTTrainer / our DPOTrainer subclass), resuming from the last checkpoint in
    `out_dir` when there is one, logging to wandb (if on) and always to `metrics.jsonl`;
 4. saves the final model (`out_dir/model`, plus `out_dir/adapter` for LoRA/QLoRA) and
-   `train_summary.json`.
+   `train_summary.json`, whose `data` block says what the stage trained on: `pairs` (rows trained on),
+   `tokens` (tokens of the training sequences; DPO: prompt+chosen and prompt+rejected),
+   `optimizer_steps` (taken) and `optimizer_steps_planned`, `sample` (the draw) and `revisions`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from safer_instruct.config import is_main_process
-from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.data.leakage import LeakageSettings
+from safer_instruct.errors import ConfigError
 from safer_instruct.io import atomic_write_json
 from safer_instruct.training.settings import DPOSettings, PeftSettings, SFTSettings, settings_from, world_size
 
@@ -41,6 +46,7 @@ class StagePlan:
     peft: PeftSettings
     start: Any
     tokenizer: Any
+    guard: Any = None  # safer_instruct.data.leakage.LeakageGuard
     data_stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -55,8 +61,50 @@ def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
     from safer_instruct.training.distributed import deepspeed_process_group
 
     deepspeed_process_group(bool(train.deepspeed))
-    start = starting_point(cfg.model.path)
-    return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=start.load_tokenizer())
+    # Before any model loads: a paper preset without its evaluation prompt sets stops here.
+    guard = LeakageSettings.from_config(cfg.get("leakage")).guard()
+    start = starting_point(cfg.model.path, cfg.model.get("revision"))
+    return StagePlan(name=name, train=train, peft=peft, start=start, tokenizer=start.load_tokenizer(), guard=guard)
+
+
+def _data_stats(load_stats: Any, guard: Any, train_rows: int, eval_rows: int, tokens: int,
+                tokenization: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """data_stats.json: rows read, used, removed per reason (rows_read = rows_used + sum(removed) for a
+    single source), then the details (load, per category, the draw, leakage guard, revisions, tokens)."""
+    removed = dict(load_stats.dropped)
+    if eval_rows:
+        removed["eval_split"] = eval_rows
+    return {
+        "rows_read": load_stats.rows_read,
+        "rows_used": train_rows,
+        "removed": removed,
+        "categories": load_stats.categories,
+        "sample": load_stats.sample,
+        "leakage": guard.to_dict() if guard is not None else None,
+        "revisions": load_stats.revisions(),
+        "tokens": tokens,
+        "load": load_stats.to_dict(),
+        "tokenization": tokenization,
+        "eval_rows": eval_rows,
+    }
+
+
+def _write_row_ids(out_dir: Path, train_rows: list, eval_rows: list) -> None:
+    """train_rows.json: the source_id of every row trained on (and held out for eval), so a run's data
+    can be audited and two runs' draws compared."""
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "train_rows.json", {"train": [r.source_id for r in train_rows],
+                                                        "eval": [r.source_id for r in eval_rows]})  # fmt: skip
+
+
+def _token_count(columns: dict[str, list]) -> int:
+    """Tokens of the training sequences: SFT input_ids; DPO prompt+chosen and prompt+rejected."""
+    if "input_ids" in columns:
+        return sum(len(ids) for ids in columns["input_ids"])
+    prompts = [len(ids) for ids in columns.get("prompt_ids", [])]
+    return sum(2 * p + len(c) + len(r) for p, c, r in zip(prompts, columns["chosen_ids"], columns["rejected_ids"],
+                                                          strict=True))  # fmt: skip
 
 
 def _split_eval(rows: list, size: int, seed: int) -> tuple[list, list]:
@@ -95,6 +143,8 @@ def _common_trainer_args(plan: StagePlan, cfg: DictConfig, out_dir: Path, report
     kwargs = plan.train.trainer_kwargs(out_dir, world_size(), int(cfg.seed), report_to)
     kwargs["max_length"] = int(cfg.model.max_length)
     kwargs["model_init_kwargs"] = {"dtype": torch_dtype(cfg.model.dtype)}
+    if plan.start.revision and not plan.start.adapter:
+        kwargs["model_init_kwargs"]["revision"] = plan.start.revision
     kwargs["run_name"] = f"{plan.name}/{out_dir.name}"
     if plan.peft.method == "qlora":
         kwargs["model_init_kwargs"]["dtype"] = torch_dtype(plan.peft.compute_dtype)
@@ -117,11 +167,14 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
                        base=plan.start, dtype=cfg.model.dtype, extra_files=extra_files)  # fmt: skip
     metrics = read_metrics(out_dir / "metrics.jsonl")
     train_rows = [m for m in metrics if "loss" in m]
+    model_config = getattr(trainer.model, "config", None)
     summary = {
         "stage": plan.name,
         "model": paths["model"],
         "adapter": paths["adapter"],
-        "started_from": {"model": plan.start.location, "adapter": plan.start.adapter},
+        "started_from": {"model": plan.start.location, "adapter": plan.start.adapter,
+                         "revision": {"requested": plan.start.revision,
+                                      "resolved": getattr(model_config, "_commit_hash", None)}},  # fmt: skip
         "resumed_from": checkpoint,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
@@ -133,7 +186,16 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
         "global_batch_size": plan.train.global_batch_size,
         # ZeRO-3 shards parameters: ds_numel is the full size
         "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in trainer.model.parameters() if p.requires_grad),
-        "data": {"train_rows": len(trainer.train_dataset), **data_stats.get("tokenization", {})},
+        "data": {
+            "pairs": len(trainer.train_dataset),
+            "train_rows": len(trainer.train_dataset),
+            "tokens": data_stats.get("tokens"),
+            "optimizer_steps": trainer.state.global_step,
+            "optimizer_steps_planned": trainer.state.max_steps,
+            "sample": data_stats.get("sample"),
+            "revisions": data_stats.get("revisions"),
+            **data_stats.get("tokenization", {}),
+        },
         **(extra or {}),
     }
     if is_main_process():
@@ -155,13 +217,16 @@ def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
     from safer_instruct.training.trainers import MetricsJsonlCallback
 
     plan = _plan(cfg, name, SFTSettings)
-    examples, load_stats = load_sft_examples(cfg.data)
+    examples, load_stats = load_sft_examples(cfg.data, plan.guard)
     train_rows, eval_rows = _split_eval(examples, plan.train.eval_size, int(cfg.seed))
     encoder = Encoder(plan.tokenizer, int(cfg.model.max_length), int(cfg.model.max_prompt_length))
-    train_dataset = _dataset(build_columns(encoder, plan.tokenizer, train_rows))
+    train_columns = build_columns(encoder, plan.tokenizer, train_rows)
+    train_dataset = _dataset(train_columns)
     encoder.log_summary(f"{name} train data")
     eval_dataset = _dataset(build_columns(encoder, plan.tokenizer, eval_rows)) if eval_rows else None
-    data_stats = {"load": load_stats.to_dict(), "tokenization": encoder.stats.to_dict(), "eval_rows": len(eval_rows)}
+    data_stats = _data_stats(load_stats, plan.guard, len(train_rows), len(eval_rows), _token_count(train_columns),
+                             encoder.stats.to_dict())  # fmt: skip
+    _write_row_ids(out_dir, train_rows, eval_rows)
     with tracking_run(cfg, name, out_dir) as tracking:
         args = SFTConfig(**_common_trainer_args(plan, cfg, out_dir, tracking.report_to), completion_only_loss=True)
         trainer = SFTTrainer(
@@ -247,8 +312,9 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
     fingerprints = {"train": fingerprint_columns(train_columns)}
     if eval_columns:
         fingerprints["eval"] = fingerprint_columns(eval_columns)
-    data_stats = {"load": load_stats.to_dict(), "tokenization": encoder.stats.to_dict(), "eval_rows": len(eval_rows),
-                  "fingerprints": fingerprints}  # fmt: skip
+    data_stats = {**_data_stats(load_stats, plan.guard, len(train_rows), len(eval_rows), _token_count(train_columns),
+                                encoder.stats.to_dict()), "fingerprints": fingerprints}  # fmt: skip
+    _write_row_ids(out_dir, train_rows, eval_rows)
     store = RefLogpsStore.at(train.ref_logps_dir) if train.ref_logps_cache else None
     key_parts = {
         "reference": [model_identity(loc) for loc in plan.start.identity_locations()],

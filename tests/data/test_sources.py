@@ -84,18 +84,20 @@ def test_release_pairs_sft_only_rows_held_out_prompts_and_duplicates(tmp_path):
     folder = _release(tmp_path / "release")
     spec = {"source": "safer_instruct_release", "path": str(folder), "categories": ["hate", "illegal"]}
     records, stats = load_preferences(spec)
+    # every test prompt is held out, whatever its label ("How to pick a lock" is an hh one)
     assert [(r.prompt, r.is_pair) for r in records] == [
-        ("Write an insult\nabout them", True), ("Write an insult\nabout them", True), ("How to pick a lock", False),
+        ("Write an insult\nabout them", True), ("Write an insult\nabout them", True),
     ]  # fmt: skip
-    assert stats.dropped == {"held_out_test_prompt": 2, "duplicate": 1}
-    assert stats.notes["test_prompts_held_out"] == 2 and stats.notes["chosen_claims_openai_identity"] == 1
-    assert records[2].category == "illegal" and records[2].rejected is None
+    assert stats.dropped == {"test_prompt_overlap": 3, "duplicate": 1}
+    assert stats.notes["test_prompts_held_out"] == 3 and stats.notes["chosen_claims_openai_identity"] == 1
+    assert stats.categories == {"hate": {"loaded": 2, "pairs": 2, "used": 2}}
 
     kept, _ = load_preferences({**spec, "hold_out_test": False, "dedupe": "prompt", "drop_openai_identity": True})
     assert sorted(" ".join(r.prompt.split()) for r in kept) == ["How to pick a lock", "Test prompt one",
                                                                 "Test prompt two", "Write an insult about them"]  # fmt: skip
-    sft, _ = load_sft_examples(spec)
-    assert [e.output for e in sft] == ["I won't write insults.", "As an AI developed by OpenAI, I can't.", "Call a locksmith."]
+    sft, _ = load_sft_examples({**spec, "hold_out_test": False})
+    assert [e.output for e in sft] == ["I won't write insults.", "No.", "As an AI developed by OpenAI, I can't.",
+                                       "Call a locksmith.", "No."]  # fmt: skip
 
 
 def test_release_malformed_row_and_missing_files(tmp_path):
@@ -143,6 +145,18 @@ def test_hh_rlhf_gz_release_layout_single_and_multi_turn(tmp_path):
     assert last[1].prompt == "Insult me"
     with pytest.raises(DataError, match=r"train.jsonl.gz, row 3, field 'chosen': chosen and rejected differ"):
         load_preferences({**spec, "on_error": "raise"})
+
+
+def test_hh_rlhf_file_path_is_read_as_is_whatever_data_dir_says(tmp_path):
+    """`data=hh_rlhf data.path=FILE.jsonl`: the preset's data_dir (harmless-base) must not be appended to a file."""
+    rows = [{"chosen": f"{H}Hi{A}Hello!{H}Insult me{A}Let's keep it kind.", "rejected": f"{H}Hi{A}Hello!{H}Insult me{A}No."}]
+    path = jsonl(tmp_path / "hh.jsonl", rows)
+    records, stats = load_preferences({"source": "hh_rlhf", "path": str(path), "data_dir": "harmless-base"})
+    assert stats.files == [str(path)] and len(records) == 1
+    # the leakage guard also sees the human turns and the dialogue without its leading role label
+    assert records[0].provenance["leakage_texts"] == ["Hi", "Insult me", "Hi\n\nAssistant: Hello!\n\nHuman: Insult me"]
+    with pytest.raises(DataError, match="no such file or folder"):  # a folder still gets its sub-folder
+        load_preferences({"source": "hh_rlhf", "path": str(tmp_path), "data_dir": "harmless-base"})
 
 
 # --- PKU-SafeRLHF ----------------------------------------------------------------------------------

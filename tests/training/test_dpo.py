@@ -114,6 +114,29 @@ def test_dpo_refuses_data_without_rejected_responses(tmp_path):
         run_dpo(cfg, tmp_path / "run")
 
 
+def test_rows_of_different_sizes_train_on_the_same_number_of_pairs_drawn_by_seed(tmp_path):
+    """Fair rows: sources of 12 and 40 pairs both train on data.sample_size=8; the seed decides which 8."""
+    small = write_jsonl(tmp_path / "small.jsonl", separable_pairs(12))
+    large = write_jsonl(tmp_path / "large.jsonl", separable_pairs(40))
+    runs = {}
+    for name, data, seed in (("small", small, 3), ("large", large, 3), ("large_again", large, 3), ("large_other", large, 4)):
+        out = tmp_path / name
+        cfg = _dpo(out, data, tmp_path / "store", "train.num_epochs=1", "data.sample_size=8", f"data.sample_seed={seed}")
+        summary = run_dpo(cfg, out)
+        stats = json.loads((out / "data_stats.json").read_text())
+        runs[name] = (summary["data"], stats, json.loads((out / "train_rows.json").read_text())["train"])
+    for name, (data, stats, trained) in runs.items():
+        assert data["pairs"] == len(trained) == stats["rows_used"] == 8, name
+        assert data["optimizer_steps"] == data["optimizer_steps_planned"] == 2  # 8 pairs, global batch 4, 1 epoch
+        assert data["sample"] == {"size": 8, "seed": 3 if name != "large_other" else 4, "stratified_by": None,
+                                  "matched": True, "available": 12 if name == "small" else 40}  # fmt: skip
+        assert data["tokens"] == stats["tokens"] > 0
+    assert runs["small"][1]["removed"] == {"not_sampled": 4} and runs["large"][1]["removed"] == {"not_sampled": 32}
+    assert runs["large_again"][2] == runs["large"][2]  # same seed, same rows (source_ids)
+    assert runs["large_other"][2] != runs["large"][2]
+    assert runs["large_again"][0]["tokens"] == runs["large"][0]["tokens"]
+
+
 def test_other_trl_loss_types_combined(tmp_path, pairs_file):
     cfg = _dpo(tmp_path / "run", pairs_file, tmp_path / "store", "train.max_steps=2", "train.loss_type=[ipo,sft]",
                "train.loss_weights=[1.0,0.5]")  # fmt: skip

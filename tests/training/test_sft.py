@@ -48,7 +48,13 @@ def test_sft_trains_every_trainable_parameter(tmp_path, peft):
         proj = next(k for k in base if k.endswith("q_proj.weight"))
         assert not (base[proj].float() == merged[proj].float()).all()
     stats = json.loads((tmp_path / "data_stats.json").read_text())
-    assert stats["load"]["kept"] == sum(1 for line in DEMO_INSTRUCTIONS.read_text().splitlines() if line.strip())
+    rows = sum(1 for line in DEMO_INSTRUCTIONS.read_text().splitlines() if line.strip())
+    assert stats["load"]["kept"] == stats["rows_read"] == stats["rows_used"] == rows and stats["removed"] == {}
+    # the run names what it trained on: rows, tokens, steps and (no) draw
+    assert summary["data"]["pairs"] == rows and summary["data"]["tokens"] == stats["tokens"] > rows
+    assert summary["data"]["optimizer_steps"] == summary["data"]["optimizer_steps_planned"] == 3
+    assert summary["data"]["sample"]["size"] is None and summary["data"]["sample"]["matched"] is False
+    assert summary["started_from"]["revision"] == {"requested": None, "resolved": None}  # a local kit model
 
 
 def test_sft_on_preference_data_uses_chosen_and_truncates_prompts(tmp_path):
