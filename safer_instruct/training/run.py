@@ -297,12 +297,8 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
 
     plan = _plan(cfg, "train_dpo", DPOSettings)
     train: DPOSettings = plan.train
-    records, load_stats = load_preferences(cfg.data)
-    pairs = [r for r in records if r.is_pair]
-    load_stats.notes["sft_only_rows_skipped_by_dpo"] = len(records) - len(pairs)
-    if not pairs:
-        raise DataError(f"none of the {len(records)} rows has a rejected response, so DPO has nothing to train on "
-                        "(rows without `rejected` are usable for SFT only)", path=str(cfg.data.get("path", "")))  # fmt: skip
+    # Rows without a rejected response are dropped (no_rejected) before data.sample_size pairs are drawn.
+    pairs, load_stats = load_preferences(cfg.data, plan.guard, pairs_only=True)
     train_rows, eval_rows = _split_eval(pairs, train.eval_size, int(cfg.seed))
     fmt = PromptFormat.for_model(cfg.model, plan.tokenizer)
     encoder = Encoder(plan.tokenizer, int(cfg.model.max_length), int(cfg.model.max_prompt_length))
