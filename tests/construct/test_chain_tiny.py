@@ -28,6 +28,8 @@ def test_chain_with_the_tiny_model_served_for_real(tmp_path):
         # Let the tiny model's garbage reach the expert, so that real verdicts are asked for and parsed.
         "filter_instructions.heuristics.function_words=[]", "filter_instructions.heuristics.min_letter_ratio=0",
         "filter_instructions.heuristics.min_words=1", "filter_instructions.heuristics.max_paste_ratio=1.0",
+        # Its answers mostly run to max_tokens: keep them, flagged, so that every stage gets work.
+        *(f"on_truncated.{stage}=flag" for stage in ("induce", "filter_instructions", "respond", "filter_responses")),
     ]  # fmt: skip
     stats = run_construct(compose("construct", overrides), out)
     stages = stats["stages"]
@@ -50,6 +52,16 @@ def test_chain_with_the_tiny_model_served_for_real(tmp_path):
     assert (out / "datasets" / "dataset_dict.json").is_file()
     induced = [json.loads(line) for line in (out / "stages" / "induce" / "output.jsonl").read_text().splitlines()]
     assert induced and all(row["inducer_model"] for row in induced)  # answers really came from the server
+    # A real server's finish_reason: the instructions that ran to inducer.max_tokens are flagged, and
+    # the flags are counted.
+    flagged = sum("induce" in (row.get("truncated") or []) for row in induced)
+    assert flagged == stages["induce"]["truncated_kept"] and stages["induce"]["on_truncated"] == "flag"
+    assert all(row["provenance"]["truncated"] == sorted(row["provenance"]["truncated"], key=prev_order)
+               for row in rows)  # fmt: skip
+
+
+def prev_order(stage: str) -> int:
+    return ["induce", "filter_instructions", "respond", "filter_responses"].index(stage)
 
 
 def prev(stage: str) -> str:
