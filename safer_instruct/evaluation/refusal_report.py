@@ -26,7 +26,25 @@ PROXY_NOTE = (
 
 
 def is_refusal_result(h: Mapping[str, Any] | None) -> bool:
-    return bool(h) and h.get("metric") == REFUSAL_METRIC
+    return refusal_summary(h) is not None
+
+
+def refusal_summary(h: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The refusal judge's summary of a result: the result itself when the refusal judge was its judge,
+    its `second_judge` (with the result's items and label) when that was; else None."""
+    if not h:
+        return None
+    if h.get("metric") == REFUSAL_METRIC:
+        return dict(h, judge_slot="judge")
+    second = h.get("second_judge") or {}
+    if second.get("metric") == REFUSAL_METRIC:
+        return dict(second, items=h.get("items") or {}, label=h.get("label"), judge_slot="second_judge")
+    return None
+
+
+def _verdict(judgement_row: Mapping[str, Any], slot: str) -> str | None:
+    found = judgement_row if slot == "judge" else (judgement_row.get(slot) or {})
+    return found.get("verdict") or found.get("status")
 
 
 def is_benign(h: Mapping[str, Any]) -> bool:
@@ -57,14 +75,14 @@ def _cell(h: Mapping[str, Any]) -> str:
 
 def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
     """(header, cells, records): one line per model label, one column per prompt set (harmful sets first)."""
-    results = [r for r in rows if is_refusal_result(r.harmlessness)]
+    results = [(r, refusal_summary(r.harmlessness)) for r in rows if is_refusal_result(r.harmlessness)]
     columns: dict[str, bool] = {}
-    for row in results:
-        columns.setdefault(column_name(row.harmlessness), is_benign(row.harmlessness))
+    for _, h in results:
+        columns.setdefault(column_name(h), is_benign(h))
     ordered = sorted(columns, key=lambda c: (columns[c], c))
     by_label: dict[str, dict[str, Mapping[str, Any]]] = {}
-    for row in results:
-        by_label.setdefault(row.label, {})[column_name(row.harmlessness)] = row.harmlessness
+    for row, h in results:
+        by_label.setdefault(row.label, {})[column_name(h)] = h
     header = ["model", *ordered]
     cells, records = [], []
     for label, found in by_label.items():
@@ -100,24 +118,23 @@ def example_answers(rows: Sequence[Any], per_set: int = 3, limit: int = 220) -> 
     by_set: dict[str, list[Any]] = {}
     for row in rows:
         if is_refusal_result(row.harmlessness):
-            by_set.setdefault(str(row.harmlessness["items"].get("name")), []).append(row)
+            by_set.setdefault(str((row.harmlessness.get("items") or {}).get("name")), []).append(row)
     lines: list[str] = []
     for name, set_rows in by_set.items():
-        answers = [(row, _judgements(row)) for row in set_rows]
-        common_ids = [i for i in answers[0][1] if all(i in found for _, found in answers)]
+        answers = [(row, _judgements(row), refusal_summary(row.harmlessness)["judge_slot"]) for row in set_rows]
+        common_ids = [i for i in answers[0][1] if all(i in found for _, found, _ in answers)]
         if len(answers) < 2 or not common_ids:
             continue
-        differ = [i for i in common_ids if len({found[i].get("verdict") for _, found in answers}) > 1]
+        differ = [i for i in common_ids if len({_verdict(found[i], slot) for _, found, slot in answers}) > 1]
         chosen = (differ + [i for i in common_ids if i not in differ])[:per_set]
         kind = "benign" if is_benign(set_rows[0].harmlessness) else "harmful"
         lines += ["", f"### {name} ({kind} prompts): {len(differ)} of {len(common_ids)} verdicts differ", ""]
         for item_id in chosen:
             first = answers[0][1][item_id]
             lines.append(f"- **{_short(first.get('prompt'), limit)}** ({item_id}, source {first.get('source')})")
-            for row, found in answers:
+            for row, found, slot in answers:
                 r = found[item_id]
-                verdict = r.get("verdict") or r.get("status")
-                lines.append(f"  - {row.label} [{verdict}]: {_short(r.get('response'), limit) or '(empty)'}")
+                lines.append(f"  - {row.label} [{_verdict(r, slot)}]: {_short(r.get('response'), limit) or '(empty)'}")
     return lines
 
 
@@ -175,8 +192,8 @@ def pairs_points(rows: Sequence[Any]) -> list[dict[str, Any]]:
     prompt set, the shown rate and CI, and the series (the run's sweep label without its pairs value)."""
     points = []
     for row in rows:
-        h = row.harmlessness
-        if not is_refusal_result(h):
+        h = refusal_summary(row.harmlessness)
+        if h is None:
             continue
         dpo = [s.pairs for s in getattr(row, "training", []) if s.name == "dpo"]
         if dpo and dpo[-1] is None:

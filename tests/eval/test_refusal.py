@@ -253,3 +253,27 @@ def test_pairs_chart_needs_two_numbers_of_pairs(tmp_path):
     points = refusal_report.pairs_points([base, trained])
     assert [(p["pairs"], p["rate"]) for p in points] == [(0, 0.5), (400, 1.0)]
     assert refusal_report.pairs_chart([base, trained], tmp_path / "b.png") and (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_report_section_reads_the_refusal_judge_as_second_judge(tmp_path):
+    """An LLM judge first, the refusal judge second (the demo): the section shows the second judge's rates
+    and verdicts."""
+    from safer_instruct.evaluation import refusal_report
+
+    rows = []
+    for model, verdicts in (("base", [ANSWERED, ANSWERED]), ("dpo", [REFUSED, ANSWERED])):
+        row = refusal_result(tmp_path, model, "harmbench", verdicts)
+        second = {**row.harmlessness, "judge": {"kind": "refusal"}}
+        row.harmlessness = {"label": model, "metric": "harmless_rate", "rate": 1.0, "ci95": [1.0, 1.0], "n": 2,
+                            "items": second.pop("items"), "second_judge": second}  # fmt: skip
+        folder = Path(row.paths[0]).parent
+        lines = [json.loads(x) for x in (folder / "judgements.jsonl").read_text().splitlines()]
+        moved = [{**r, "verdict": "harmless", "second_judge": {"status": r["status"], "verdict": r["verdict"]}}
+                 for r in lines]  # fmt: skip
+        (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in moved))
+        rows.append(row)
+    header, cells, _ = refusal_report.rates_table(rows)
+    assert header == ["model", "harmbench refusal % [95% CI]"]
+    assert [c[1].split(" ")[0] for c in cells] == ["0.0", "50.0"]
+    text = "\n".join(refusal_report.section(rows))
+    assert "1 of 2 verdicts differ" in text and "  - dpo [refused]: dpo says refused" in text
