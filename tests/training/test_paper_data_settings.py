@@ -57,3 +57,4 @@ def test_release_row_reads_every_category_and_holds_out_the_test_set():
 def test_reversed_model_base_is_pinned():
     cfg = _steps("paper_safer_instruct")["reverse"]
     assert cfg.model.path == "huggyllama/llama-7b" and cfg.model.revision == "8416d3fefb0cb3ff5775a7b13c1692d10ff1aa16"
+    assert list(cfg.leakage.required) == ["release_test_set"]  # the reversed model never learns a test prompt either
