@@ -151,4 +151,8 @@ def induction_prompt(inducer_model: str, configured: str | None) -> InductionPro
 
     truncation = card["truncation"]
     encoder = Encoder(load_tokenizer(str(folder)), int(truncation["max_length"]), int(budget))
+    overhead = encoder.count_tokens(saved.render(""))
+    if overhead >= int(budget):
+        raise ConfigError(f"{folder / REVERSE_PROMPT_CARD}: a prompt budget of {budget} tokens leaves no room for the "
+                          f"text (the template alone takes {overhead}); retrain with a larger model.max_prompt_length")  # fmt: skip
     return InductionPrompt(saved, "model", str(folder), encoder, int(budget))

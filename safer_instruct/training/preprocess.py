@@ -193,6 +193,10 @@ def reverse_columns(encoder: Encoder, template: Any, examples: Sequence[Any]) ->
     eos = encoder.tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the tokenizer has no EOS token: the reversed model could not learn where an instruction ends")
+    overhead = encoder.count_tokens(template.render(""))
+    if overhead >= encoder.max_prompt_length:
+        raise ConfigError(f"model.max_prompt_length={encoder.max_prompt_length} leaves no room for the response: the "
+                          f"reverse template {template.version} alone takes {overhead} tokens; raise it")  # fmt: skip
     targets = [e.instruction if not e.input else f"{e.instruction}\n\n{e.input}" for e in examples]
     target_ids = [ids + [eos] for ids in encoder.tokenizer(targets, add_special_tokens=False)["input_ids"]]
     prompts = []

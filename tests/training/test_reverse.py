@@ -94,3 +94,12 @@ def test_a_long_response_is_cut_inside_the_prompt_and_the_instruction_is_kept():
     assert len(prompts[0]) <= 100  # model.max_prompt_length
     assert len(prompts[1]) < len(prompts[0])  # a long instruction takes room from the response, not the reverse
     assert encoder.stats.prompts_truncated == 2 and encoder.stats.completions_truncated == 0
+
+
+def test_a_prompt_budget_smaller_than_the_template_is_a_config_error():
+    from safer_instruct.errors import ConfigError
+
+    tokenizer = load_tokenizer("kit:tiny")
+    with pytest.raises(ConfigError, match=r"model.max_prompt_length=40 leaves no room for the response: the reverse "
+                                          r"template reverse-paper-v1 alone takes \d+ tokens"):  # fmt: skip
+        reverse_columns(Encoder(tokenizer, 80, 40), reverse_template("reverse_paper"), [InstructionRecord("Q?", "A.")])
