@@ -256,10 +256,15 @@ def _hub_rows(spec: SourceSpec, stats: LoadStats) -> Iterator[tuple[str, Row]]:
 
 
 def record_revision(stats: LoadStats, repo_id: str, requested: str | None, resolved: str | None) -> None:
-    """Note which commit of a Hub repo a load read (None when the library did not say)."""
+    """Note which commit of a Hub repo a load read (None when the library did not say).
+
+    `datasets` reports it as its builder's hash (online: the commit it resolved; offline: the commit
+    of the cached copy it fell back to, which may not be the one asked for: warned here).
+    """
     resolved = str(resolved) if resolved and _COMMIT.fullmatch(str(resolved)) else None
-    if requested and resolved is None and _COMMIT.fullmatch(str(requested)):
-        resolved = str(requested)
+    if requested and resolved and _COMMIT.fullmatch(str(requested)) and resolved != requested:
+        log.warning("data %s: revision %s was asked for but %s was read (offline, datasets reads the cached copy)",
+                    repo_id, requested, resolved)  # fmt: skip
     stats.revision[repo_id] = {"requested": requested, "resolved": resolved}
     log.info("data %s: revision requested %s, read %s", repo_id, requested or "main", resolved or "unknown")
 
