@@ -69,8 +69,9 @@ def _plan(cfg: DictConfig, name: str, settings_cls: type) -> StagePlan:
 
 def _data_stats(load_stats: Any, guard: Any, train_rows: int, eval_rows: int, tokens: int,
                 tokenization: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """data_stats.json: rows read, used, removed per reason (rows_read = rows_used + sum(removed) for a
-    single source), then the details (load, per category, the draw, leakage guard, revisions, tokens)."""
+    """data_stats.json: rows read, used, removed per reason (rows_read = rows_used + sum(removed) when each
+    row read is one example: not for mixtures, nor ShareGPT's several exchanges per conversation), then the
+    details (load, per category, the draw, leakage guard, revisions, tokens)."""
     removed = dict(load_stats.dropped)
     if eval_rows:
         removed["eval_split"] = eval_rows
