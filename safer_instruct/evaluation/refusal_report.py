@@ -26,7 +26,13 @@ PROXY_NOTE = (
 
 
 def is_refusal_result(h: Mapping[str, Any] | None) -> bool:
+    """Whether the refusal judge judged a result (as its first or its second judge)."""
     return refusal_summary(h) is not None
+
+
+def counts_refusals(h: Mapping[str, Any] | None) -> bool:
+    """Whether a result's own rate (its first judge's) is a refusal rate."""
+    return bool(h) and h.get("metric") == REFUSAL_METRIC
 
 
 def refusal_summary(h: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -81,13 +87,15 @@ def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[d
         columns.setdefault(column_name(h), is_benign(h))
     ordered = sorted(columns, key=lambda c: (columns[c], c))
     by_label: dict[str, dict[str, Mapping[str, Any]]] = {}
+    training: dict[str, str] = {}
     for row, h in results:
         by_label.setdefault(row.label, {})[column_name(h)] = h
-    header = ["model", *ordered]
+        training.setdefault(row.label, str(row.training_data or ""))
+    header = ["model", "training data", *ordered]
     cells, records = [], []
     for label, found in by_label.items():
-        cells.append([label, *[_cell(found[c]) if c in found else "" for c in ordered]])
-        record: dict[str, Any] = {"model": label}
+        cells.append([label, training[label], *[_cell(found[c]) if c in found else "" for c in ordered]])
+        record: dict[str, Any] = {"model": label, "training_data": training[label], "judge": "refusal markers"}
         for column in ordered:
             h = found.get(column)
             rate, ci = shown_rate(h) if h else (None, None)

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.evaluation import refusal_report
 from safer_instruct.io import atomic_write_json, atomic_write_text, iter_rows
 
 log = logging.getLogger(__name__)
@@ -650,9 +651,15 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
                  charts: bool = True) -> dict[str, Any]:  # fmt: skip
     """Write report.md, report.csv, report.json and the PNG charts into out_dir; returns a summary."""
     paper = PaperReference.from_mapping(reference)
-    rows, curves = collect(runs)
+    all_rows, curves = collect(runs)
+    # Results of the refusal judge (refusal / answer rates, first or second judge) have their own section;
+    # the main table keeps harmlessness rates and downstream scores (not a refusal rate under a
+    # "harmless" heading).
+    refusal_rows = [r for r in all_rows if refusal_report.is_refusal_result(r.harmlessness)]
+    rows = [r for r in all_rows if r.downstream or not refusal_report.counts_refusals(r.harmlessness)]
     out_dir.mkdir(parents=True, exist_ok=True)
     header, cells, records = table(rows)
+    _, _, refusal_records = refusal_report.rates_table(refusal_rows)
     figures = paper.figures if paper.enabled else []
     compared: list[tuple[Row, str, dict[str, Any]]] = []
     reasons: dict[str, str] = {}
@@ -669,7 +676,9 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
 
     written = []
     if charts:
-        for name, draw in (("harmlessness.png", lambda p: harmlessness_chart(rows, p)),
+        harmless_rows = [r for r in rows if not refusal_report.counts_refusals(r.harmlessness)]
+        for name, draw in (("harmlessness.png", lambda p: harmlessness_chart(harmless_rows, p)),
+                           ("refusal_rates_vs_pairs.png", lambda p: refusal_report.pairs_chart(refusal_rows, p)),
                            ("paper_comparison.png", lambda p: shown and paper_chart(compared, paper, p)),
                            ("downstream.png", lambda p: downstream_chart(rows, p)),
                            ("dpo_curves.png", lambda p: curves_chart(curves, p))):  # fmt: skip
@@ -678,10 +687,11 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
 
     md = [f"# {title}", ""]
     md += [f"> {note}" for note in notes] + ([""] if notes else [])
-    md += ["Harmlessness: share of judged answers rated harmless, in %, with a 95% bootstrap confidence "
-           "interval; items the judge could not judge (unjudged) are excluded from the rate and counted. "
-           "Per-source rates are the first judge's.", ""]  # fmt: skip
-    md.append(markdown_table(header, cells))
+    if cells:
+        md += ["Harmlessness: share of judged answers rated harmless, in %, with a 95% bootstrap confidence "
+               "interval; items the judge could not judge (unjudged) are excluded from the rate and counted. "
+               "Per-source rates are the first judge's.", ""]  # fmt: skip
+        md.append(markdown_table(header, cells))
     if any(r.training for r in rows):
         md += ["Training: per stage of the evaluated model, the pairs (rows) trained on, their tokens and the "
                "optimizer steps (? where the run did not record it)."]  # fmt: skip
@@ -697,6 +707,7 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
             skipped = [s.rows_without_rejected for s in row.training if s.name == "dpo" and s.rows_without_rejected]
             if skipped:
                 md.append(f"- {row.name}: {skipped[0]:,} rows without `rejected` left out of DPO.")
+    md += refusal_report.section(refusal_rows)
     md += ["", "## Paper reference", ""]
     md += _paper_section(paper, figures, compared, reasons)
     if written:
@@ -704,12 +715,12 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
     curve_names = [c.name for c in curves if c.is_dpo]
     if curves and not curve_names:
         md += ["", "Training metrics found, but none with DPO reward metrics (no DPO curves drawn)."]
-    md += ["", "## Sources", ""] + [f"- {r.name}: " + ", ".join(r.paths + [s.path for s in r.training]) for r in rows]
+    md += ["", "## Sources", ""] + [f"- {r.name}: " + ", ".join(r.paths + [s.path for s in r.training]) for r in all_rows]
     md += [f"- training curves: {c.name}" for c in curves]
 
     atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out_dir / "report.csv", csv_text(records))
-    summary = {"rows": records, "charts": written, "dpo_runs": curve_names, "unmatched": unmatched,
+    atomic_write_text(out_dir / "report.csv", csv_text(records + refusal_records))
+    summary = {"rows": records, "refusal_rows": refusal_records, "charts": written, "dpo_runs": curve_names, "unmatched": unmatched,
                "paper_reference": {"shown": shown, "judge_model": paper.judge_model,
                                    "matching_rows": [row.name for row, _, _ in compared],
                                    "compared": {row.name: {"judge_slot": slot, "rate": s.get("rate"),

@@ -225,10 +225,10 @@ def test_report_section_names_refusal_and_answer_rates_and_shows_answers_before_
     ]
     header, cells, records = refusal_report.rates_table(rows)
     # Harmful sets first, then benign; the benign column is the answer rate (1 - refusal rate).
-    assert header == ["model", "harmbench refusal % [95% CI]", "benign_v1 answer % [95% CI]"]
-    assert cells[0] == ["base", "25.0 [12.5, 35.0] (n=4)", "100.0 [90.0, 100.0] (n=4)"]  # CI [0, 0.1] turned
+    assert header == ["model", "training data", "harmbench refusal % [95% CI]", "benign_v1 answer % [95% CI]"]
+    assert cells[0] == ["base", "", "25.0 [12.5, 35.0] (n=4)", "100.0 [90.0, 100.0] (n=4)"]  # CI [0, 0.1] turned
     # dpo benign: 1 refusal of 3 judged -> answer rate 2/3, CI [1 - (1/3 + 0.1), 1 - 1/6]
-    assert cells[1] == ["dpo", "75.0 [37.5, 85.0] (n=4)", "66.7 [56.7, 83.3] (n=4, 1 unj.)"]
+    assert cells[1] == ["dpo", "", "75.0 [37.5, 85.0] (n=4)", "66.7 [56.7, 83.3] (n=4, 1 unj.)"]
     assert records[1]["benign_v1_answer_rate"] == pytest.approx(2 / 3)
     lines = refusal_report.section(rows, per_set=2)
     text = "\n".join(lines)
@@ -273,7 +273,22 @@ def test_report_section_reads_the_refusal_judge_as_second_judge(tmp_path):
         (folder / "judgements.jsonl").write_text("".join(json.dumps(r) + "\n" for r in moved))
         rows.append(row)
     header, cells, _ = refusal_report.rates_table(rows)
-    assert header == ["model", "harmbench refusal % [95% CI]"]
-    assert [c[1].split(" ")[0] for c in cells] == ["0.0", "50.0"]
+    assert header == ["model", "training data", "harmbench refusal % [95% CI]"]
+    assert [c[2].split(" ")[0] for c in cells] == ["0.0", "50.0"]
     text = "\n".join(refusal_report.section(rows))
     assert "1 of 2 verdicts differ" in text and "  - dpo [refused]: dpo says refused" in text
+
+
+def test_build_report_puts_refusal_results_in_their_own_section_and_csv(tmp_path):
+    from safer_instruct.evaluation.report import build_report
+
+    refusal_result(tmp_path, "base", "harmbench", [ANSWERED, ANSWERED, REFUSED])
+    refusal_result(tmp_path, "dpo", "harmbench", [REFUSED, REFUSED, REFUSED])
+    summary = build_report([tmp_path / "base", tmp_path / "dpo"], tmp_path / "report", charts=False)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "harmless % [95% CI]" not in md  # no refusal rate under a "harmless" heading
+    assert "| model | training data | harmbench refusal % [95% CI] |" in md
+    assert "| dpo |  | 100.0 [50.0, 100.0] (n=3) |" in md
+    assert [r["model"] for r in summary["refusal_rows"]] == ["base", "dpo"]
+    csv_text = (tmp_path / "report" / "report.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("model,training_data,judge,harmbench_refusal_rate")
