@@ -146,6 +146,25 @@ def example_answers(rows: Sequence[Any], per_set: int = 3, limit: int = 220) -> 
     return lines
 
 
+def changes(rows: Sequence[Any]) -> list[str]:
+    """One line per prompt set answered by two or more models: each model's rate, first model first (the
+    order of the report's runs: the base model, then the trained one), and the change in points."""
+    by_set: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for row in rows:
+        h = refusal_summary(row.harmlessness)
+        if h is not None and shown_rate(h)[0] is not None:
+            by_set.setdefault(column_name(h).replace(" % [95% CI]", ""), []).append((row.label, h))
+    lines = []
+    for name, found in by_set.items():
+        if len({label for label, _ in found}) < 2:
+            continue
+        rates = [(label, *shown_rate(h)) for label, h in found]
+        first, last = rates[0][1], rates[-1][1]
+        steps = " -> ".join(f"{label} {100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" for label, rate, ci in rates)
+        lines.append(f"- {name} rate: {steps} ({100 * (last - first):+.1f} points)")
+    return lines
+
+
 def section(rows: Sequence[Any], per_set: int = 3) -> list[str]:
     """The report's Markdown lines for refusal-judge results (none when there are none)."""
     header, cells, _ = rates_table(rows)
@@ -156,7 +175,7 @@ def section(rows: Sequence[Any], per_set: int = 3) -> list[str]:
     lines = ["", "## Refusal rate on harmful prompts, answer rate on benign prompts", "",
              "Refusal judge (no model): refusal rate = share of judged answers with a refusal marker; on benign "
              "prompts the answer rate = 1 - that share. In %, 95% bootstrap CIs; empty answers are unjudged.",
-             "", markdown_table(header, cells), PROXY_NOTE]  # fmt: skip
+             "", *changes(rows), "", markdown_table(header, cells), PROXY_NOTE]  # fmt: skip
     examples = example_answers(rows, per_set)
     if examples:
         lines += ["", "## Example answers, before / after"] + examples

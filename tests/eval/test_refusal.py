@@ -292,3 +292,16 @@ def test_build_report_puts_refusal_results_in_their_own_section_and_csv(tmp_path
     assert [r["model"] for r in summary["refusal_rows"]] == ["base", "dpo"]
     csv_text = (tmp_path / "report" / "report.csv").read_text()
     assert csv_text.splitlines()[0].startswith("model,training_data,judge,harmbench_refusal_rate")
+
+
+def test_changes_say_what_moved_and_by_how_much(tmp_path):
+    from safer_instruct.evaluation import refusal_report
+
+    rows = [refusal_result(tmp_path, "base", "harmbench", [ANSWERED, ANSWERED, ANSWERED, REFUSED]),
+            refusal_result(tmp_path, "dpo", "harmbench", [REFUSED, REFUSED, REFUSED, ANSWERED]),
+            refusal_result(tmp_path, "base", "benign_v1", [ANSWERED, ANSWERED], benign=True),
+            refusal_result(tmp_path, "dpo", "benign_v1", [ANSWERED, REFUSED], benign=True)]  # fmt: skip
+    assert refusal_report.changes(rows) == [
+        "- harmbench refusal rate: base 25.0% [12.5, 35.0] -> dpo 75.0% [37.5, 85.0] (+50.0 points)",
+        "- benign_v1 answer rate: base 100.0% [90.0, 100.0] -> dpo 50.0% [40.0, 75.0] (-50.0 points)",
+    ]
