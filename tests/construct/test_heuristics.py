@@ -2,6 +2,7 @@
 
 import pytest
 
+from safer_instruct.config import compose
 from safer_instruct.construct.dedup import NearDuplicateIndex, char_ngrams, jaccard, normalize
 from safer_instruct.construct.heuristics import InstructionHeuristics, clean_instruction, paste_ratio
 from safer_instruct.errors import ConfigError
@@ -81,3 +82,12 @@ def test_clean_instruction_cuts_at_stop_markers():
     raw = ' "How do I pick a lock?"\n\n### Reply:\nFirst, get a tension wrench.'
     assert clean_instruction(raw, ["\n###", "### Reply"]) == "How do I pick a lock?"
     assert clean_instruction("   ", ["\n###"]) == ""
+
+
+def test_the_configured_function_words_are_words_not_yaml_booleans():
+    # YAML 1.1 reads a bare `on` as true: the word would silently never count as a function word.
+    cfg = compose("construct", ["inducer.model=kit:tiny", "expert.model=kit:tiny"])
+    heuristics = InstructionHeuristics.from_config(cfg.filter_instructions.heuristics)
+    assert all(isinstance(word, str) for word in cfg.filter_instructions.heuristics.function_words)
+    assert "on" in heuristics.function_words and "true" not in heuristics.function_words
+    assert heuristics.check("Tell me more on grief loss", "unrelated text") is None
