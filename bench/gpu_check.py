@@ -1,4 +1,5 @@
-"""The GPU check: one command on a GPU machine (`make gpu-check`), under 8 minutes on one H200.
+"""The GPU check: one command on a GPU machine (`make gpu-check`), sized for 8 minutes on one H200
+(about 5 expected; not yet run on one). No part runs on past `--time-limit-s` (450 s) after the install.
 
 Installs the wheels the machine lacks from the bundle `make gpu-bundle` made (`--bundle DIR`, no
 registry needed), then runs each part in its own process (DeepSpeed's ZeRO-3 settings stay with a

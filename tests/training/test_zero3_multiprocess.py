@@ -17,7 +17,8 @@ What must hold (each run is the real entry script in its own processes):
   next losses as the uninterrupted run;
 * the reference log-probs, precomputed before DPO, are the same computed in 1 or 2 processes (1e-5)
   under the same store key, and a second beta reuses them (no reference forward pass);
-* the same two-process ZeRO-3 run through `srun -n 2` on the localhost Slurm cluster.
+* the same two-process ZeRO-3 run through `accelerate launch` with conf/accelerate/zero3.yaml, and
+  through `srun -n 2` on the localhost Slurm cluster.
 """
 
 from __future__ import annotations
@@ -175,6 +176,16 @@ def test_a_second_beta_reuses_the_reference_logps_of_two_processes(runs, pairs, 
     assert summary(out)["beta"] == 0.5
     assert losses(out)[0] == pytest.approx(np.log(2), abs=1e-6)
     assert losses(out)[1:] != pytest.approx(losses(zero3_dpo_two)[1:], abs=1e-4)  # beta changed the loss
+
+
+def test_accelerate_launch_with_the_zero3_config_two_processes(runs, single_sft):
+    # DeepSpeed from conf/accelerate/zero3.yaml (zero3_init_flag), train.deepspeed=null, as on a GPU node.
+    out = runs / "sft-accelerate-zero3x2"
+    accelerate = str(Path(python()).parent / "accelerate")
+    run_ok([accelerate, "launch", "--config_file", "conf/accelerate/zero3.yaml", "--num_processes", "2",
+            "--main_process_port", str(free_port()), *SFT, f"out_dir={out}"])  # fmt: skip
+    assert (summary(out)["world_size"], summary(out)["gradient_accumulation_steps"]) == (2, 1)
+    assert losses(out) == pytest.approx(losses(single_sft), abs=LOSS_TOLERANCE)
 
 
 @pytest.mark.slurm
