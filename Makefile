@@ -52,7 +52,7 @@ GPU_BUNDLE_LIMIT_MIB ?= 60
 GPU_PYTHON ?= python3
 GPU_WHEELS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hydra-core==1.3.8 omegaconf==2.3.1 \
 	hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-	tenacity==9.2.1 bitsandbytes==0.50.2
+	typing-extensions==4.16.0 tenacity==9.2.1 bitsandbytes==0.50.2
 # Published as source only, pure Python: built into py3-none-any wheels here (DeepSpeed JIT-builds its ops).
 GPU_SDISTS := deepspeed==0.19.8 antlr4-python3-runtime==4.9.3
 GPU_PLATFORM := --python-version 3.12 --implementation cp --abi cp312 --abi none --platform manylinux_2_28_x86_64 \

@@ -217,15 +217,22 @@ def pack_bundle(folder: Path, limit_mib: float) -> int:
     return 0
 
 
+class BundleError(RuntimeError):
+    """The bundle does not install on this machine (another Python, a missing wheel)."""
+
+
 def install_bundle(folder: Path) -> dict:
     """pip-install the bundle's wheels (no index, no dependency resolution) into SITE; put it on the path."""
     wheels = sorted(folder.glob("*.whl"))
     if not wheels:
         return {"bundle": str(folder), "wheels": 0, "note": "no wheels there: using what is installed"}
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
-                    "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(SITE),
-                    *map(str, wheels)], check=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                           "--no-deps", "--no-compile", "--no-cache-dir", "--upgrade", "--target", str(SITE),
+                           *map(str, wheels)], capture_output=True, text=True)  # fmt: skip
+    if proc.returncode != 0:
+        tail = " / ".join((proc.stderr or proc.stdout).strip().splitlines()[-4:])
+        raise BundleError(f"pip install of the {len(wheels)} wheels in {folder} for {sys.executable} failed: {tail}")
     return {"bundle": str(folder), "wheels": len(wheels), "site": str(SITE),
             "install_s": round(time.perf_counter() - started, 1)}  # fmt: skip
 
@@ -511,9 +518,17 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.time_limit_s is None:
         args.time_limit_s = 3600.0 if args.cpu_dry_run else 450.0
-    bundle_info = install_bundle(args.bundle) if args.bundle and args.bundle.is_dir() and not args.cpu_dry_run else None
     import torch
 
+    bundle_info = None
+    if args.bundle and args.bundle.is_dir() and not args.cpu_dry_run and torch.cuda.is_available():
+        try:
+            bundle_info = install_bundle(args.bundle)
+        except BundleError as err:
+            rows = [{"benchmark": "gpu_bundle", "error": str(err)}]
+            save(args, rows)
+            print(markdown_table(rows), flush=True)
+            return 1
     if not args.cpu_dry_run and not torch.cuda.is_available():
         rows = [common.skipped(row, "no CUDA device on this machine (the check needs a GPU; --cpu-dry-run runs it on CPU)")
                 for part in args.parts for row in ROWS_OF[part]]  # fmt: skip

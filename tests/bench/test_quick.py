@@ -109,7 +109,7 @@ def test_gpu_check_cpu_dry_run_runs_every_part(tmp_path):
     training = rows["gpu_dpo"]["details"]
     assert training["steps"] >= 1 and training["trained_tokens"] > 0 and training["reference_pass_s"] > 0
     assert training["peak_source"] == "measured (gpu_matmul_peak)"
-    assert training["peak_bf16_tflops"] == pytest.approx(rows["gpu_matmul_peak"]["value"], rel=1e-2)
+    assert training["peak_bf16_tflops"] == pytest.approx(rows["gpu_matmul_peak"]["value"], abs=1e-3)  # rounded there
     generation = rows["gpu_generation"]["details"]
     assert generation["generated_tokens"] == generation["batch"] * generation["new_tokens_per_prompt"]
     assert rows["gpu_generation"]["value"] == generation["tokens_per_s"]
