@@ -18,12 +18,14 @@ from omegaconf import DictConfig
 from safer_instruct.config import is_main_process, library_versions, stage_main, to_plain
 from safer_instruct.evaluation.downstream import run_downstream
 from safer_instruct.io import atomic_write_json
+from safer_instruct.model_kit import pin_model_path
 from safer_instruct.tracking import tracking_run
 
 
 @stage_main("eval_downstream")
 def main(cfg: DictConfig, out_dir: Path) -> None:
     model = to_plain(cfg.model)
+    commit = pin_model_path(model)  # a hub model pinned to a revision: that commit's snapshot
     with tracking_run(cfg, "eval_downstream", out_dir) as tracking:
         summary = run_downstream(model, list(cfg.tasks), to_plain(cfg.harness), seed=int(cfg.seed))
         if not summary or not is_main_process():
@@ -33,8 +35,8 @@ def main(cfg: DictConfig, out_dir: Path) -> None:
             "label": cfg.label or model.get("name") or model["path"],
             "training_data": cfg.training_data,
             "model": {
-                key: model.get(key) for key in ("name", "path", "prompt_format", "system_prompt", "dtype")
-            },
+                key: model.get(key) for key in ("name", "path", "revision", "prompt_format", "system_prompt", "dtype")
+            } | {"commit": commit},
             **summary,
             "versions": library_versions(),
         }

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -77,6 +78,36 @@ def resolve_model(ref: str) -> str:
             raise ModelNotFoundError(f"model folder {path} not found or has no config.json")
         return str(path)
     return _hub_model(ref)
+
+
+def pin_revision(ref: str, revision: str | None) -> tuple[str, str | None]:
+    """`ref` at `revision`, for the stages that hand a model on by path (servers, lm-eval).
+
+    A hub id with a revision becomes the local snapshot folder of that commit (downloaded once into the
+    Hugging Face cache, or found there offline), returned with the commit it holds; a kit model, a local
+    folder or a reference without a revision comes back unchanged, with None.
+    """
+    if not revision or ref.startswith(KIT_PREFIX) or Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")):
+        return ref, None
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(ref, revision=str(revision))
+    except Exception as err:  # hub errors come in many types; the user needs one line
+        raise ModelNotFoundError(
+            f"model '{ref}' at revision {revision} is not in the Hugging Face cache and could not be downloaded "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); download it first "
+            f"(`hf download {ref} --revision {revision}`) or set model.path to a local folder"
+        ) from None
+    return folder, Path(folder).name  # snapshot folders are named by their commit
+
+
+def pin_model_path(model_cfg: Any) -> str | None:
+    """Point a model preset's `path` at the snapshot of its `revision` (`pin_revision`); the commit, or None."""
+    path, commit = pin_revision(str(model_cfg["path"]), model_cfg.get("revision"))
+    if commit is not None:
+        model_cfg["path"] = path
+    return commit
 
 
 def _hub_model(repo_id: str) -> str:

@@ -44,6 +44,7 @@ from safer_instruct.evaluation.prompts import (
 from safer_instruct.evaluation.stats import agreement_summary, grouped_summary, rate_summary
 from safer_instruct.io import atomic_write_json, atomic_write_jsonl
 from safer_instruct.llm.config import parse_role
+from safer_instruct.model_kit import pin_model_path
 
 log = logging.getLogger(__name__)
 
@@ -310,11 +311,15 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     template = single_template(cfg)
     n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
     generating = info["mode"] == "generated"
+    # A hub model pinned to a revision is served from that commit's snapshot (policy.model follows model.path).
+    model_commit = pin_model_path(cfg.model) if generating else None
     roles = stage_roles(cfg, generating)
     budget = (cfg.get("llm") or {}).get("budget_usd")
     with LLMSession(roles=roles, cache_dir=cfg.cache.dir, failures_path=out_dir / "failures.jsonl",
                     budget_usd=budget) as session:  # fmt: skip
         generation = generate_answers(session, items, cfg, out_dir) if generating else None
+        if generation is not None:
+            generation["model_commit"] = model_commit
         first = judge_with(session, cfg, "judge", items, template)
         second = judge_with(session, cfg, "second_judge", items, template) if cfg.get("second_judge") else None
         pairwise = run_pairwise(session, items, cfg, out_dir, n_boot) if cfg.pairwise.enabled else None
