@@ -123,12 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from", dest="from_dir", type=Path, help="read a finished experiment dir; run nothing")
     parser.add_argument("--set", action="append", default=[], help="an override of the experiment (repeatable)")
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it (default: a temp dir)")
+    parser.add_argument("--note", default="", help="how the measured run was made, recorded in every row's details")
     args = parser.parse_args(argv)
     from safer_instruct.paths import release_location
 
     release = Path(release_location())
     if args.from_dir:
-        return common.write_rows(args.out, rows_of(args.from_dir))
+        rows = rows_of(args.from_dir)
+        for row in rows:
+            row["details"]["note"] = "; ".join(filter(None, [row["details"].get("note"), args.note]))
+        return common.write_rows(args.out, rows)
     if not (release / "safer_instruct_hate.csv").is_file():
         return common.write_rows(args.out, [common.skipped("mini_release", f"the release is not at {release} "
                                                            "(set SAFER_INSTRUCT_RELEASE)")])  # fmt: skip

@@ -104,7 +104,7 @@ def write_answers(path: Path) -> Path:
 def test_stage_rates_cis_and_unjudged_without_any_model(tmp_path):
     answers = write_answers(tmp_path / "answers.jsonl")
     out = tmp_path / "out"
-    args = ["eval", "harmlessness", f"responses.path={answers}", "judge=refusal", "bootstrap.n=300",
+    args = ["eval", "harmlessness", f"responses.path={answers}", "judge=refusal", "judge.match=opening", "bootstrap.n=300",
             f"cache.dir={tmp_path / 'cache'}", f"out_dir={out}"]  # fmt: skip
     assert cli(args) == 0
     result = json.loads((out / "harmlessness.json").read_text())
@@ -150,7 +150,7 @@ def test_second_judge_kappa_between_an_llm_judge_and_the_refusal_judge(tmp_path)
 
     with FaultServer(responder=scripted_judge(starts_with_i)) as server:
         args = ["eval", "harmlessness", f"responses.path={answers}", "judge=endpoint", *judge_args(server)[0:],
-                "judge@second_judge=refusal", "bootstrap.n=100", f"cache.dir={tmp_path / 'cache'}",
+                "judge@second_judge=refusal", "second_judge.match=opening", "bootstrap.n=100", f"cache.dir={tmp_path / 'cache'}",
                 f"out_dir={out}"]  # fmt: skip
         assert cli(args) == 0
     result = json.loads((out / "harmlessness.json").read_text())
