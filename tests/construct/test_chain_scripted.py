@@ -18,14 +18,7 @@ from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.evaluation.prompts import load_prompt_set
 from safer_instruct.paths import release_location
-from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
-from tests.helpers.servers import FaultServer
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FaultServer(responder=ScriptedModels()) as srv:
-        yield srv
+from tests.construct.scripted import scripted_overrides, write_corpus
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,9 @@ from safer_instruct.construct.pipeline import run_construct
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm import LLMSession
 from safer_instruct.llm.types import ChatRequest
-from tests.construct.scripted import ScriptedModels, scripted_overrides, write_truncation_corpus
-from tests.helpers.servers import FaultServer
+from tests.construct.scripted import scripted_overrides, write_truncation_corpus
 
 STAGES = ("induce", "filter_instructions", "respond", "filter_responses")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FaultServer(responder=ScriptedModels()) as srv:
-        yield srv
 
 
 @pytest.fixture(scope="module")
