@@ -42,11 +42,6 @@ def check_on_truncated(stage: str, policy: str) -> str:
     return policy
 
 
-def cut_off(result: Completion) -> bool:
-    """The answer stopped at the token limit (not at an end token or a stop string)."""
-    return result.finish_reason == "length"
-
-
 def flagged(row: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """The row with `stage` added to its `truncated` list (answers kept although cut off)."""
     return {**row, "truncated": [*(row.get("truncated") or []), stage]}
@@ -110,7 +105,7 @@ class InduceTask:
         if not instruction:
             return Outcome(DROPPED, "empty_instruction", row_out)
         # A stop marker in the text means the instruction ended there, whatever stopped the answer later.
-        if cut_off(result) and not any(marker and marker in result.text for marker in self.stop_markers):
+        if result.cut_off and not any(marker and marker in result.text for marker in self.stop_markers):
             if self.on_truncated == "drop":
                 return Outcome(DROPPED, TRUNCATED, row_out)
             row_out = flagged(row_out, self.name)
@@ -145,7 +140,7 @@ class VerdictTask:
         verdict = parse_verdict(result.text, FILTER_VERDICTS)
         row_out = {**row, self.verdict_field: {"verdict": verdict.verdict, "rationale": verdict.rationale},
                    "expert_model": result.model}  # fmt: skip
-        if cut_off(result):
+        if result.cut_off:
             if self.on_truncated == "drop":
                 return Outcome(DROPPED, TRUNCATED, {**row_out, "raw": result.text[:500]})
             row_out = flagged(row_out, self.name)
@@ -181,7 +176,7 @@ class RespondTask:
         row_out = {**row, "chosen": chosen, "expert_model": result.model, "finish_reason": result.finish_reason}
         if not chosen:
             return Outcome(DROPPED, "empty_response", row_out)
-        if cut_off(result):
+        if result.cut_off:
             if self.on_truncated == "drop":
                 return Outcome(DROPPED, TRUNCATED, row_out)
             row_out = flagged(row_out, self.name)

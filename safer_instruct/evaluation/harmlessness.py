@@ -115,7 +115,7 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
         if result.ok and result.text.strip():
             item.response = result.text
             row = {"status": "ok", "finish_reason": result.finish_reason, "cached": result.cached,
-                   "truncated": result.finish_reason == "length"}  # cut off at policy.max_tokens: kept, flagged
+                   "truncated": result.cut_off}  # cut off at policy.max_tokens: kept, flagged
         else:
             item.response = ""
             reason = result.reason if not result.ok else "empty answer"

@@ -110,7 +110,7 @@ def read_result(result: Completion | Failure, allowed: Iterable[str]) -> Judgeme
     """A judge's answer (or failure) as a Judgement; anything unreadable is unjudged, never harmless."""
     if not result.ok:
         return Judgement(JUDGE_FAILED, reason=result.reason, model=result.model or None)
-    if result.finish_reason == "length":
+    if result.cut_off:
         return Judgement(TRUNCATED, raw=result.text, reason="the answer was cut off at judge.max_tokens",
                          model=result.model, cached=result.cached, latency_s=result.latency_s)  # fmt: skip
     verdict = parse_verdict(result.text, tuple(allowed))

@@ -214,7 +214,7 @@ class Row:
         judge = (h.get("judge") if "judge" in h else h) or {}
         template = (judge.get("template") or {}).get("id", "")
         name = f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
-        return name + (", refusal rate" if h.get("metric") == "refusal_rate" else "")
+        return name + (", refusal rate" if h.get("metric") == refusal_report.REFUSAL_METRIC else "")
 
     @property
     def name(self) -> str:
@@ -427,6 +427,8 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         pairwise = h.get("pairwise") or {}
         second = h.get("second_judge") or {}
         kappa = (second.get("agreement") or {}).get("cohen_kappa")
+        # A refusal judge's rate is a refusal rate: it stands in the refusal section, never under "harmless".
+        second_rate = {} if second.get("metric") == refusal_report.REFUSAL_METRIC else second
         scores = (row.downstream or {}).get("scores") or {}
         prompts = (h.get("items") or {}).get("name", "")
         if h.get("items", {}).get("mode") == "pre-generated":
@@ -434,7 +436,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         cell = [row.run, row.label, row.training_data or ""]
         cell += [_training_cell(row, unmatched)] if trained else []
         cell += [prompts, row.judge, _rate_cell(h) if h else ""]
-        cell += [row.second_judge, _rate_cell(second) if second else ""] if two_judges else []
+        cell += [row.second_judge, _rate_cell(second_rate) if second_rate else ""] if two_judges else []
         cell += ["" if kappa is None else f"{kappa:.2f}", str(h.get("n", "")), str(h.get("n_unjudged", ""))]
         cell += [_rate_cell(by_source.get(s)) for s in sources]
         cell += [_rate_cell(pairwise, "win_rate") if pairwise else ""]
@@ -452,7 +454,7 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         for s in sources:
             record.update(_rate_fields(f"harmless_{s}", by_source.get(s)))
         record["second_judge"] = row.second_judge
-        record.update(_rate_fields("second_judge_harmless", second))
+        record.update(_rate_fields("second_judge_harmless", second_rate))
         record.update({f"pairwise_{k}": v for k, v in _rate_fields("win", pairwise, "win_rate").items()})
         record["judge_kappa"] = kappa
         for stage in row.training:

@@ -76,6 +76,12 @@ class Completion:
 
     ok = True
 
+    @property
+    def cut_off(self) -> bool:
+        """The answer stopped at the token limit, not at an end token or a stop string. Anthropic's own
+        word, `max_tokens`, is normalised to `length` by its backend; answers cached before that kept it."""
+        return self.finish_reason in ("length", "max_tokens")
+
 
 @dataclass(frozen=True)
 class Failure:

@@ -315,6 +315,7 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
     store = RefLogpsStore.at(train.ref_logps_dir) if train.ref_logps_cache else None
     key_parts = {
         "reference": [model_identity(loc) for loc in plan.start.identity_locations()],
+        "revision": plan.start.revision,  # a hub id's files at another commit are another reference
         "dtype": str(cfg.model.dtype),
         "quantization": plan.peft.identity(),
         "bf16": train.bf16,

@@ -109,3 +109,11 @@ def test_anthropic_max_tokens_stop_reason_reads_as_length(server, monkeypatch):
     with LLMSession(roles={"judge": role}) as session:
         results = {r.request_id: r for r in session.role("judge").generate(requests)}
     assert results["cut"].finish_reason == "length" and results["whole"].finish_reason == "end_turn"
+
+
+def test_an_anthropic_answer_cached_before_normalisation_still_counts_as_cut_off():
+    from safer_instruct.llm.types import Completion
+
+    assert Completion("r", "text", "m", finish_reason="max_tokens").cut_off  # Anthropic's raw word
+    assert Completion("r", "text", "m", finish_reason="length").cut_off
+    assert not Completion("r", "text", "m", finish_reason="stop").cut_off

@@ -277,6 +277,13 @@ def test_report_section_reads_the_refusal_judge_as_second_judge(tmp_path):
     assert [c[2].split(" ")[0] for c in cells] == ["0.0", "50.0"]
     text = "\n".join(refusal_report.section(rows))
     assert "1 of 2 verdicts differ" in text and "  - dpo [refused]: dpo says refused" in text
+    # The main table never shows that refusal rate under a "harmless" heading.
+    from safer_instruct.evaluation.report import table
+
+    header, cells, records = table(rows)
+    column = header.index("second judge harmless % [95% CI]")
+    assert [c[column] for c in cells] == ["", ""]
+    assert [r.get("second_judge_harmless_rate") for r in records] == [None, None]
 
 
 def test_build_report_puts_refusal_results_in_their_own_section_and_csv(tmp_path):
