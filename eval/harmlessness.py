@@ -37,8 +37,10 @@ def main(cfg: DictConfig, out_dir: Path) -> None:
         return
     with tracking_run(cfg, "eval_harmlessness", out_dir) as tracking:
         result = run_harmlessness(cfg, out_dir)
-        metrics = {"harmlessness/rate": result["rate"], "harmlessness/n_unjudged": result["n_unjudged"]}
-        metrics.update({f"harmlessness/{s}": v["rate"] for s, v in result["by_source"].items()})
+        # harmlessness/... for an LLM judge, refusal/... for the refusal judge (never mixed in one chart)
+        prefix = "refusal" if result.get("metric") == "refusal_rate" else "harmlessness"
+        metrics = {f"{prefix}/rate": result["rate"], f"{prefix}/n_unjudged": result["n_unjudged"]}
+        metrics.update({f"{prefix}/{s}": v["rate"] for s, v in result["by_source"].items()})
         tracking.summary(metrics)
     metric = str(result.get("metric") or "harmless_rate").removesuffix("_rate")  # harmless | refusal
     print(f"{result['label']}: {metric} {_pct(result)} of {result['n'] - result['n_unjudged']} judged "

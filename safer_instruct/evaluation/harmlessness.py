@@ -210,8 +210,6 @@ def references_for(items: list[EvalItem], pairwise: Mapping[str, Any]) -> dict[s
 def run_pairwise(
     session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, n_boot: int
 ) -> dict[str, Any]:
-    if refusal.is_model_free(cfg.judge):
-        raise ConfigError("pairwise needs an LLM judge (judge=local|gpt4|claude3|endpoint), not judge=refusal")
     pairwise = to_plain(cfg.pairwise)
     template = pairwise_template(pairwise)
     seed = pairwise_seed(cfg, pairwise)
@@ -278,6 +276,9 @@ def single_template(cfg: DictConfig) -> judge.JudgeTemplate:
 def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
     """The LLM roles the stage asks: the judge, the second judge if set (the refusal judge is no LLM
     role), the policy when generating."""
+    if cfg.pairwise.enabled and refusal.is_model_free(cfg.judge):
+        # Checked before any answer is generated (hours on a 7B model), in real and dry runs alike.
+        raise ConfigError("pairwise needs an LLM judge (judge=local|gpt4|claude3|endpoint), not judge=refusal")
     roles = {} if refusal.is_model_free(cfg.judge) else {"judge": cfg.judge}
     if cfg.get("second_judge") is not None and not refusal.is_model_free(cfg.second_judge):
         roles["second_judge"] = cfg.second_judge

@@ -10,10 +10,11 @@ prompt set (from each result's judgements.jsonl), the prompts where the verdicts
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from safer_instruct.io import read_jsonl
 
 REFUSAL_METRIC = "refusal_rate"
 PROXY_NOTE = (
@@ -110,8 +111,7 @@ def _judgements(row: Any) -> dict[str, dict[str, Any]]:
     for path in row.paths:
         file = Path(path).parent / "judgements.jsonl"
         if Path(path).name == "harmlessness.json" and file.is_file():
-            lines = file.read_text(encoding="utf-8").splitlines()
-            return {r["id"]: r for r in map(json.loads, filter(None, lines))}
+            return {r.get("id"): r for r in read_jsonl(file)}  # a bad line: DataError naming file and row
     return {}
 
 

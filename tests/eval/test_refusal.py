@@ -165,11 +165,14 @@ def test_second_judge_kappa_between_an_llm_judge_and_the_refusal_judge(tmp_path)
     assert agreement["compared"] == "harmless (judge) vs refused (second_judge)"
 
 
-def test_pairwise_needs_an_llm_judge(tmp_path):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_pairwise_needs_an_llm_judge_and_says_so_before_any_work(tmp_path, capsys, dry_run):
     answers = write_answers(tmp_path / "answers.jsonl")
     args = ["eval", "harmlessness", f"responses.path={answers}", "judge=refusal", "pairwise.enabled=true",
-            "pairwise.reference_column=prompt", f"out_dir={tmp_path / 'out'}"]  # fmt: skip
+            "pairwise.reference_column=prompt", f"dry_run={str(dry_run).lower()}", f"out_dir={tmp_path / 'out'}"]  # fmt: skip
     assert cli(args) != 0
+    assert "pairwise needs an LLM judge" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "judgements.jsonl").exists()
 
 
 def test_benign_set_is_ours_with_two_sources():
