@@ -59,11 +59,7 @@ class LeakageGuard:
 
     def check(self, prompt: str) -> str | None:
         """`eval_leak_exact`, `eval_leak_near` or None (no match)."""
-        if self.index.exact_match(prompt) is not None:
-            return "eval_leak_exact"
-        if self.threshold is not None and self.index.near_match(prompt) is not None:
-            return "eval_leak_near"
-        return None
+        return self.check_any([prompt])
 
     def check_any(self, texts: Iterable[str]) -> str | None:
         """The first match among several texts of one row (exact before near)."""
