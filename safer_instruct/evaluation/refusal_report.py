@@ -80,6 +80,15 @@ def _cell(h: Mapping[str, Any]) -> str:
     return f"{100 * rate:.1f} [{100 * low:.1f}, {100 * high:.1f}] (n={h.get('n')}{unjudged})"
 
 
+def model_name(row: Any) -> str:
+    """A row's model as the refusal section names it: its label, and for a sweep point's own model the
+    point's swept values (`label [mini.pairs=300,train.beta=0.5]`), so that points sharing a label keep a
+    line each. A sweep's runs are its points' folders, named `<swept values> <group>`."""
+    folder = str(row.run).split("/", 1)[0]
+    point = folder.rsplit(" ", 1)[0] if " " in folder else ""
+    return f"{row.label} [{point}]" if point else str(row.label)
+
+
 def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
     """(header, cells, records): one line per model label, one column per prompt set (harmful sets first)."""
     results = [(r, refusal_summary(r.harmlessness)) for r in rows if is_refusal_result(r.harmlessness)]
@@ -90,8 +99,9 @@ def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[d
     by_label: dict[str, dict[str, Mapping[str, Any]]] = {}
     training: dict[str, str] = {}
     for row, h in results:
-        by_label.setdefault(row.label, {})[column_name(h)] = h
-        training.setdefault(row.label, str(row.training_data or ""))
+        name = model_name(row)
+        by_label.setdefault(name, {})[column_name(h)] = h
+        training.setdefault(name, str(row.training_data or ""))
     header = ["model", "training data", *ordered]
     cells, records = [], []
     for label, found in by_label.items():
@@ -142,26 +152,29 @@ def example_answers(rows: Sequence[Any], per_set: int = 3, limit: int = 220) -> 
             lines.append(f"- **{_short(first.get('prompt'), limit)}** ({item_id}, source {first.get('source')})")
             for row, found, slot in answers:
                 r = found[item_id]
-                lines.append(f"  - {row.label} [{_verdict(r, slot)}]: {_short(r.get('response'), limit) or '(empty)'}")
+                lines.append(f"  - {model_name(row)} [{_verdict(r, slot)}]: {_short(r.get('response'), limit) or '(empty)'}")
     return lines
 
 
 def changes(rows: Sequence[Any]) -> list[str]:
     """One line per prompt set answered by two or more models: each model's rate, first model first (the
-    order of the report's runs: the base model, then the trained one), and the change in points."""
+    order of the report's runs: the base model, then the trained ones), and each later model's change
+    against the first, in points."""
     by_set: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
     for row in rows:
         h = refusal_summary(row.harmlessness)
         if h is not None and shown_rate(h)[0] is not None:
-            by_set.setdefault(column_name(h).replace(" % [95% CI]", ""), []).append((row.label, h))
+            by_set.setdefault(column_name(h).replace(" % [95% CI]", ""), []).append((model_name(row), h))
     lines = []
     for name, found in by_set.items():
         if len({label for label, _ in found}) < 2:
             continue
         rates = [(label, *shown_rate(h)) for label, h in found]
-        first, last = rates[0][1], rates[-1][1]
+        first = rates[0][1]
         steps = " -> ".join(f"{label} {100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" for label, rate, ci in rates)
-        lines.append(f"- {name} rate: {steps} ({100 * (last - first):+.1f} points)")
+        # Each later model against the first (a sweep's points each against the base model).
+        deltas = ", ".join(f"{100 * (rate - first):+.1f}" for _, rate, _ in rates[1:])
+        lines.append(f"- {name} rate: {steps} ({deltas} points)")
     return lines
 
 

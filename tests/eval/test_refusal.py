@@ -315,3 +315,24 @@ def test_changes_say_what_moved_and_by_how_much(tmp_path):
         "- harmbench refusal rate: base 25.0% [12.5, 35.0] -> dpo 75.0% [37.5, 85.0] (+50.0 points)",
         "- benign_v1 answer rate: base 100.0% [90.0, 100.0] -> dpo 50.0% [40.0, 75.0] (-50.0 points)",
     ]
+
+
+def test_sweep_points_sharing_a_label_keep_a_line_each(tmp_path):
+    """A sweep's trained models share their label; the point's swept values (the folder name before the
+    group) tell them apart in the table and in the changes, each point against the base model."""
+    from dataclasses import replace
+
+    from safer_instruct.evaluation import refusal_report
+
+    base = refusal_result(tmp_path, "base", "harmbench", [ANSWERED, ANSWERED, ANSWERED, REFUSED])
+    small = refusal_result(tmp_path, "small", "harmbench", [REFUSED, ANSWERED, ANSWERED, ANSWERED])
+    large = refusal_result(tmp_path, "large", "harmbench", [REFUSED, REFUSED, REFUSED, ANSWERED])
+    rows = [base, replace(small, run="mini.pairs=100 dpo_model/harmbench", label="dpo"),
+            replace(large, run="mini.pairs=300 dpo_model/harmbench", label="dpo")]  # fmt: skip
+    _, cells, records = refusal_report.rates_table(rows)
+    assert [c[0] for c in cells] == ["base", "dpo [mini.pairs=100]", "dpo [mini.pairs=300]"]
+    assert [r["harmbench_refusal_rate"] for r in records] == [0.25, 0.25, 0.75]
+    assert refusal_report.changes(rows) == [
+        "- harmbench refusal rate: base 25.0% [12.5, 35.0] -> dpo [mini.pairs=100] 25.0% [12.5, 35.0] -> "
+        "dpo [mini.pairs=300] 75.0% [37.5, 85.0] (+0.0, +50.0 points)"
+    ]
