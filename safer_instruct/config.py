@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 if not OmegaConf.has_resolver("release"):
     OmegaConf.register_new_resolver("release", release_file)
 
+# `llm/schema`, which every conf/llm preset builds on, is registered with Hydra by the role schema itself.
+import safer_instruct.llm.config  # noqa: E402, F401
+
 # Libraries whose versions decide whether two runs are comparable.
 TRACKED_LIBRARIES = (
     "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "bitsandbytes",

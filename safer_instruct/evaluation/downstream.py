@@ -141,7 +141,7 @@ def served(model_cfg: Mapping[str, Any], harness: Mapping[str, Any]) -> Iterator
     from safer_instruct.model_kit import resolve_model
 
     role = parse_role("harness", {"model": model_cfg["path"], "server": dict(harness.get("server") or {})})
-    server = ManagedServer(str(model_cfg["path"]), resolve_model(str(model_cfg["path"])), role.server)
+    server = ManagedServer(str(model_cfg["path"]), resolve_model(str(model_cfg["path"])), role.options.server)
     server.start()
     try:
         yield {**harness, "base_url": server.base_url, "served_model": server.served_model}

@@ -1,10 +1,11 @@
 """The LLM access layer: one client for every inducer, expert, judge and policy.
 
-See `session.py` for how a request travels, `config.py` for the role keys, `conf/llm/` for presets.
+See `session.py` for how a request travels, `config.py` for the role keys, `backends/` for the
+backends (one module each), `conf/llm/` for presets.
 """
 
-from safer_instruct.llm.config import Price, RoleConfig, ServerConfig, parse_role
-from safer_instruct.llm.servers import ManagedServer, ServerStartError
+from safer_instruct.llm.config import Price, RoleConfig, parse_role
+from safer_instruct.llm.servers import ManagedServer, ServerConfig, ServerStartError
 from safer_instruct.llm.session import LLMRole, LLMSession
 from safer_instruct.llm.types import ChatRequest, Completion, Failure, Result, Usage
 

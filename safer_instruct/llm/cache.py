@@ -38,6 +38,33 @@ COMMIT_EVERY = 64
 COMMIT_INTERVAL_S = 1.0
 
 
+def model_identity(model: str) -> str:
+    """What the cache calls a model: API models by name, local weights by a hash of their files.
+
+    Hashing (config, file names and sizes, first and last 64 KiB of each weight file) means a model
+    retrained into the same folder is a new model, and the same weights anywhere are the same one.
+    """
+    path = Path(model).expanduser()
+    if model.startswith("kit:"):
+        from safer_instruct.model_kit import resolve_model
+
+        path = Path(resolve_model(model))
+    if not path.is_dir():
+        return model
+    digest = hashlib.sha256()
+    for name in ("config.json", "generation_config.json"):
+        if (path / name).is_file():
+            digest.update((path / name).read_bytes())
+    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")):
+        size = weights.stat().st_size
+        digest.update(f"{weights.name}:{size}".encode())
+        with open(weights, "rb") as handle:
+            digest.update(handle.read(65536))
+            handle.seek(max(0, size - 65536))
+            digest.update(handle.read(65536))
+    return "local:" + digest.hexdigest()[:20]
+
+
 def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
     """A stable key for one request: the model, the input (prefill included), the sampling parameters,
     the sample index."""

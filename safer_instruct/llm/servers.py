@@ -21,14 +21,35 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 from safer_instruct.errors import ConfigError, SaferInstructError
-from safer_instruct.llm.config import ServerConfig
+from safer_instruct.llm.schema import setting
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 LOG_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How to start a managed server (a role's `server:` keys, read when its `base_url` is empty)."""
+
+    kind: str = setting("transformers", "transformers (`transformers serve`, CPU or GPU) or vllm (`vllm serve`, GPU).",
+                        choices=("transformers", "vllm"))  # fmt: skip
+    device: str = setting("auto", "transformers serve --device (auto, cpu, cuda:0).")
+    dtype: str = setting("auto", "Weights' dtype; for vllm one of its --dtype choices: auto, half, float16, "
+                                 "bfloat16, float, float32.")  # fmt: skip
+    startup_timeout_s: float = setting(300.0, "Seconds the server may take to become healthy (vLLM's first start "
+                                              "compiles CUDA graphs).", minimum=1)  # fmt: skip
+    tensor_parallel_size: int = setting(1, "vllm only: GPUs to split the model over (e.g. 4 or 8 for a 7B-70B model "
+                                           "on one node); must divide the model's attention heads.", minimum=1)  # fmt: skip
+    gpu_memory_utilization: float | None = setting(None, "vllm only: share of GPU memory to use (null: vLLM's default).")
+    max_model_len: int | None = setting(None, "vllm only: longest sequence; null: the model's own (its config.json), "
+                                              "a larger value fails before vLLM starts.", minimum=1)  # fmt: skip
+    extra_args: tuple[str, ...] = setting((), "More command-line arguments for the server.")
+    log_dir: str | None = setting(None, "Server logs; null: beside failures.jsonl, else a temp dir.")
 
 
 class ServerStartError(SaferInstructError):
@@ -277,6 +298,10 @@ class ManagedServer:
             return "(no log)"
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(empty log)"
+
+    def close(self) -> None:
+        """Stop the server (the session closes what its roles share this way)."""
+        self.stop()
 
     def stop(self, grace_s: float = 15.0) -> None:
         proc, self.proc = self.proc, None

@@ -21,11 +21,9 @@ start) raises a `SaferInstructError` before anything is sent.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -35,16 +33,15 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from safer_instruct.errors import ConfigError
-from safer_instruct.llm.backends import AnthropicBackend, OpenAIBackend
-from safer_instruct.llm.cache import AnswerCache, cache_key
-from safer_instruct.llm.chat import ChatRenderer
+from safer_instruct.llm.backends import Backend, backend_class
+from safer_instruct.llm.cache import AnswerCache, cache_key, model_identity
 from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
 from safer_instruct.llm.faults import BackoffWait, describe, is_retryable, redact
 from safer_instruct.llm.limits import (
@@ -53,7 +50,6 @@ from safer_instruct.llm.limits import (
     RateLimiter,
     estimate_prompt_tokens,
 )
-from safer_instruct.llm.servers import ManagedServer
 from safer_instruct.llm.types import ChatRequest, Completion, Failure, Result, Usage
 
 log = logging.getLogger(__name__)
@@ -64,35 +60,9 @@ STAT_KEYS = ("requests", "cache_hits", "cache_misses", "failures", "retries", "b
              "prompt_tokens", "completion_tokens", "cost_usd", "elapsed_s")  # fmt: skip
 
 
-def model_identity(model: str) -> str:
-    """What the cache calls a model: API models by name, local weights by a hash of their files.
-
-    Hashing (config, file names and sizes, first and last 64 KiB of each weight file) means a model
-    retrained into the same folder is a new model, and the same weights anywhere are the same one.
-    """
-    path = Path(model).expanduser()
-    if model.startswith("kit:"):
-        from safer_instruct.model_kit import resolve_model
-
-        path = Path(resolve_model(model))
-    if not path.is_dir():
-        return model
-    digest = hashlib.sha256()
-    for name in ("config.json", "generation_config.json"):
-        if (path / name).is_file():
-            digest.update((path / name).read_bytes())
-    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")):
-        size = weights.stat().st_size
-        digest.update(f"{weights.name}:{size}".encode())
-        with open(weights, "rb") as handle:
-            digest.update(handle.read(65536))
-            handle.seek(max(0, size - 65536))
-            digest.update(handle.read(65536))
-    return "local:" + digest.hexdigest()[:20]
-
-
 class LLMSession:
-    """Roles, their backends and servers, the answer cache, the failures file and the budget."""
+    """Roles and their backends, the answer cache, the failures file, the budget, and what roles share
+    (`shared`: e.g. one managed server for every role of the same model), closed with the session."""
 
     def __init__(
         self,
@@ -135,7 +105,7 @@ class LLMSession:
             if logging.getLogger(noisy).level == logging.NOTSET:
                 logging.getLogger(noisy).setLevel(logging.WARNING)
         self._roles: dict[str, LLMRole] = {}
-        self._servers: dict[tuple, ManagedServer] = {}
+        self._shared: dict[tuple, Any] = {}
         self._lock = threading.RLock()
         self._failures_file = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -167,8 +137,8 @@ class LLMSession:
                 if not self._loop.is_running():
                     self._loop.close()
         finally:
-            for server in self._servers.values():
-                server.stop()
+            for resource in reversed(self._shared.values()):
+                resource.close()
             if self.cache is not None:
                 self.cache.close()
             if self._failures_file is not None:
@@ -199,7 +169,7 @@ class LLMSession:
                 self._thread.start()
             return self._loop
 
-    # --- roles and servers ---
+    # --- roles and what they share ---
     def role(self, name: str) -> LLMRole:
         with self._lock:
             if name not in self._roles:
@@ -210,29 +180,18 @@ class LLMSession:
                 self._roles[name] = LLMRole(self, self.roles_config[name], self.prices[name])
             return self._roles[name]
 
-    def server_for(self, cfg: RoleConfig) -> ManagedServer:
-        """The managed server for a role's model, started on first use; shared by roles with the same model."""
-        from safer_instruct.model_kit import resolve_model
-
-        model_path = resolve_model(cfg.model)
-        key = (cfg.server.kind, model_path)
+    def shared(self, key: tuple, make: Callable[[], Any]) -> Any:
+        """The object `key` names, made by `make()` on first use and shared by every role of this
+        session (a backend's managed server); it is closed (`close()`) when the session closes."""
         with self._lock:
-            server = self._servers.get(key)
-            if server is not None and server.cfg != cfg.server:
-                log.warning("role '%s' shares the %s server of %s started with another role's server settings",
-                            cfg.name, cfg.server.kind, cfg.model)  # fmt: skip
-            if server is None:
-                hidden = tuple(c.api_key_env for c in self.roles_config.values() if c.api_key_env)
-                server = ManagedServer(cfg.model, model_path, cfg.server, log_dir=self.log_dir, hidden_env=hidden)
-                atexit.register(server.stop)  # a session never closed still stops its servers at exit
-                self._servers[key] = server
-            if not server.running:
-                server.start()
-            return server
+            if key not in self._shared:
+                self._shared[key] = make()
+            return self._shared[key]
 
     @property
-    def servers(self) -> list[ManagedServer]:
-        return list(self._servers.values())
+    def resources(self) -> list[Any]:
+        """What the roles share so far (e.g. the managed servers started), in the order it was made."""
+        return list(self._shared.values())
 
     def secrets(self) -> list[str]:
         return [os.environ[c.api_key_env] for c in self.roles_config.values() if os.environ.get(c.api_key_env or "")]
@@ -281,14 +240,14 @@ class LLMRole:
         self.cfg = cfg
         self.name = cfg.name
         self.price = price
-        self.backend = None
+        self.backend: Backend | None = None
         self._identity: str | None = None
         self._warned_prefill = False
         self._stats: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._semaphore = asyncio.Semaphore(cfg.max_concurrency)
         self._limiter = RateLimiter(cfg.rpm, cfg.tpm)
-        self._wait = BackoffWait(cfg.backoff_initial_s, cfg.backoff_max_s, cfg.max_retry_after_s)
+        self._wait = BackoffWait(cfg.backoff.initial_s, cfg.backoff.max_s, cfg.backoff.max_retry_after_s)
 
     # --- identity, parameters, keys ---
     @property
@@ -341,28 +300,13 @@ class LLMRole:
             return {name: dict(values) for name, values in self._stats.items()}
 
     # --- the backend, made ready on the first request that needs sending ---
-    def ready(self):
+    def ready(self) -> Backend:
         with self._lock:
-            if self.backend is not None:
-                return self.backend
-            cfg = self.cfg
-            if cfg.backend == "anthropic":
-                backend = AnthropicBackend(cfg)
-            elif cfg.backend == "inprocess":
-                from safer_instruct.llm.inprocess import InProcessBackend
-
-                backend = InProcessBackend(cfg)
-            else:
-                renderer = ChatRenderer(cfg.model) if cfg.prefill_support == "template" else None
-                if cfg.base_url:
-                    backend = OpenAIBackend(cfg, cfg.base_url, served_model=cfg.model, renderer=renderer)
-                else:
-                    server = self.session.server_for(cfg)
-                    backend = OpenAIBackend(cfg, server.base_url, served_model=server.served_model,
-                                            report_model=cfg.model, renderer=renderer)  # fmt: skip
-            backend.prepare()
-            self.backend = backend
-            return backend
+            if self.backend is None:
+                backend = backend_class(self.cfg.backend)(self.cfg, self.session)
+                backend.prepare()
+                self.backend = backend
+            return self.backend
 
     # --- dry run ---
     def estimate(self, requests: Iterable[ChatRequest]) -> dict[str, Any]:

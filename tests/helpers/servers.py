@@ -356,8 +356,7 @@ def managed_tiny_server():
     global _TINY_SERVER
     with _TINY_LOCK:
         if _TINY_SERVER is None or not _TINY_SERVER.running:
-            from safer_instruct.llm.config import ServerConfig
-            from safer_instruct.llm.servers import ManagedServer
+            from safer_instruct.llm.servers import ManagedServer, ServerConfig
             from safer_instruct.model_kit import resolve_model
 
             server = ManagedServer("kit:tiny", resolve_model("kit:tiny"), ServerConfig(kind="transformers", device="cpu",

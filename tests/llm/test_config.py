@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
+import typing
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from safer_instruct.errors import ConfigError
-from safer_instruct.llm import ServerConfig, parse_role
-from safer_instruct.llm.cache import cache_key
-from safer_instruct.llm.config import price_for
+from safer_instruct.llm import LLMSession, RoleConfig, ServerConfig, parse_role
+from safer_instruct.llm.backends import _REGISTRY, Answer, Backend, backend_class, backend_names
+from safer_instruct.llm.backends.openai import OpenAIBackend
+from safer_instruct.llm.cache import cache_key, model_identity
+from safer_instruct.llm.config import price_for, role_keys
+from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, transformers_command, vllm_command
-from safer_instruct.llm.session import model_identity
-from safer_instruct.llm.types import ChatRequest
+from safer_instruct.llm.types import ChatRequest, Usage
 from safer_instruct.paths import CONF_DIR
 
 
@@ -44,11 +49,13 @@ def test_presets_have_the_contract_keys_and_parse(composed):
     judge = parse_role("judge", composed.judge)
     assert judge.backend == "anthropic" and judge.model.startswith("claude-3") and judge.api_key_env == "ANTHROPIC_API_KEY"
     inducer = parse_role("inducer", composed.inducer)
-    assert inducer.managed and inducer.server.kind == "transformers" and inducer.sends_hf_generation_config
+    assert inducer.managed and inducer.options.server.kind == "transformers"
+    assert OpenAIBackend.sends_generation_config(inducer)
     policy = parse_role("policy", composed.policy)
-    assert policy.backend == "inprocess" and policy.batch_size == 16
+    assert policy.backend == "inprocess" and policy.options.batch_size == 16
     big = parse_role("big", composed.big)
-    assert big.server.kind == "vllm" and big.server.tensor_parallel_size == 4 and not big.sends_hf_generation_config
+    assert big.options.server.kind == "vllm" and big.options.server.tensor_parallel_size == 4
+    assert not OpenAIBackend.sends_generation_config(big)
 
 
 def test_local_preset_requires_a_model(tmp_path):
@@ -116,3 +123,102 @@ def test_cache_key_covers_model_input_sampling_and_sample_index(tiny_model, tmp_
     (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes()[:-8] + b"retrain!")
     assert model_identity(str(copy)) != model_identity(tiny_model)
     assert model_identity("gpt-4") == "gpt-4"
+
+
+# --- one schema: RoleConfig and the backends' options are the only source of a role's defaults ---
+
+PRESETS = ("local", "openai", "anthropic", "inprocess", "vllm")
+
+
+def compose_role(tmp_path, preset: str, *overrides: str):
+    """A role node as a stage config pulls it in (`- llm@r: preset`), from a copy of conf/llm."""
+    conf = tmp_path / "conf"
+    if not conf.exists():
+        shutil.copytree(CONF_DIR / "llm", conf / "llm")
+    (conf / "probe.yaml").write_text(f"defaults:\n  - llm@r: {preset}\n  - _self_\n")
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        return compose("probe", overrides=list(overrides)).r
+
+
+def test_a_role_from_python_defaults_equals_one_from_the_schema_node(tmp_path):
+    for backend in backend_names():
+        from_yaml = parse_role("r", compose_role(tmp_path, "schema", "r.model=m", f"r.backend={backend}"))
+        assert from_yaml == RoleConfig(name="r", model="m", backend=backend) == parse_role("r", {"model": "m", "backend": backend})
+        assert from_yaml.options == backend_class(backend).Options()
+    default = RoleConfig(name="r", model="m")
+    assert (default.max_concurrency, default.timeout_s, default.max_retries, default.backoff.max_s) == (8, 120.0, 4, 60.0)
+    assert default.verdict_prefill is None and default.options.server.kind == "transformers"
+    # The local preset overrides for CPU servers, and says so; Hydra-built local roles keep today's values.
+    local = parse_role("r", compose_role(tmp_path, "local", "r.model=m"))
+    assert (local.max_concurrency, local.timeout_s, local.max_retries, local.backoff.max_s) == (4, 300.0, 2, 30.0)
+    assert local.verdict_prefill == '{"verdict": "' and local.backoff.initial_s == 1.0
+
+
+def _stray_keys(body: dict, types: dict[str, typing.Any], where: str = "") -> list[str]:
+    """Keys of `body` that are not fields (`types`: field name -> type), nested mappings included."""
+    stray = []
+    for key, value in body.items():
+        if key not in types:
+            stray.append(f"{where}{key}")
+            continue
+        nested = next((t for t in (types[key], *typing.get_args(types[key])) if dataclasses.is_dataclass(t)), None)
+        if nested is not None and isinstance(value, dict):
+            stray += _stray_keys(value, typing.get_type_hints(nested), f"{where}{key}.")
+    return stray
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_key_is_a_schema_field_and_none_restates_its_parent(tmp_path, preset):
+    body = yaml.safe_load((CONF_DIR / "llm" / f"{preset}.yaml").read_text())
+    (parent,) = [entry for entry in body.pop("defaults") if entry != "_self_"]
+    role = parse_role("r", compose_role(tmp_path, preset, "r.model=m"))
+    fields = {**typing.get_type_hints(RoleConfig), **typing.get_type_hints(backend_class(role.backend).Options)}
+    assert _stray_keys(body, fields) == [], f"keys of conf/llm/{preset}.yaml that backend '{role.backend}' does not have"
+    assert _stray_keys({"backoff": {"initial": 1}, "server": {"kind": "vllm"}, "sever": {}}, fields) == (
+        ["backoff.initial", "sever"] if role.backend == "openai" else ["backoff.initial", "server", "sever"])
+    inherited = compose_role(tmp_path, parent, "r.model=m")
+
+    def leaves(node: dict, prefix: str = ""):
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    restated = [key for key, value in leaves(body) if OmegaConf.select(inherited, key) == value]
+    assert restated == [], f"conf/llm/{preset}.yaml restates what {parent} already gives"
+
+
+def test_a_backend_is_one_class_that_registers_itself(tmp_path):
+    """The smallest possible backend, defined here as a new module would define it: selected by name,
+    its own keys read from the role node (with their errors), and answered through the session
+    (cache, counters) like any other."""
+
+    @dataclasses.dataclass(frozen=True)
+    class EchoOptions:
+        shout: bool = setting(False, "Answer in capitals.")
+        repeat: int = setting(1, "Times the prompt is echoed.", minimum=1)
+
+    class EchoBackend(Backend):
+        name = "echo"
+        Options = EchoOptions
+
+        async def complete(self, request, params):
+            text = " ".join([request.prompt] * self.options.repeat)
+            return Answer(text.upper() if self.options.shout else text, "stop", Usage(1, 1), self.role.model)
+
+    try:
+        assert "echo" in backend_names() and backend_class("echo") is EchoBackend
+        assert role_keys()["repeat"] == 1
+        with pytest.raises(ConfigError, match="r.repeat must be >= 1, got 0"):
+            parse_role("r", {"model": "m", "backend": "echo", "repeat": 0})
+        role = parse_role("r", {"model": "m", "backend": "echo", "repeat": "2", "batch_size": 3})
+        assert role.options == EchoOptions(repeat=2) and not role.managed and role.prefill_support == "none"
+        requests = [ChatRequest(id=f"q{i}", prompt=f"hi {i}") for i in range(3)]
+        for expected_hits in (0, 3):
+            with LLMSession(roles={"r": role}, cache_dir=tmp_path) as session:
+                answers = {r.request_id: r.text for r in session.role("r").generate(requests)}
+                assert session.role("r").stats("default")["cache_hits"] == expected_hits
+            assert answers == {"q0": "hi 0 hi 0", "q1": "hi 1 hi 1", "q2": "hi 2 hi 2"}
+    finally:
+        _REGISTRY.pop("echo", None)

@@ -52,7 +52,7 @@ def test_managed_server_answers_chat_and_raw_prompts(session):
     requests = [chat(f"c{i}", f"Write about topic {i}") for i in range(5)] + [ChatRequest(id="raw", prompt="Below is")]
     results = {r.request_id: r for r in session.role("expert").generate(requests, stage="s1")}
     assert set(results) == {r.id for r in requests}
-    (server,) = session.servers
+    (server,) = session.resources
     assert server.running and server.url.startswith("http://127.0.0.1:") and server.port > 0
     for result in results.values():
         if result.ok:
@@ -67,8 +67,8 @@ def test_managed_server_answers_chat_and_raw_prompts(session):
 def test_roles_with_the_same_model_share_one_server_and_cache_makes_no_requests(session, tmp_path):
     requests = [chat(f"j{i}", f"Judge answer {i}") for i in range(4)]
     list(session.role("judge").generate(requests, stage="judge"))
-    assert len(session.servers) == 1  # expert and judge: one model, one server
-    server = session.servers[0]
+    assert len(session.resources) == 1  # expert and judge: one model, one server
+    server = session.resources[0]
     before = posts(server)
     again = list(session.role("judge").generate(requests, stage="judge"))
     assert posts(server) == before  # counted at the server: nothing new
@@ -79,7 +79,7 @@ def test_roles_with_the_same_model_share_one_server_and_cache_makes_no_requests(
     answered = [r for r in requests if any(a.ok and a.request_id == r.id for a in again)]
     with LLMSession(roles={"judge": {**LOCAL_ROLE, "max_tokens": 6}}, cache_dir=session.cache.path.parent) as fresh:
         rerun = list(fresh.role("judge").generate(answered, stage="judge"))
-        assert fresh.servers == []
+        assert fresh.resources == []
     assert all(r.cached for r in rerun) and len(rerun) == len(answered)
 
 
@@ -95,7 +95,7 @@ def test_temperature_samples_differ_by_sample_index(session):
 def test_server_is_stopped_when_the_caller_fails(tmp_path):
     with pytest.raises(KeyboardInterrupt), LLMSession(roles={"expert": LOCAL_ROLE}, cache_dir=tmp_path) as sess:
         for _ in sess.role("expert").generate([chat("a", "hello"), chat("b", "there")]):
-            server = sess.servers[0]
+            server = sess.resources[0]
             pid = server.proc.pid
             raise KeyboardInterrupt  # Ctrl-C in the middle of a stage
     assert not server.running and not alive(pid)
@@ -109,7 +109,7 @@ def test_server_is_stopped_when_the_process_gets_sigterm(tmp_path):
         role = {LOCAL_ROLE!r}
         with LLMSession(roles={{"expert": role}}, cache_dir={str(tmp_path)!r}) as session:
             list(session.role("expert").generate([ChatRequest(id="a", prompt="hi")]))
-            print("PID", session.servers[0].proc.pid, flush=True)
+            print("PID", session.resources[0].proc.pid, flush=True)
             time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -151,5 +151,5 @@ def test_shared_tiny_server_helper_gives_a_working_role(tmp_path):
     assert role["base_url"] == managed_tiny_server().base_url
     with LLMSession(roles={"policy": role}, cache_dir=tmp_path) as sess:
         results = list(sess.role("policy").generate([chat("a", "hello"), ChatRequest(id="b", prompt="x")]))
-        assert sess.servers == []  # pointed at an existing server: nothing started here
+        assert sess.resources == []  # pointed at an existing server: nothing started here
     assert len(results) == 2 and any(r.ok for r in results)

@@ -93,34 +93,34 @@ def vllm_preset(tmp_path_factory):
 def test_the_preset_follows_the_model_length_and_vllm_accepts_it(vllm_preset, tmp_path):
     llama = model_folder(tmp_path, "llama-7b", LLAMA1_7B)
     role = vllm_preset(llama)
-    assert role.server.max_model_len is None  # the preset leaves the length to the model
-    args = parsed(vllm_command(llama, 8000, role.server))
+    assert role.options.server.max_model_len is None  # the preset leaves the length to the model
+    args = parsed(vllm_command(llama, 8000, role.options.server))
     assert args.max_model_len == 2048 and args.tensor_parallel_size == 1 and args.dtype == "auto"
     assert vllm_would_refuse(args) is None
 
 
 def test_the_preset_with_the_tiny_kit_model(vllm_preset, tiny_model):
-    args = parsed(vllm_command(tiny_model, 8000, vllm_preset(tiny_model).server))
+    args = parsed(vllm_command(tiny_model, 8000, vllm_preset(tiny_model).options.server))
     assert args.max_model_len == json.loads((Path(tiny_model) / "config.json").read_text())["max_position_embeddings"]
     assert vllm_would_refuse(args) is None
 
 
 def test_a_length_above_the_model_fails_naming_both_numbers(vllm_preset, tmp_path):
     llama = model_folder(tmp_path, "llama-7b", LLAMA1_7B)
-    server = vllm_preset(llama, "policy.server.max_model_len=4096").server
+    server = vllm_preset(llama, "policy.server.max_model_len=4096").options.server
     # What vLLM itself would do with that command line:
     unchecked = serve_parser().parse_args([llama, "--max-model-len", "4096"])
     assert "greater than the derived" in vllm_would_refuse(unchecked)
     with pytest.raises(ConfigError, match=r"max_model_len=4096 .* 2048 tokens .*max_position_embeddings"):
         vllm_command(llama, 8000, server)
-    shorter = parsed(vllm_command(llama, 8000, vllm_preset(llama, "policy.server.max_model_len=1024").server))
+    shorter = parsed(vllm_command(llama, 8000, vllm_preset(llama, "policy.server.max_model_len=1024").options.server))
     assert shorter.max_model_len == 1024 and vllm_would_refuse(shorter) is None
 
 
 @pytest.mark.parametrize(("tensor_parallel", "accepted"), [(1, True), (2, True), (4, True), (8, True), (3, False), (6, False)])
 def test_tensor_parallel_size_must_divide_the_attention_heads(vllm_preset, tmp_path, tensor_parallel, accepted):
     llama = model_folder(tmp_path, "llama-7b", LLAMA1_7B)
-    server = vllm_preset(llama, f"policy.server.tensor_parallel_size={tensor_parallel}").server
+    server = vllm_preset(llama, f"policy.server.tensor_parallel_size={tensor_parallel}").options.server
     if accepted:
         args = parsed(vllm_command(llama, 8000, server))
         assert args.tensor_parallel_size == tensor_parallel and vllm_would_refuse(args) is None

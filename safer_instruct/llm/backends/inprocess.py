@@ -1,4 +1,4 @@
-"""In-process batched generation with transformers, for runs that want no server.
+"""`inprocess`: batched generation with transformers inside this process, for runs that want no server.
 
 Requests that arrive together (up to the role's `max_concurrency` in flight) are grouped by their
 sampling parameters, sorted by prompt length so that a batch pads little, cut into batches of
@@ -10,20 +10,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from safer_instruct.llm.backends import Answer
+from safer_instruct.llm.backends import Answer, Backend
 from safer_instruct.llm.chat import ChatRenderer
-from safer_instruct.llm.config import RoleConfig
 from safer_instruct.llm.faults import EmptyCompletion
+from safer_instruct.llm.schema import setting
 from safer_instruct.llm.types import ChatRequest, Usage
 
 log = logging.getLogger(__name__)
 
 
-class InProcessBackend:
-    def __init__(self, role: RoleConfig):
-        self.role = role
+@dataclass(frozen=True)
+class InProcessOptions:
+    batch_size: int = setting(8, "Prompts generated together (left-padded, cut from length-sorted requests).", minimum=1)
+    dtype: str = setting("auto", "Torch dtype of the weights (auto, float32, bfloat16).")
+    device: str = setting("cpu", "Where the model runs: cpu, cuda or cuda:0.")
+
+
+class InProcessBackend(Backend):
+    name = "inprocess"
+    Options = InProcessOptions
+
+    def __init__(self, role, session=None):
+        super().__init__(role, session)
         self.model = None
         self.tokenizer = None
         self.renderer: ChatRenderer | None = None
@@ -42,11 +53,19 @@ class InProcessBackend:
         self.tokenizer = load_tokenizer(self.role.model)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
         self.renderer = ChatRenderer(self.role.model, tokenizer=self.tokenizer)
-        model = load_causal_lm(self.role.model, dtype=self.role.dtype)
-        self.model = model.to(self.role.device).eval()
+        model = load_causal_lm(self.role.model, dtype=self.options.dtype)
+        self.model = model.to(self.options.device).eval()
         if self.role.seed is not None:
             torch.manual_seed(self.role.seed)
-        log.info("loaded %s in process on %s", self.role.model, self.role.device)
+        log.info("loaded %s in process on %s", self.role.model, self.options.device)
+
+    @classmethod
+    def runs_locally(cls, role) -> bool:  # noqa: ARG003
+        return True
+
+    @classmethod
+    def prefill_support(cls, role) -> str:  # noqa: ARG003
+        return "template"
 
     def render(self, request: ChatRequest) -> str:
         """The text the model continues: the raw prompt, or the chat template's text; then the prefill."""
@@ -76,8 +95,8 @@ class InProcessBackend:
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
                 items.sort(key=lambda item: self.prompt_length(item[0]))
-                for start in range(0, len(items), self.role.batch_size):
-                    batch = items[start : start + self.role.batch_size]
+                for start in range(0, len(items), self.options.batch_size):
+                    batch = items[start : start + self.options.batch_size]
                     live = [item for item in batch if not item[2].done()]
                     if not live:
                         continue
