@@ -47,7 +47,7 @@ def baseline(texts: list[dict], max_tokens: int) -> dict:
     """One generate call per text, as a simple script would do it."""
     import torch
 
-    from safer_instruct.formatting import reverse_template
+    from safer_instruct.formatting import render_reverse_prompt, reverse_template
     from safer_instruct.model_kit import load_causal_lm, load_tokenizer
 
     started = time.perf_counter()
@@ -58,7 +58,7 @@ def baseline(texts: list[dict], max_tokens: int) -> dict:
     new_tokens = 0
     with torch.inference_mode():
         for item in texts:
-            enc = tokenizer(template.render(item["text"]), return_tensors="pt")
+            enc = tokenizer(render_reverse_prompt(item["text"], template), return_tensors="pt")
             out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, stop_strings=STOP,
                                  tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
             new_tokens += out.shape[1] - enc["input_ids"].shape[1]

@@ -37,9 +37,10 @@ import common
 common.setup_env()
 
 from safer_instruct.cli import main as cli  # noqa: E402
-from safer_instruct.config import compose  # noqa: E402
-from safer_instruct.evaluation.judge import JudgeTemplate  # noqa: E402
+from safer_instruct.config import compose, to_plain  # noqa: E402
+from safer_instruct.evaluation import judge  # noqa: E402
 from safer_instruct.evaluation.prompts import load_responses  # noqa: E402
+from safer_instruct.prompts import PromptTemplate  # noqa: E402
 from safer_instruct.verdict import JUDGE_VERDICTS, parse_verdict  # noqa: E402
 from tests.helpers.servers import _FaultCore, _serve_connection  # noqa: E402
 
@@ -119,7 +120,7 @@ def answers_file(n: int, tmp: Path) -> tuple[Path, str]:
     return path, origin
 
 
-def sequential(base_url: str, path: Path, template: JudgeTemplate) -> tuple[float, dict[str, int]]:
+def sequential(base_url: str, path: Path, template: PromptTemplate) -> tuple[float, dict[str, int]]:
     import openai
 
     items = load_responses({"path": str(path)})
@@ -127,7 +128,7 @@ def sequential(base_url: str, path: Path, template: JudgeTemplate) -> tuple[floa
     counts = {"harmless": 0, "harmful": 0, "unjudged": 0}
     started = time.perf_counter()
     for item in items:
-        messages = list(template.messages(prompt=item.prompt, response=item.response))
+        messages = list(judge.messages(template, prompt=item.prompt, response=item.response))
         reply = client.chat.completions.create(model="bench-judge", messages=messages, max_tokens=256, temperature=0)
         verdict = parse_verdict(reply.choices[0].message.content, JUDGE_VERDICTS).verdict
         counts[verdict or "unjudged"] += 1
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     n = 90 if args.quick else 900
     cfg = compose("eval_harmlessness", ["judge=endpoint", "judge.base_url=x", "judge.model=x"])
-    template = JudgeTemplate.from_config(cfg.judge_template)
+    template = judge.load_template(to_plain(cfg.judge_template), "judge_template", "single")
     concurrency = int(cfg.judge.max_concurrency)
     with tempfile.TemporaryDirectory() as tmp_name, JudgeServerProcess(DELAY_S) as server:
         tmp = Path(tmp_name)

@@ -53,6 +53,7 @@ from safer_instruct.evaluation.prompts import EvalItem  # noqa: E402
 from safer_instruct.llm import LLMSession  # noqa: E402
 from safer_instruct.model_kit import load_tokenizer  # noqa: E402
 from safer_instruct.paths import CONF_DIR  # noqa: E402
+from safer_instruct.prompts import PromptTemplate  # noqa: E402
 from safer_instruct.verdict import FILTER_VERDICTS, parse_verdict  # noqa: E402
 
 RELEASE_FILES = ("test_set.csv", "safer_instruct_hate.csv", "safer_instruct_self-harm.csv")
@@ -125,7 +126,7 @@ def truncated_parse(tokenizer, text: str, prefill: str | None, budget: int, allo
     return parse_verdict((prefill or "") + tokenizer.decode(ids), allowed).parsed
 
 
-def position_probe(items: list[EvalItem], origin: dict[str, str], template: judge.JudgeTemplate) -> None:
+def position_probe(items: list[EvalItem], origin: dict[str, str], template: PromptTemplate) -> None:
     """Does the judge's verdict follow the answer, or the order in which the verdict words are listed?
 
     For each item, log P("harmless") - log P("harmful") right after the prefill, with the format
@@ -153,7 +154,7 @@ def position_probe(items: list[EvalItem], origin: dict[str, str], template: judg
     for order, swap in (("harmless listed first", False), ("harmful listed first", True)):
         margins = []
         for item in items:
-            messages = [dict(m) for m in template.messages(prompt=item.prompt, response=item.response)]
+            messages = [dict(m) for m in judge.messages(template, prompt=item.prompt, response=item.response)]
             if swap:
                 messages[-1]["content"] = messages[-1]["content"].replace(listed, '"harmful" or "harmless"')
             text = renderer.render(messages, PREFILL)
@@ -221,8 +222,8 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
     instr_rows, resp_rows = filter_items(args.n, rng)
     items, references, origin = judge_items(args.n, rng)
     clear_items, clear_origin = clear_judge_items(args.n, rng)
-    single = judge.JudgeTemplate.from_config(OmegaConf.to_container(OmegaConf.load(args.judge_template)))
-    pairwise = judge.JudgeTemplate.from_config(OmegaConf.to_container(OmegaConf.load(args.pairwise_template)))
+    single = judge.load_template(OmegaConf.to_container(OmegaConf.load(args.judge_template)), args.judge_template, "single")
+    pairwise = judge.load_template(OmegaConf.to_container(OmegaConf.load(args.pairwise_template)), args.pairwise_template, "pairwise")
     templates = {name: load_template(name, OmegaConf.to_container(OmegaConf.load(Path(args.filter_template_dir) / f"{name}.yaml")))
                  for name in ("filter_instructions", "filter_responses")}  # fmt: skip
     role = {"backend": "inprocess", "model": "kit:smollm2-135m", "dtype": "float32", "temperature": 0.0,
@@ -243,22 +244,22 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
                     expected = {row["id"]: row["expected"] for row in rows}
                     allowed = FILTER_VERDICTS
                 elif check == "judge":
-                    requests = list(judge.single_requests(items, single, f"judge/{single.id}", prefill=prefill))
-                    expected = {f"judge/{single.id}/{k}": ("harmless" if v == "gpt4" else "alpaca")
+                    requests = list(judge.single_requests(items, single, f"judge/{single.tag}", prefill=prefill))
+                    expected = {f"judge/{single.tag}/{k}": ("harmless" if v == "gpt4" else "alpaca")
                                 for k, v in origin.items()}  # fmt: skip
-                    allowed = single.allowed
+                    allowed = judge.verdicts(single)
                 elif check == "judge_clear":
-                    requests = list(judge.single_requests(clear_items, single, f"clear/{single.id}", prefill=prefill))
-                    expected = {f"clear/{single.id}/{k}": v for k, v in clear_origin.items()}
-                    allowed = single.allowed
+                    requests = list(judge.single_requests(clear_items, single, f"clear/{single.tag}", prefill=prefill))
+                    expected = {f"clear/{single.tag}/{k}": v for k, v in clear_origin.items()}
+                    allowed = judge.verdicts(single)
                 else:
-                    requests = list(judge.pairwise_requests(items, references, pairwise, f"pw/{pairwise.id}", 0,
+                    requests = list(judge.pairwise_requests(items, references, pairwise, f"pw/{pairwise.tag}", 0,
                                                             prefill=prefill))  # fmt: skip
                     for request in requests:
                         item_id = request.metadata["item"]
                         gpt4_first = (origin[item_id] == "gpt4") == request.metadata["candidate_first"]
                         expected[request.id] = "A (gpt4)" if gpt4_first else "B (gpt4)"
-                    allowed = pairwise.allowed
+                    allowed = judge.verdicts(pairwise)
                 started = time.perf_counter()
                 answers = {r.request_id: r for r in expert.generate(requests, stage=f"{check}/{setting}")}
                 elapsed = time.perf_counter() - started

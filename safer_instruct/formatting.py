@@ -2,7 +2,8 @@
 
 Two styles, chosen by the model preset (`model.prompt_format`):
 
-* `alpaca`: the Stanford Alpaca prompt, for Alpaca-style models that have no chat template;
+* `alpaca`: the Stanford Alpaca prompt (`conf/prompts/alpaca*.yaml`), for Alpaca-style models that
+  have no chat template;
 * `chat`: the tokenizer's own chat template.
 
 Training data is always handed to TRL as plain strings built here (TRL's "standard" format), so the
@@ -11,22 +12,23 @@ text a model is trained on is byte for byte the text it is prompted with at eval
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from safer_instruct.errors import ConfigError
+from safer_instruct.prompts import PromptTemplate, prompt_preset
+
 PromptStyle = Literal["alpaca", "chat"]
 
-ALPACA_PROMPT = (
-    "Below is an instruction that describes a task. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n"
-)
-ALPACA_PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-)
+
+@functools.cache
+def alpaca_template(with_input: bool = False) -> PromptTemplate:
+    """The Stanford Alpaca prompt (`conf/prompts/alpaca.yaml`; `alpaca_input.yaml` for a row with an input)."""
+    template = prompt_preset("alpaca_input" if with_input else "alpaca")
+    return template.expect({"instruction", "input"} if with_input else {"instruction"})
 
 
 @dataclass
@@ -73,8 +75,7 @@ class PromptFormat:
     def prompt(self, instruction: str, input: str = "") -> str:
         """The text the model sees before it answers."""
         if self.style == "alpaca":
-            template = ALPACA_PROMPT_WITH_INPUT if input else ALPACA_PROMPT
-            return template.format(instruction=instruction, input=input)
+            return alpaca_template(bool(input)).render(instruction=instruction, input=input)
         return self.tokenizer.apply_chat_template(
             self.messages(instruction, input), tokenize=False, add_generation_prompt=True
         )
@@ -102,78 +103,65 @@ class PromptFormat:
 
 # --- Reversed instruction tuning: response -> instruction -------------------------------------------
 
-REVERSE_TEMPLATE_FILE = "prompts/reverse.yaml"
 # Written into a reversed model's folder by `train reverse`: the template it was trained with and the
 # token budget its prompts were cut to, so that `construct` prompts it exactly as it was trained.
 REVERSE_PROMPT_CARD = "reverse_prompt.json"
+# A card written before templates had a name: `version: <name>-v<N>` (e.g. reverse-v1).
+_LEGACY_VERSION = re.compile(r"^(?P<name>.+)-v(?P<number>[1-9][0-9]*)$")
 
 
-@dataclass(frozen=True)
-class ReverseTemplate:
-    """The versioned prompt of the reversed model (`conf/prompts/reverse*.yaml`).
+def reverse_template(name: str | None = None) -> PromptTemplate:
+    """The reversed model's prompt (`conf/prompts/reverse*.yaml`; field `{response}`).
 
     The reversed model always sees this raw text (never a chat template), both when it is trained
     (`train reverse`) and when it induces instructions (`construct`, step `induce`); it then writes
     the instruction and ends it with the tokenizer's end-of-text token.
-    """
-
-    version: str
-    template: str
-
-    def render(self, response: str) -> str:
-        # str.replace, not str.format: responses are arbitrary text with braces of their own.
-        return self.template.replace("{response}", response.strip())
-
-    def same_as(self, other: ReverseTemplate) -> bool:
-        return (self.version, self.template) == (other.version, other.template)
-
-
-def reverse_template(name: str | None = None) -> ReverseTemplate:
-    """Load a reversed-instruction template.
 
     `name`: None for the project's own (`conf/prompts/reverse.yaml`); a preset name under
-    `conf/prompts/` (e.g. `reverse_paper`, the paper's text); or the path of a YAML file with the same
-    keys (`version`, `template` containing `{response}`).
+    `conf/prompts/` (e.g. `reverse_paper`, the paper's text); or the path of a template YAML file.
     """
-    from omegaconf import OmegaConf
-
     from safer_instruct.paths import conf_dir
 
-    if not name:
-        source = str(conf_dir() / REVERSE_TEMPLATE_FILE)
-    elif "/" in name or name.endswith((".yaml", ".yml")) or Path(name).is_file():
-        source = name
-    else:
-        source = str(conf_dir() / "prompts" / f"{name}.yaml")
-        if not Path(source).is_file():
-            presets = sorted(p.stem for p in (conf_dir() / "prompts").glob("reverse*.yaml"))
-            raise ValueError(f"no reverse template preset '{name}' (conf/prompts/{name}.yaml); presets: "
-                             f"{', '.join(presets)}; or give the path of a YAML file")  # fmt: skip
-    node = OmegaConf.load(source)
-    return reverse_template_from(node, source)
+    if name and ("/" in name or name.endswith((".yaml", ".yml")) or Path(name).is_file()):
+        return _reverse_checked(PromptTemplate.from_file(name))
+    name = name or "reverse"
+    if not (conf_dir() / "prompts" / f"{name}.yaml").is_file():
+        presets = sorted(p.stem for p in (conf_dir() / "prompts").glob("reverse*.yaml"))
+        raise ConfigError(f"no reverse template preset '{name}' (conf/prompts/{name}.yaml); presets: "
+                          f"{', '.join(presets)}; or give the path of a YAML file")  # fmt: skip
+    return _reverse_checked(prompt_preset(name))
 
 
-def reverse_template_from(node: Any, source: str) -> ReverseTemplate:
-    """A template from a mapping with `version` and `template` (a YAML file, a model's card)."""
-    template, version = node.get("template"), node.get("version")
-    if not isinstance(template, str) or "{response}" not in template or not version:
-        raise ValueError(f"{source}: a reverse template needs `version` and a `template` containing {{response}}")
-    return ReverseTemplate(version=str(version), template=template)
+def _reverse_checked(template: PromptTemplate) -> PromptTemplate:
+    if template.system:
+        raise ConfigError(f"{template.source}: a reverse template is raw text: it has no `system` message")
+    return template.expect({"response"})
 
 
-def render_reverse_prompt(response: str, template: ReverseTemplate | None = None) -> str:
+def reverse_template_from(node: Any, source: str) -> PromptTemplate:
+    """A reverse template from a model's card (`reverse_prompt.json`: the template's keys beside
+    `truncation`). A card written before templates had a name (`version: reverse-v1`) reads as
+    name `reverse`, version 1, which is what it was."""
+    keys = {key: node[key] for key in ("name", "version", "template", "system") if key in node}
+    legacy = _LEGACY_VERSION.match(str(keys.get("version"))) if "name" not in keys else None
+    if legacy:
+        keys.update(name=legacy["name"], version=int(legacy["number"]))
+    return _reverse_checked(PromptTemplate.from_mapping(keys, source))
+
+
+def render_reverse_prompt(response: str, template: PromptTemplate | None = None) -> str:
     """The text the reversed model continues with the instruction that `response` answers (uncut)."""
-    return (template or reverse_template()).render(response)
+    return (template or reverse_template()).render(response=response.strip())
 
 
-def reverse_prompt_card(template: ReverseTemplate, max_prompt_tokens: int, max_length: int) -> dict[str, Any]:
+def reverse_prompt_card(template: PromptTemplate, max_prompt_tokens: int, max_length: int) -> dict[str, Any]:
     """What `train reverse` saves beside the model (`reverse_prompt.json`): the template, and the cut.
 
     `max_prompt_tokens`: the reversed prompt (template + response) was cut to this many tokens of the
     model's own tokenizer by cutting the end of the response (`Encoder.fit_reverse_prompt`);
     `max_length`: prompt + instruction + EOS tokens in training.
     """
-    return {"version": template.version, "template": template.template,
+    return {"name": template.name, "version": template.version, "tag": template.tag, "template": template.template,
             "truncation": {"max_prompt_tokens": int(max_prompt_tokens), "max_length": int(max_length),
                            "cut": "response_end", "tokenizer": "the model's own (saved in this folder)"}}  # fmt: skip
 
@@ -185,6 +173,9 @@ def read_reverse_prompt_card(model_dir: str | Path) -> dict[str, Any] | None:
     path = Path(model_dir) / REVERSE_PROMPT_CARD
     if not path.is_file():
         return None
-    card = json.loads(path.read_text(encoding="utf-8"))
-    reverse_template_from(card, str(path))  # checks version and template
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path}: not readable as JSON ({err})") from None
+    reverse_template_from(card, str(path))  # checks the template
     return card

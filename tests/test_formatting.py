@@ -1,14 +1,20 @@
 import pytest
 
-from safer_instruct.formatting import ALPACA_PROMPT, PromptFormat
+from safer_instruct.formatting import PromptFormat, alpaca_template
 from safer_instruct.model_kit import load_tokenizer
 
 
 def test_alpaca_prompt_and_completion():
     tokenizer = load_tokenizer("kit:tiny")
     fmt = PromptFormat("alpaca", tokenizer)
-    assert fmt.prompt("Name a fruit.") == ALPACA_PROMPT.format(instruction="Name a fruit.")
-    assert "### Input:\nan apple" in fmt.prompt("Describe it.", input="an apple")
+    assert fmt.prompt("Name a fruit {x}.") == (  # Stanford Alpaca's prompt_no_input, verbatim
+        "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+        "\n\n### Instruction:\nName a fruit {x}.\n\n### Response:\n")  # fmt: skip
+    assert fmt.prompt("Describe it.", input="an {apple}") == (  # prompt_input
+        "Below is an instruction that describes a task, paired with an input that provides further context. Write a "
+        "response that appropriately completes the request.\n\n### Instruction:\nDescribe it.\n\n### Input:\n"
+        "an {apple}\n\n### Response:\n")  # fmt: skip
+    assert (alpaca_template().tag, alpaca_template(with_input=True).tag) == ("alpaca@v1", "alpaca-input@v1")
     assert fmt.completion("Apple.") == "Apple." + tokenizer.eos_token
 
 

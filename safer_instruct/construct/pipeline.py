@@ -125,10 +125,10 @@ class ConstructRun:
             "induce": {"corpus": corpus_signature(self.corpus_spec), "template": self.induction.describe(),
                        "inducer": _role_answer_settings(cfg, "inducer"), "induce": _plain(cfg.induce)},
             "filter_instructions": {"heuristics": vars(self.heuristics), "settings": _plain(cfg.filter_instructions),
-                                    "template": vars(self.templates["filter_instructions"])},
-            "respond": {"settings": _plain(cfg.respond), "template": vars(self.templates["respond"])},
+                                    "template": self.templates["filter_instructions"].to_dict()},
+            "respond": {"settings": _plain(cfg.respond), "template": self.templates["respond"].to_dict()},
             "filter_responses": {"settings": _plain(cfg.filter_responses),
-                                 "template": vars(self.templates["filter_responses"])},
+                                 "template": self.templates["filter_responses"].to_dict()},
             "assemble": {"settings": _plain(cfg.assemble), "source": cfg.dataset.source,
                          "tags": self.template_tags(), "models": self.models()},
         }  # fmt: skip
@@ -290,8 +290,8 @@ class ConstructRun:
         train, test = self.out_dir / "preference.jsonl", self.out_dir / "preference_test.jsonl"
         if "assemble" in done:
             outputs.write_datasets(self.out_dir, {"train": train, "test": test})
-        templates = {"reverse": {"version": self.induction.template.version, "template": self.induction.template.template},
-                     **{name: {"version": tpl.version, "template": tpl.template, "system": tpl.system}
+        templates = {"reverse": {"version": self.induction.template.tag, "template": self.induction.template.template},
+                     **{name: {"version": tpl.tag, "template": tpl.template, "system": tpl.system}
                         for name, tpl in self.templates.items()}}  # fmt: skip
         dataset = self.cfg.dataset
         card = outputs.dataset_card(stats, title=str(dataset.title), tags=[str(t) for t in dataset.tags],

@@ -14,9 +14,9 @@ from typing import Any
 
 from safer_instruct.construct.heuristics import clean_instruction
 from safer_instruct.construct.store import DROPPED, FAILED, KEPT
-from safer_instruct.construct.templates import PromptTemplate
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm.types import ChatRequest, Completion, Failure
+from safer_instruct.prompts import PromptTemplate
 from safer_instruct.verdict import FILTER_VERDICTS, format_instructions, parse_verdict
 
 
@@ -194,5 +194,6 @@ TEMPLATE_FIELDS = {
 
 
 def load_template(name: str, cfg: Mapping[str, Any] | None) -> PromptTemplate:
+    """The template of expert step `name`, from `prompts.<name>`, checked against the fields it fills."""
     required, allowed = TEMPLATE_FIELDS[name]
-    return PromptTemplate.from_config(name, cfg, required=required, allowed=allowed)
+    return PromptTemplate.from_config(cfg, f"prompts.{name}").expect(required, allowed)

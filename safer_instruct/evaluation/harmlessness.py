@@ -45,6 +45,7 @@ from safer_instruct.evaluation.stats import agreement_summary, grouped_summary, 
 from safer_instruct.io import atomic_write_json, atomic_write_jsonl
 from safer_instruct.llm.config import parse_role
 from safer_instruct.model_kit import pin_model_path
+from safer_instruct.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +136,12 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
 
 
 def judge_items(
-    role: Any, items: list[EvalItem], template: judge.JudgeTemplate, stage: str
+    role: Any, items: list[EvalItem], template: PromptTemplate, stage: str
 ) -> dict[str, judge.Judgement]:
     """item id -> Judgement for every item (unjudged statuses included)."""
-    prefix = f"{stage}/{template.id}"
+    prefix = f"{stage}/{template.tag}"
     requests = judge.single_requests(items, template, prefix, prefill=role.cfg.verdict_prefill)
-    results = judge.judge_all(role, requests, template.allowed, stage)
+    results = judge.judge_all(role, requests, judge.verdicts(template), stage)
     out = {}
     for item in items:
         if not (item.response and item.response.strip()):
@@ -181,7 +182,7 @@ def summarize(
     return summary
 
 
-def role_info(role_cfg: Mapping[str, Any], template: judge.JudgeTemplate, name: str = "judge") -> dict[str, Any]:
+def role_info(role_cfg: Mapping[str, Any], template: PromptTemplate, name: str = "judge") -> dict[str, Any]:
     """The judge's settings as recorded with its results; `verdict_prefill` is the text its answers
     were started with as sent to the model (null: none, or a remote model that cannot be prefilled).
     The refusal judge records its markers (name, version, match rule) in place of role and template."""
@@ -189,7 +190,7 @@ def role_info(role_cfg: Mapping[str, Any], template: judge.JudgeTemplate, name: 
         return refusal.RefusalJudge.from_config(role_cfg, name).describe()
     keys = ("model", "backend", "base_url", "temperature", "max_tokens", "max_concurrency")
     return {**{key: role_cfg.get(key) for key in keys},
-            "verdict_prefill": parse_role(name, role_cfg).verdict_prefill_sent, "template": template.describe()}  # fmt: skip
+            "verdict_prefill": parse_role(name, role_cfg).verdict_prefill_sent, "template": judge.describe(template)}  # fmt: skip
 
 
 def references_for(items: list[EvalItem], pairwise: Mapping[str, Any]) -> dict[str, str]:
@@ -214,10 +215,10 @@ def run_pairwise(
     template = pairwise_template(pairwise)
     seed = pairwise_seed(cfg, pairwise)
     references = references_for(items, pairwise)
-    prefix = f"pairwise/{template.id}"
+    prefix = f"pairwise/{template.tag}"
     role = session.role("judge")
     requests = judge.pairwise_requests(items, references, template, prefix, seed, prefill=role.cfg.verdict_prefill)
-    results = judge.judge_all(role, requests, template.allowed, "pairwise")
+    results = judge.judge_all(role, requests, judge.verdicts(template), "pairwise")
     rows, outcomes = [], []
     for item in items:
         first = judge.candidate_first(seed, item.id)
@@ -255,7 +256,7 @@ def run_pairwise(
 
 
 def judge_with(
-    session: Any, cfg: DictConfig, name: str, items: list[EvalItem], template: judge.JudgeTemplate
+    session: Any, cfg: DictConfig, name: str, items: list[EvalItem], template: PromptTemplate
 ) -> dict[str, judge.Judgement]:
     """item id -> Judgement by the judge `name` (judge | second_judge): its LLM role, or the refusal
     markers when it is the refusal judge (no request sent)."""
@@ -264,13 +265,8 @@ def judge_with(
     return judge_items(session.role(name), items, template, name)
 
 
-def single_template(cfg: DictConfig) -> judge.JudgeTemplate:
-    template = judge.JudgeTemplate.from_config(to_plain(cfg.judge_template))
-    if template.kind != "single":
-        raise ConfigError(
-            f"judge_template must be a single-answer template, got {template.id} ({template.kind})"
-        )
-    return template
+def single_template(cfg: DictConfig) -> PromptTemplate:
+    return judge.load_template(to_plain(cfg.judge_template), "judge_template", "single")
 
 
 def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
@@ -291,13 +287,8 @@ def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
     return roles
 
 
-def pairwise_template(pairwise: Mapping[str, Any]) -> judge.JudgeTemplate:
-    template = judge.JudgeTemplate.from_config(pairwise["template"])
-    if template.kind != "pairwise":
-        raise ConfigError(
-            f"pairwise.template must be a pairwise template, got {template.id} ({template.kind})"
-        )
-    return template
+def pairwise_template(pairwise: Mapping[str, Any]) -> PromptTemplate:
+    return judge.load_template(pairwise["template"], "pairwise.template", "pairwise")
 
 
 def pairwise_seed(cfg: DictConfig, pairwise: Mapping[str, Any]) -> int:
@@ -410,14 +401,14 @@ def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         for name in ("judge", "second_judge"):
             if name in roles:
                 role = session.role(name)
-                requests = judge.single_requests(items, template, f"{name}/{template.id}", prefill=role.cfg.verdict_prefill)
+                requests = judge.single_requests(items, template, f"{name}/{template.tag}", prefill=role.cfg.verdict_prefill)
                 rows.append(estimate.estimate_row(session, name, name, requests, upper_bound=uncertain, note=note))
         if cfg.pairwise.enabled:
             pairwise = to_plain(cfg.pairwise)
             pair_template = pairwise_template(pairwise)
             references = references_for(items, pairwise)
             role = session.role("judge")
-            requests = judge.pairwise_requests(items, references, pair_template, f"pairwise/{pair_template.id}",
+            requests = judge.pairwise_requests(items, references, pair_template, f"pairwise/{pair_template.tag}",
                                                pairwise_seed(cfg, pairwise), prefill=role.cfg.verdict_prefill)  # fmt: skip
             rows.append(estimate.estimate_row(session, "judge", "pairwise", requests, upper_bound=uncertain,
                                               note=f"vs {pairwise['reference_column']}" + ("; upper bound" if uncertain else "")))  # fmt: skip

@@ -1,7 +1,8 @@
 """The judge: versioned templates (prompt) and verdict reading (parse), over any LLM role (backend).
 
-A template (`conf/judge_template/*.yaml`) is single (`harmless` / `harmful` for one answer) or pairwise
-(`A` / `B` / `tie` between two answers). Its answer follows the verdict contract and is read by
+A template (`conf/judge_template/*.yaml`, a `safer_instruct.prompts.PromptTemplate`) is single
+(`{response}`: `harmless` / `harmful` for one answer) or pairwise (`{response_a}`, `{response_b}`:
+`A` / `B` / `tie` between two answers); its tag `name@vN` is recorded with every judgement. Its answer follows the verdict contract and is read by
 `safer_instruct.verdict.parse_verdict`, the project's one verdict parser. Every item ends in one
 status: `judged`, or one of the unjudged statuses below, which are counted and never read as harmless.
 """
@@ -9,13 +10,13 @@ status: `judged`, or one of the unjudged statuses below, which are counted and n
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm.types import ChatRequest, Completion, Failure
+from safer_instruct.prompts import PromptTemplate
 from safer_instruct.verdict import JUDGE_VERDICTS, format_instructions, parse_verdict
 
 PAIRWISE_VERDICTS = ("A", "B", "tie")
@@ -28,61 +29,49 @@ MISSING_REFERENCE = "missing_reference"  # pairwise: no reference answer for thi
 TRUNCATED = "truncated"  # the verdict was cut off at judge.max_tokens: not read, even if it parses
 UNJUDGED_STATUSES = (UNPARSEABLE, JUDGE_FAILED, MISSING_RESPONSE, MISSING_REFERENCE, TRUNCATED)
 
-_PLACEHOLDER = re.compile(r"\{(prompt|response|response_a|response_b|format_instructions)\}")
+# What each kind of template is given: (required fields, also allowed), and the verdicts it asks for.
+KIND_FIELDS = {
+    "single": ({"prompt", "response"}, {"format_instructions"}),
+    "pairwise": ({"prompt", "response_a", "response_b"}, {"format_instructions"}),
+}
+KIND_VERDICTS = {"single": JUDGE_VERDICTS, "pairwise": PAIRWISE_VERDICTS}
 
 
-@dataclass(frozen=True)
-class JudgeTemplate:
-    """A judging prompt with a name and version (both recorded with every judgement)."""
+def load_template(node: Mapping[str, Any] | None, key: str, kind: str) -> PromptTemplate:
+    """The judging template at config key `key` (e.g. `judge_template`), checked to be of `kind`."""
+    template = PromptTemplate.from_config(node, key)
+    if kind == "single" and kind_of(template) == "pairwise":
+        raise ConfigError(f"{key} must be a single-answer template ({{prompt}}, {{response}}); {template.tag} is pairwise")
+    if kind == "pairwise" and kind_of(template) == "single":
+        raise ConfigError(f"{key} must be a pairwise template ({{prompt}}, {{response_a}}, {{response_b}}); "
+                          f"{template.tag} is single-answer")  # fmt: skip
+    required, allowed = KIND_FIELDS[kind]
+    return template.expect(required, allowed)
 
-    name: str
-    version: int | str
-    kind: str
-    system: str
-    user: str
 
-    @classmethod
-    def from_config(cls, node: Mapping[str, Any]) -> JudgeTemplate:
-        missing = [key for key in ("name", "version", "kind", "user") if node.get(key) in (None, "")]
-        if missing:
-            raise ConfigError(f"judge template is missing {', '.join(missing)}")
-        kind = str(node["kind"])
-        if kind not in ("single", "pairwise"):
-            raise ConfigError(f"judge template kind must be single or pairwise, got '{kind}'")
-        template = cls(
-            str(node["name"]), node["version"], kind, str(node.get("system") or ""), str(node["user"])
-        )
-        needed = {
-            "single": ("{prompt}", "{response}"),
-            "pairwise": ("{prompt}", "{response_a}", "{response_b}"),
-        }
-        absent = [p for p in needed[kind] if p not in template.user]
-        if absent:
-            raise ConfigError(
-                f"judge template {template.id} ({kind}) lacks placeholder(s) {', '.join(absent)}"
-            )
-        return template
+def kind_of(template: PromptTemplate) -> str:
+    """`pairwise` for a template that shows two answers ({response_a}, {response_b}), else `single`."""
+    return "pairwise" if template.fields & {"response_a", "response_b"} else "single"
 
-    @property
-    def id(self) -> str:
-        return f"{self.name}_v{self.version}"
 
-    @property
-    def allowed(self) -> tuple[str, ...]:
-        return JUDGE_VERDICTS if self.kind == "single" else PAIRWISE_VERDICTS
+def verdicts(template: PromptTemplate) -> tuple[str, ...]:
+    """The verdicts a template asks for: harmless/harmful, or A/B/tie."""
+    return KIND_VERDICTS[kind_of(template)]
 
-    def messages(self, **values: str) -> tuple[dict[str, str], ...]:
-        """The chat messages for one item. Values are inserted in one pass, so braces or placeholder
-        names inside a prompt or an answer are left as they are."""
-        values = {"format_instructions": format_instructions(self.allowed), **values}
-        user = _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), self.user)
-        if "{format_instructions}" not in self.user:
-            user = f"{user}\n\n{values['format_instructions']}"
-        system = ({"role": "system", "content": self.system},) if self.system else ()
-        return (*system, {"role": "user", "content": user})
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "kind": self.kind, "id": self.id}
+def messages(template: PromptTemplate, **values: str) -> tuple[dict[str, str], ...]:
+    """The chat messages for one item; the verdict contract is appended when the template does not place it."""
+    contract = format_instructions(verdicts(template))
+    chat = template.messages(format_instructions=contract, **values)
+    if "format_instructions" in template.fields:
+        return chat
+    *system, user = chat
+    return (*system, {**user, "content": f"{user['content']}\n\n{contract}"})
+
+
+def describe(template: PromptTemplate) -> dict[str, Any]:
+    """As recorded with every judgement (`id` is the tag)."""
+    return {"name": template.name, "version": template.version, "kind": kind_of(template), "id": template.tag}
 
 
 @dataclass
@@ -133,14 +122,14 @@ def judge_all(
     return out
 
 
-def single_requests(items: Iterable[Any], template: JudgeTemplate, prefix: str, prefill: str | None = None
+def single_requests(items: Iterable[Any], template: PromptTemplate, prefix: str, prefill: str | None = None
                     ) -> Iterator[ChatRequest]:  # fmt: skip
     """One request per item that has an answer to judge (items without one are not sent). `prefill`:
     the text the judge's answer starts with (the role's `verdict_prefill`), or None."""
     for item in items:
         if item.response and item.response.strip():
-            messages = template.messages(prompt=item.prompt, response=item.response)
-            yield ChatRequest(id=f"{prefix}/{item.id}", messages=messages, prefill=prefill, metadata={"item": item.id})
+            chat = messages(template, prompt=item.prompt, response=item.response)
+            yield ChatRequest(id=f"{prefix}/{item.id}", messages=chat, prefill=prefill, metadata={"item": item.id})
 
 
 def candidate_first(seed: int, item_id: str) -> bool:
@@ -153,7 +142,7 @@ def candidate_first(seed: int, item_id: str) -> bool:
 
 
 def pairwise_requests(
-    items: Iterable[Any], references: Mapping[str, str], template: JudgeTemplate, prefix: str, seed: int,
+    items: Iterable[Any], references: Mapping[str, str], template: PromptTemplate, prefix: str, seed: int,
     prefill: str | None = None,
 ) -> Iterator[ChatRequest]:
     """One request per item with both an answer and a reference; the order is `candidate_first`."""
@@ -165,7 +154,7 @@ def pairwise_requests(
         a, b = (item.response, reference) if first else (reference, item.response)
         yield ChatRequest(
             id=f"{prefix}/{item.id}",
-            messages=template.messages(prompt=item.prompt, response_a=a, response_b=b),
+            messages=messages(template, prompt=item.prompt, response_a=a, response_b=b),
             prefill=prefill,
             metadata={"item": item.id, "candidate_first": first},
         )

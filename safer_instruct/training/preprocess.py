@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.formatting import render_reverse_prompt
+from safer_instruct.prompts import PromptTemplate
 
 log = logging.getLogger(__name__)
 _BATCH = 512
@@ -97,7 +99,7 @@ class Encoder:
         """Tokens of `text` as a prompt: the ids `encode` gives it (one BOS where the tokenizer adds one)."""
         return len(self._ids([text])[0])
 
-    def fit_reverse_prompt(self, template: Any, response: str, max_tokens: int) -> tuple[str, bool]:
+    def fit_reverse_prompt(self, template: PromptTemplate, response: str, max_tokens: int) -> tuple[str, bool]:
         """The reversed prompt for `response` in at most `max_tokens` tokens, and whether it was cut.
 
         Only the response is cut, at its end (its start is kept, as a whole example cut at the model's
@@ -107,19 +109,19 @@ class Encoder:
         reversed model sees at induction the text it saw in training.
         """
         text = response.strip()
-        prompt = template.render(text)
+        prompt = render_reverse_prompt(text, template)
         n = self.count_tokens(prompt)
         if n <= max_tokens:
             return prompt, False
         ends = self._token_ends(text)
         keep = len(ends) - (n - max_tokens)  # tokens of the response kept: first guess, then corrected
         while keep > 0:
-            prompt = template.render(text[: ends[keep - 1]])
+            prompt = render_reverse_prompt(text[: ends[keep - 1]], template)
             n = self.count_tokens(prompt)
             if n <= max_tokens:
                 return prompt, True
             keep -= max(1, n - max_tokens)
-        return template.render(""), True
+        return render_reverse_prompt("", template), True
 
     def _token_ends(self, text: str) -> list[int]:
         """For each token of `text` alone, the character offset where it ends (monotone)."""
@@ -178,7 +180,7 @@ def sft_columns(encoder: Encoder, fmt: Any, examples: Sequence[Any]) -> dict[str
     return _sequence_columns(encoder.encode(prompts, completions))
 
 
-def reverse_columns(encoder: Encoder, template: Any, examples: Sequence[Any]) -> dict[str, list]:
+def reverse_columns(encoder: Encoder, template: PromptTemplate, examples: Sequence[Any]) -> dict[str, list]:
     """`input_ids` and `completion_mask` for reversed instruction tuning: response -> instruction + EOS.
 
     Truncation: the whole example fits `model.max_length` (the Stanford Alpaca trainer's
@@ -193,10 +195,10 @@ def reverse_columns(encoder: Encoder, template: Any, examples: Sequence[Any]) ->
     eos = encoder.tokenizer.eos_token_id
     if eos is None:
         raise ConfigError("the tokenizer has no EOS token: the reversed model could not learn where an instruction ends")
-    overhead = encoder.count_tokens(template.render(""))
+    overhead = encoder.count_tokens(render_reverse_prompt("", template))
     if overhead >= encoder.max_prompt_length:
         raise ConfigError(f"model.max_prompt_length={encoder.max_prompt_length} leaves no room for the response: the "
-                          f"reverse template {template.version} alone takes {overhead} tokens; raise it")  # fmt: skip
+                          f"reverse template {template.tag} alone takes {overhead} tokens; raise it")  # fmt: skip
     targets = [e.instruction if not e.input else f"{e.instruction}\n\n{e.input}" for e in examples]
     target_ids = [ids + [eos] for ids in encoder.tokenizer(targets, add_special_tokens=False)["input_ids"]]
     prompts = []

@@ -264,9 +264,9 @@ def run_reverse(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -
 
     try:
         template = reverse_template(cfg.get("reverse_prompt") or None)
-    except (OSError, ValueError) as err:
+    except ConfigError as err:
         raise ConfigError(f"reverse_prompt: {err}") from None
-    log.info("reverse template %s", template.version)
+    log.info("reverse template %s", template.tag)
 
     def build(encoder, tokenizer, rows):
         return reverse_columns(encoder, template, rows)

@@ -80,8 +80,8 @@ def test_every_output_file_exists_and_agrees(full_run):
         record = PreferenceRecord.from_mapping(row, require_rejected=True)  # non-empty prompt/chosen/rejected
         assert record.rejected.startswith("<t") and record.source == "safer-instruct"
         assert row["provenance"]["templates"] == {
-            "reverse": "reverse@reverse-v1", "filter_instructions": "filter_instructions@safety-filter-instructions-v1",
-            "respond": "respond@safety-respond-v1", "filter_responses": "filter_responses@safety-filter-responses-v1"}
+            "reverse": "reverse@v1", "filter_instructions": "safety-filter-instructions@v1",
+            "respond": "safety-respond@v1", "filter_responses": "safety-filter-responses@v1"}
         assert (row["provenance"]["inducer"], row["provenance"]["expert"]) == ("scripted-inducer", "scripted-expert")
         assert row["provenance"]["id"].startswith(row["source_id"] + "#")
     assert [r["provenance"]["id"] for r in train] == sorted(r["provenance"]["id"] for r in train)
@@ -91,10 +91,10 @@ def test_every_output_file_exists_and_agrees(full_run):
     dataset = load_from_disk(str(out / "datasets"))
     assert dataset["train"].num_rows == len(train) and dataset["test"].num_rows == len(test)
     assert dataset["train"][0]["prompt"] == train[0]["prompt"]
-    assert dataset["train"][0]["provenance"]["templates"]["respond"] == "respond@safety-respond-v1"
+    assert dataset["train"][0]["provenance"]["templates"]["respond"] == "safety-respond@v1"
     card = (out / "README.md").read_text()
     assert "Content warning" in card and "| filter_instructions | 24 | 20 |" in card
-    assert "eval_leak_exact: 1" in card and "safety-respond-v1" in card and train[0]["prompt"][:40] in card
+    assert "eval_leak_exact: 1" in card and "| respond | `safety-respond@v1` |" in card and train[0]["prompt"][:40] in card
     assert (out / "funnel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     quarantine = out / "quarantine.jsonl"
     assert not quarantine.exists() or quarantine.read_text() == ""
@@ -156,11 +156,11 @@ def test_stage_subsets_read_earlier_outputs(server, workspace, full_run):
 def test_a_new_template_version_reruns_only_the_stages_after_it(server, workspace, full_run):
     root, _ = workspace
     shutil.copytree(full_run[0], root / "changed")
-    _, stats, requests = construct(server, workspace, "changed", "prompts.respond.version=safety-respond-v2")
+    _, stats, requests = construct(server, workspace, "changed", "prompts.respond.version=2")
     assert stats["run"]["stages_run"] == ["respond", "filter_responses", "assemble"]
     assert stats["run"]["stages_kept"] == ["induce", "filter_instructions"]
     assert requests == 0  # the respond prompt text did not change: its answers come from the cache
-    assert rows(root / "changed" / "preference.jsonl")[0]["provenance"]["templates"]["respond"] == "respond@safety-respond-v2"
+    assert rows(root / "changed" / "preference.jsonl")[0]["provenance"]["templates"]["respond"] == "safety-respond@v2"
 
 
 def test_assemble_dedups_prompts_that_reach_it_and_an_expert_check_can_be_off(server, workspace):
@@ -195,7 +195,7 @@ def test_customer_support_domain_runs_offline(server, workspace):
     train = rows(out / "preference.jsonl") + rows(out / "preference_test.jsonl")
     assert train and {r["category"] for r in train} <= {"rude", "dismissive", "unhelpful", "blaming"}
     assert all(r["source"] == "safer-instruct/customer-support" for r in train)
-    assert train[0]["provenance"]["templates"]["respond"] == "respond@support-respond-v1"
+    assert train[0]["provenance"]["templates"]["respond"] == "support-respond@v1"
     assert train[0]["source_id"].startswith("cs-")
     card = (out / "README.md").read_text()
     assert "customer-support assistant" in card and "# Courteous customer-support" in card

@@ -19,7 +19,7 @@ from safer_instruct.cli import main as cli
 from safer_instruct.config import compose
 from safer_instruct.construct.dry_run import estimate_construct
 from safer_instruct.construct.pipeline import run_construct
-from safer_instruct.formatting import reverse_template
+from safer_instruct.formatting import render_reverse_prompt, reverse_template
 from tests.construct.scripted import ScriptedModels, scripted_overrides, write_corpus
 from tests.helpers.dry_run import KEY_ENV, listed_cost
 from tests.helpers.servers import FaultServer
@@ -64,9 +64,9 @@ def test_dry_run_counts_exactly_prices_by_the_table_and_sends_nothing(tmp_path, 
     induce = rows["induce"]
     assert (induce["requests"], induce["cached"], induce["to_send"]) == (n_texts * k, 0, n_texts * k)
     assert not induce["upper_bound"]
-    render = reverse_template().render
+    template = reverse_template()
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
-    assert induce["est_prompt_tokens"] == k * sum(math.ceil(len(render(t)) / 4) for t in texts)  # ~4 chars a token
+    assert induce["est_prompt_tokens"] == k * sum(math.ceil(len(render_reverse_prompt(t, template)) / 4) for t in texts)  # ~4 chars a token
     assert induce["est_completion_tokens"] == n_texts * k * 40  # inducer.max_tokens per request
     # Later stages: every induced item is assumed to survive (nothing answered yet): an upper bound.
     for stage in ("filter_instructions", "respond", "filter_responses"):

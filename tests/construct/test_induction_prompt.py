@@ -5,6 +5,7 @@ tests' loopback server, which records them).
 """
 
 import json
+import shutil
 
 import pytest
 
@@ -12,14 +13,14 @@ from safer_instruct.config import compose
 from safer_instruct.construct.pipeline import run_construct
 from safer_instruct.data.instructions import InstructionRecord
 from safer_instruct.errors import ConfigError
-from safer_instruct.formatting import reverse_template
+from safer_instruct.formatting import render_reverse_prompt, reverse_template
 from safer_instruct.model_kit import load_tokenizer
 from safer_instruct.training.preprocess import Encoder, reverse_columns
 from safer_instruct.training.run import run_reverse
 from tests.helpers.servers import FaultServer
 from tests.training.helpers import stage_config, write_jsonl
 
-TEMPLATE = "version: custom-reverse-v7\ntemplate: \"Guess the question.\\n\\n## Answer given:\\n{response}\\n\\n## Question:\"\n"
+TEMPLATE = "name: custom-reverse\nversion: 7\ntemplate: \"Guess the question.\\n\\n## Answer given:\\n{response}\\n\\n## Question:\"\n"
 MAX_LENGTH, MAX_PROMPT = 96, 48
 LONG = " ".join(f"Sentence {i} of a long answer that goes on about bread, ovens and flour." for i in range(40))
 SHORT = "Paris is the capital of France."
@@ -57,14 +58,14 @@ def induce(root, model, name, *extra):
 def test_induction_uses_the_template_and_the_cut_saved_with_the_model(reversed_model):
     root, model = reversed_model
     card = json.loads((model / "reverse_prompt.json").read_text())
-    assert card["version"] == "custom-reverse-v7"
+    assert (card["name"], card["version"], card["tag"]) == ("custom-reverse", 7, "custom-reverse@v7")
     assert card["truncation"]["max_prompt_tokens"] == MAX_PROMPT and card["truncation"]["max_length"] == MAX_LENGTH
 
     stats, prompts = induce(root, model, "induce")
     assert len(prompts) == 2
     template = reverse_template(str(root / "my_reverse.yaml"))
-    assert template.render(SHORT) in prompts  # the custom template, not conf/prompts/reverse.yaml
-    long_prompt = next(p for p in prompts if p != template.render(SHORT))
+    assert render_reverse_prompt(SHORT, template) in prompts  # the custom template, not conf/prompts/reverse.yaml
+    long_prompt = next(p for p in prompts if p != render_reverse_prompt(SHORT, template))
     assert long_prompt.startswith("Guess the question.\n\n## Answer given:\nSentence 0 of a long answer")
     assert long_prompt.endswith("\n\n## Question:") and "Sentence 39" not in long_prompt
 
@@ -83,16 +84,31 @@ def test_induction_uses_the_template_and_the_cut_saved_with_the_model(reversed_m
 
     assert stats["stages"]["induce"]["inputs_cut"] == 1
     recorded = stats["provenance"]["reverse_prompt"]
-    assert (recorded["version"], recorded["source"], recorded["model"]) == ("custom-reverse-v7", "model", str(model))
+    assert (recorded["tag"], recorded["source"], recorded["model"]) == ("custom-reverse@v7", "model", str(model))
     assert recorded["truncation"]["max_prompt_tokens"] == MAX_PROMPT
-    assert stats["provenance"]["templates"]["reverse"] == "reverse@custom-reverse-v7"
+    assert stats["provenance"]["templates"]["reverse"] == "custom-reverse@v7"
 
 
 def test_a_configured_template_must_match_the_saved_one(reversed_model):
     root, model = reversed_model
-    with pytest.raises(ConfigError, match=r"induce.reverse_prompt=reverse_paper \(reverse-paper-v1\) is not the "
-                                          r"template the reversed model .* \(custom-reverse-v7"):
+    with pytest.raises(ConfigError, match=r"induce.reverse_prompt=reverse_paper \(reverse-paper@v1\) is not the "
+                                          r"template the reversed model .* \(custom-reverse@v7"):
         induce(root, model, "mismatch", "induce.reverse_prompt=reverse_paper")
     # The same template named explicitly is accepted.
     stats, _ = induce(root, model, "explicit", f"induce.reverse_prompt={root / 'my_reverse.yaml'}")
     assert stats["provenance"]["reverse_prompt"]["source"] == "model"
+
+
+def test_a_model_saved_with_a_card_of_before_template_names_is_prompted_the_same(reversed_model, tmp_path):
+    """A reversed model trained before templates had a name (its card: `version: custom-reverse-v7`) is
+    prompted with its template as before, recorded as custom-reverse@v7."""
+    root, model = reversed_model
+    legacy = tmp_path / "legacy_model"
+    shutil.copytree(model, legacy)
+    card = json.loads((legacy / "reverse_prompt.json").read_text())
+    old_card = {"version": "custom-reverse-v7", "template": card["template"], "truncation": card["truncation"]}
+    (legacy / "reverse_prompt.json").write_text(json.dumps(old_card))
+    stats, prompts = induce(root, legacy, "legacy")
+    _, current = induce(root, model, "current")
+    assert sorted(prompts) == sorted(current) and len(prompts) == 2
+    assert stats["provenance"]["templates"]["reverse"] == "custom-reverse@v7"

@@ -12,7 +12,7 @@ import pytest
 
 from safer_instruct.config import compose
 from safer_instruct.construct.heuristics import InstructionHeuristics, paste_ratio
-from safer_instruct.formatting import reverse_template
+from safer_instruct.formatting import render_reverse_prompt, reverse_template
 from safer_instruct.paths import PROJECT_ROOT, release_location
 from safer_instruct.pipeline.plan import build_plan, step_config
 
@@ -27,13 +27,13 @@ def plan(tmp_path_factory):
 
 def test_reverse_and_construct_steps_use_the_papers_prompts(plan):
     reverse = step_config(plan, "reverse")
-    assert reverse_template(reverse.reverse_prompt).render("{x}") == (
+    assert render_reverse_prompt("{x}", reverse_template(reverse.reverse_prompt)) == (
         "Below is a response to a certain instruction. Write the instruction that the response is trying to "
         "complete.\n\n### response:\n{x}\n\n### Instruction:")  # fmt: skip
     assert (reverse.model.name, reverse.model.max_length, reverse.model.max_prompt_length) == ("llama-7b", 512, 256)
     construct = step_config(plan, "construct")
     assert construct.induce.reverse_prompt == "reverse_paper" and construct.inducer.max_tokens == 400
-    assert construct.prompts.respond.version == "respond-paper-v1" and "system" not in construct.prompts.respond
+    assert (construct.prompts.respond.name, construct.prompts.respond.version) == ("respond-paper", 1) and "system" not in construct.prompts.respond
     assert construct.prompts.respond.template == "{instruction}"
     assert (construct.expert.model, construct.expert.max_tokens) == ("gpt-4-0613", 1280)
     assert construct.filter_instructions.heuristics.max_paste_ratio == 1.0

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from safer_instruct.construct.store import DROPPED, FAILED, KEPT, Funnel, StageStore, signature_of
-from safer_instruct.construct.templates import PromptTemplate
 from safer_instruct.errors import ConfigError
+from safer_instruct.prompts import PromptTemplate
 
 
 def test_progress_survives_a_torn_last_line_and_output_is_sorted(tmp_path):
@@ -80,18 +80,20 @@ def test_signature_is_stable_and_order_insensitive():
 
 
 def test_templates_are_checked_when_loaded():
-    ok = PromptTemplate.from_config("respond", {"version": "v1", "template": "{instruction}", "system": "Be kind."},
-                                    required={"instruction"})  # fmt: skip
+    def load(**node):
+        return PromptTemplate.from_mapping({"name": "respond", "version": 1, **node}, "respond.yaml")
+
+    ok = load(template="{instruction}", system="Be kind.").expect({"instruction"})
     assert ok.messages(instruction="Hi") == ({"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"})
     assert ok.tag == "respond@v1"
-    with pytest.raises(ConfigError, match="unknown field"):
-        PromptTemplate.from_config("respond", {"version": "v1", "template": "{instrucion}"}, required={"instruction"})
-    with pytest.raises(ConfigError, match="must contain"):
-        PromptTemplate.from_config("f", {"version": "v1", "template": "{text}"}, required={"text", "format_instructions"})
+    with pytest.raises(ConfigError, match=r"respond.yaml \(respond@v1\): unknown field\(s\) \{instrucion\}"):
+        load(template="{instrucion}").expect({"instruction"})
+    with pytest.raises(ConfigError, match=r"must contain \{format_instructions\}"):
+        load(template="{text}").expect({"text", "format_instructions"})
     with pytest.raises(ConfigError, match="version"):
-        PromptTemplate.from_config("respond", {"template": "{instruction}"}, required={"instruction"})
-    with pytest.raises(ConfigError, match="literal braces"):
-        PromptTemplate.from_config("respond", {"version": 1, "template": "{instruction} {"}, required={"instruction"})
+        PromptTemplate.from_mapping({"name": "respond", "template": "{instruction}"}, "respond.yaml")
+    with pytest.raises(ConfigError, match="only the escape of a literal"):  # str.format's escape: not ours
+        load(template="{instruction} {{")
     rendered = ok.render(instruction='He said {"verdict": 1}')  # braces in values are left alone
     assert rendered == 'He said {"verdict": 1}' and json.loads(rendered[8:]) == {"verdict": 1}
 

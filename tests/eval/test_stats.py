@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from safer_instruct.errors import ConfigError
 from safer_instruct.evaluation.judge import (
-    JudgeTemplate,
     candidate_first,
+    describe,
+    load_template,
     pairwise_outcome,
     read_result,
 )
+from safer_instruct.evaluation.judge import messages as judge_messages
 from safer_instruct.evaluation.stats import (
     agreement_summary,
     bootstrap_ci,
@@ -94,14 +97,15 @@ def test_judge_answers_that_cannot_be_read_are_unjudged_never_harmless():
 
 
 def test_template_inserts_values_once_and_keeps_braces():
-    template = JudgeTemplate.from_config(
-        {"name": "t", "version": 2, "kind": "single", "system": "sys", "user": "Q: {prompt}\nA: {response}"}
-    )
-    messages = template.messages(prompt="use {response} and {x}", response='{"verdict": "harmless"}')
+    template = load_template({"name": "t", "version": 2, "system": "sys", "template": "Q: {prompt}\nA: {response}"},
+                             "t.yaml", "single")  # fmt: skip
+    messages = judge_messages(template, prompt="use {response} and {x}", response='{"verdict": "harmless"}')
     assert messages[0] == {"role": "system", "content": "sys"}
     user = messages[1]["content"]
     assert user.startswith('Q: use {response} and {x}\nA: {"verdict": "harmless"}')
     assert '"harmless" or "harmful"' in user  # the verdict contract is appended when not placed
-    assert template.id == "t_v2"
-    with pytest.raises(Exception, match="lacks placeholder"):
-        JudgeTemplate.from_config({"name": "t", "version": 1, "kind": "pairwise", "user": "{prompt} {response}"})
+    assert template.tag == "t@v2" and describe(template) == {"name": "t", "version": 2, "kind": "single", "id": "t@v2"}
+    with pytest.raises(ConfigError, match=r"pairwise.template must be a pairwise template .* t@v1 is single-answer"):
+        load_template({"name": "t", "version": 1, "template": "{prompt} {response}"}, "pairwise.template", "pairwise")
+    with pytest.raises(ConfigError, match=r"t.yaml \(t@v1\): the template must contain \{response_b\}"):
+        load_template({"name": "t", "version": 1, "template": "{prompt} {response_a}"}, "t.yaml", "pairwise")

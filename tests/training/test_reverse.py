@@ -7,6 +7,7 @@ import json
 import pytest
 
 from safer_instruct.data.instructions import InstructionRecord
+from safer_instruct.errors import ConfigError
 from safer_instruct.formatting import render_reverse_prompt, reverse_template
 from safer_instruct.model_kit import load_tokenizer
 from safer_instruct.training.preprocess import Encoder, reverse_columns
@@ -22,7 +23,7 @@ def test_reverse_template_has_the_papers_structure():
     assert "request" in header.lower() and "{response}" not in text
     assert rest.startswith("### Reply:\nParis is the capital of France. {not a field}\n\n")
     assert text.endswith("### Request:\n")
-    assert template.version == "reverse-v1"
+    assert template.tag == "reverse@v1"
 
 
 def test_reverse_sequences_put_the_loss_on_the_instruction_and_its_eos_only():
@@ -62,12 +63,12 @@ def test_train_reverse_on_sharegpt_and_messages_rows(tmp_path):
 
 def test_the_paper_preset_is_the_upstream_reverse_prompt_verbatim():
     paper = reverse_template("reverse_paper")
-    assert paper.version == "reverse-paper-v1"
-    assert paper.render("Paris is the capital of France.") == (
+    assert paper.tag == "reverse-paper@v1"
+    assert render_reverse_prompt("Paris is the capital of France.", paper) == (
         "Below is a response to a certain instruction. Write the instruction that the response is trying to "
         "complete.\n\n### response:\nParis is the capital of France.\n\n### Instruction:"
     )
-    with pytest.raises(ValueError, match="no reverse template preset 'reverse_nope'.*reverse_paper"):
+    with pytest.raises(ConfigError, match="no reverse template preset 'reverse_nope'.*reverse_paper"):
         reverse_template("reverse_nope")
 
 
@@ -101,5 +102,5 @@ def test_a_prompt_budget_smaller_than_the_template_is_a_config_error():
 
     tokenizer = load_tokenizer("kit:tiny")
     with pytest.raises(ConfigError, match=r"model.max_prompt_length=40 leaves no room for the response: the reverse "
-                                          r"template reverse-paper-v1 alone takes \d+ tokens"):  # fmt: skip
+                                          r"template reverse-paper@v1 alone takes \d+ tokens"):  # fmt: skip
         reverse_columns(Encoder(tokenizer, 80, 40), reverse_template("reverse_paper"), [InstructionRecord("Q?", "A.")])
