@@ -3,8 +3,9 @@
 A role (`inducer`, `expert`, `judge`, `policy`) is a config node. Its keys are the fields of
 `RoleConfig` (what every role has) plus the fields of its backend's `Options` (e.g. in-process
 `batch_size`; see `backends/`), side by side in one node. These dataclasses are the only source of
-defaults: Hydra gets them as the config `llm/schema` (registered below), which every
-`conf/llm/*.yaml` preset starts from and overrides where it means to. Key names that outside checks
+defaults: Hydra gets them as the configs `llm/schema` (the role's keys and the default backend's) and
+`llm/options/<backend>` (registered below), which the `conf/llm/*.yaml` presets start from and override
+where they mean to. Key names that outside checks
 rely on: `model`, `base_url` (empty = a server managed by us, or in-process generation), `api_key_env`
 (the NAME of the env var holding the key), `max_concurrency`, `temperature`, `max_tokens`.
 """
@@ -161,27 +162,33 @@ def parse_role(name: str, node: Any) -> RoleConfig:
     return schema.read(RoleConfig, raw, name, name=name, backend=backend, options=options)
 
 
-def role_keys() -> dict[str, Any]:
-    """Every role key with its default: RoleConfig's, then each registered backend's options (one
-    node, so that any role may switch backend by an override). Two backends that declare one key
-    must agree on its default."""
+def schema_node() -> dict[str, Any]:
+    """`llm/schema`: every RoleConfig key with its default, and the options of the default backend
+    (`openai`, whose presets need nothing more)."""
     node = {key: value for key, value in schema.defaults(RoleConfig).items() if key not in ("name", "options")}
-    owners: dict[str, str] = {}
-    for backend in backend_names():
-        for key, value in schema.defaults(backend_class(backend).Options).items():
-            if key in node and node[key] != value:
-                raise ConfigError(f"backend '{backend}' declares the role key '{key}' with default {value!r}, but "
-                                  f"{owners.get(key, 'RoleConfig')} has {node[key]!r}: rename one")  # fmt: skip
-            node[key] = value
-            owners.setdefault(key, f"backend '{backend}'")
+    return {**node, **options_node(node["backend"])}
+
+
+def options_node(backend: str) -> dict[str, Any]:
+    """`llm/options/<backend>`: a backend's own keys with their defaults, which its presets add
+    (`defaults: [..., options/inprocess, _self_]`). They sit beside the role's keys, so they must not
+    share a name with one."""
+    node = schema.defaults(backend_class(backend).Options)
+    clash = sorted(set(node) & {f.name for f in dataclasses.fields(RoleConfig)})
+    if clash:
+        raise ConfigError(f"backend '{backend}' declares option(s) {', '.join(clash)}, which are role keys: rename them")
     return node
 
 
 def register_role_schema() -> None:
-    """Give Hydra the role schema as the config `llm/schema` (every conf/llm preset's first default)."""
+    """Give Hydra the role schema: `llm/schema` (every conf/llm preset's first default) and each
+    backend's `llm/options/<name>`."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(group="llm", name=SCHEMA_NAME, node=role_keys())
+    store = ConfigStore.instance()
+    store.store(group="llm", name=SCHEMA_NAME, node=schema_node())
+    for backend in backend_names():
+        store.store(group="llm/options", name=backend, node=options_node(backend))
 
 
 register_role_schema()

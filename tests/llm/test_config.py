@@ -17,7 +17,7 @@ from safer_instruct.llm import LLMSession, RoleConfig, ServerConfig, parse_role
 from safer_instruct.llm.backends import _REGISTRY, Answer, Backend, backend_class, backend_names
 from safer_instruct.llm.backends.openai import OpenAIBackend
 from safer_instruct.llm.cache import cache_key, model_identity
-from safer_instruct.llm.config import price_for, role_keys
+from safer_instruct.llm.config import options_node, price_for, schema_node
 from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, transformers_command, vllm_command
 from safer_instruct.llm.types import ChatRequest, Usage
@@ -130,6 +130,15 @@ def test_cache_key_covers_model_input_sampling_and_sample_index(tiny_model, tmp_
 PRESETS = ("local", "openai", "anthropic", "inprocess", "vllm")
 
 
+def role_keys(backend: str) -> dict:
+    """Every key of a role of `backend`, with its default, as the schema's dataclasses declare them."""
+    fields = {f.name: f for f in (*dataclasses.fields(RoleConfig), *dataclasses.fields(backend_class(backend).Options))
+              if f.name not in ("name", "options")}  # fmt: skip
+    keys = {**schema_node(), **options_node(backend), "backend": backend}
+    assert set(fields) <= set(keys)  # the node also holds the default backend's options (see schema_node)
+    return keys
+
+
 def compose_role(tmp_path, preset: str, *overrides: str):
     """A role node as a stage config pulls it in (`- llm@r: preset`), from a copy of conf/llm."""
     conf = tmp_path / "conf"
@@ -140,9 +149,15 @@ def compose_role(tmp_path, preset: str, *overrides: str):
         return compose("probe", overrides=list(overrides)).r
 
 
-def test_a_role_from_python_defaults_equals_one_from_the_schema_node(tmp_path):
+def test_a_role_from_python_defaults_equals_one_from_the_minimal_yaml(tmp_path):
     for backend in backend_names():
-        from_yaml = parse_role("r", compose_role(tmp_path, "schema", "r.model=m", f"r.backend={backend}"))
+        # The smallest preset of a backend: the schema, the backend's options, its name.
+        compose_role(tmp_path, "schema")  # copies conf/llm
+        (tmp_path / "conf" / "llm" / f"minimal_{backend}.yaml").write_text(
+            f"defaults:\n  - schema\n  - options/{backend}@_here_\n  - _self_\nbackend: {backend}\n")
+        node = compose_role(tmp_path, f"minimal_{backend}", "r.model=m")
+        assert set(node) == set(role_keys(backend)) and OmegaConf.to_container(node) == {**role_keys(backend), "model": "m"}
+        from_yaml = parse_role("r", node)
         assert from_yaml == RoleConfig(name="r", model="m", backend=backend) == parse_role("r", {"model": "m", "backend": backend})
         assert from_yaml.options == backend_class(backend).Options()
     default = RoleConfig(name="r", model="m")
@@ -170,7 +185,7 @@ def _stray_keys(body: dict, types: dict[str, typing.Any], where: str = "") -> li
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_key_is_a_schema_field_and_none_restates_its_parent(tmp_path, preset):
     body = yaml.safe_load((CONF_DIR / "llm" / f"{preset}.yaml").read_text())
-    (parent,) = [entry for entry in body.pop("defaults") if entry != "_self_"]
+    parent = body.pop("defaults")[0]  # the schema, or the preset this one builds on
     role = parse_role("r", compose_role(tmp_path, preset, "r.model=m"))
     fields = {**typing.get_type_hints(RoleConfig), **typing.get_type_hints(backend_class(role.backend).Options)}
     assert _stray_keys(body, fields) == [], f"keys of conf/llm/{preset}.yaml that backend '{role.backend}' does not have"
@@ -209,7 +224,7 @@ def test_a_backend_is_one_class_that_registers_itself(tmp_path):
 
     try:
         assert "echo" in backend_names() and backend_class("echo") is EchoBackend
-        assert role_keys()["repeat"] == 1
+        assert options_node("echo") == {"shout": False, "repeat": 1}
         with pytest.raises(ConfigError, match="r.repeat must be >= 1, got 0"):
             parse_role("r", {"model": "m", "backend": "echo", "repeat": 0})
         role = parse_role("r", {"model": "m", "backend": "echo", "repeat": "2", "batch_size": 3})
