@@ -1,9 +1,10 @@
 """`safer-instruct STAGE [hydra overrides...]`: one command line for every stage.
 
-The CLI only picks the stage, checks the overrides against the stage's Hydra config (so a typo fails
-in a second, before torch is imported or a model is loaded), and then runs the stage's entry script
-(`train/*.py`, `eval/*.py`) in this process, exactly as `python train/sft.py ...` or
-`accelerate launch train/sft.py ...` would.
+The CLI only picks the stage (from the table in `safer_instruct.stages`), checks the overrides against
+the stage's Hydra config, or against the saved config that `--config-path DIR --config-name NAME`
+points at (so a typo fails in a second, before torch is imported or a model is loaded), and then runs
+the stage's entry script (`train/*.py`, `eval/*.py`) in this process, exactly as `python train/sft.py
+...` or `accelerate launch train/sft.py ...` would.
 """
 
 from __future__ import annotations
@@ -11,37 +12,10 @@ from __future__ import annotations
 import runpy
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.paths import PROJECT_ROOT
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One runnable stage: the words that name it, its config, its entry script."""
-
-    words: tuple[str, ...]
-    config_name: str
-    script: str
-    help: str
-
-    @property
-    def name(self) -> str:
-        return " ".join(self.words)
-
-
-# Only stages that are built are listed here: the CLI never offers a placeholder.
-STAGES: tuple[Stage, ...] = (
-    Stage(("construct",), "construct", "safer_instruct/construct/main.py", "Safer-Instruct preference data from a corpus of undesired texts (stages=[...]: a subset)"),
-    Stage(("train", "reverse"), "train_reverse", "train/reverse.py", "reversed instruction tuning: learn to write the instruction a response answers"),
-    Stage(("train", "sft"), "train_sft", "train/sft.py", "supervised fine-tuning on instructions or chosen responses"),
-    Stage(("train", "dpo"), "train_dpo", "train/dpo.py", "DPO from the SFT model, reference log-probs computed once and reused"),
-    Stage(("eval", "harmlessness"), "eval_harmlessness", "eval/harmlessness.py", "harmlessness rate of answers to harmful prompts, by an LLM judge"),
-    Stage(("eval", "downstream"), "eval_downstream", "eval/downstream.py", "downstream ability with lm-evaluation-harness"),
-    Stage(("report",), "report", "eval/report.py", "comparison table, charts and DPO curves from finished runs"),
-    Stage(("run",), "run", "safer_instruct/pipeline/main.py", "every stage of an experiment, locally or as Slurm jobs (experiment=demo|smoke|paper_*)"),
-)
+from safer_instruct.stages import STAGES, Stage, config_file_of
 
 # Flags that Hydra itself understands; they go to the entry script untouched.
 HYDRA_FLAGS_WITH_VALUE = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd",
@@ -106,6 +80,20 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def validate(stage: Stage, flags: Sequence[str], overrides: Sequence[str]) -> None:
+    """Compose the stage's config as its entry script will, failing with a one-line ConfigError."""
+    from safer_instruct.config import check_required, validate_overrides
+
+    config_file = config_file_of(flags)
+    if config_file is not None:  # a saved config (a step of `safer-instruct run`)
+        from safer_instruct.stages import load_config_file
+
+        check_required(load_config_file(config_file, overrides))
+        return
+    multirun = bool({"-m", "--multirun"}.intersection(flags))
+    validate_overrides(stage.config_name, overrides, multirun=multirun)
+
+
 def run_stage(stage: Stage, args: Sequence[str]) -> None:
     """Run a stage's entry script in this process, with `args` as its command line."""
     script = PROJECT_ROOT / stage.script
@@ -131,10 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stage, rest = find_stage(argv)
         flags, overrides = split_overrides(rest)
         if not HELP_LIKE.intersection(flags):
-            from safer_instruct.config import validate_overrides
-
-            multirun = bool({"-m", "--multirun"}.intersection(flags))
-            validate_overrides(stage.config_name, overrides, multirun=multirun)
+            validate(stage, flags, overrides)
         run_stage(stage, rest)
     except SaferInstructError as err:
         print(f"safer-instruct: error: {err}", file=sys.stderr)

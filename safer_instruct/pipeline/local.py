@@ -1,9 +1,10 @@
 """Run an experiment's steps one after another on this machine, each in its own process.
 
-Each stage runs as `python -m safer_instruct.cli STAGE overrides... out_dir=<step dir>`: a fresh
-process per stage (its own wandb run, no state leaking between trainers), output captured in
-`<step dir>/stage.log`. A stage that exits non-zero stops the chain; rerunning the same command
-skips what completed and reruns the failed stage, which resumes from what it left in its dir.
+Each step runs its stage as `python -m safer_instruct.cli STAGE --config-path <step dir> --config-name
+config`, reading the config the plan saved there: a fresh process per step (its own wandb run, no
+state leaking between trainers), output captured in `<step dir>/stage.log`. A step that exits
+non-zero stops the chain; rerunning the same command skips what completed and reruns the failed
+step, whose stage resumes from what it left in its dir.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
-from safer_instruct.pipeline.plan import Plan
+from safer_instruct.pipeline.plan import Plan, write_config
 
 LOG_NAME = "stage.log"
 
@@ -70,7 +71,7 @@ def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
     return reasons
 
 
-def stage_command(plan: Plan, name: str) -> list[str]:
+def step_command(plan: Plan, name: str) -> list[str]:
     return [sys.executable, "-m", "safer_instruct.cli", *plan.command(name)]
 
 
@@ -107,8 +108,9 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
             moved = state.prepare_step_dir(step_dir, step.fingerprint, plan.exp_dir)
             if moved:
                 print(f"{prefix}: arguments changed; previous outputs moved to {moved}", flush=True)
+            write_config(plan, name)
             print(f"{prefix}: running ({reason}), log {step_dir / LOG_NAME}", flush=True)
-            wall_s = _run_stage(plan, name, step_dir, verbose)
+            wall_s = _run_step(plan, name, step_dir, verbose)
             missing = state.missing_outputs(step_dir, step.outputs)
             if missing:
                 raise StepFailed(
@@ -124,9 +126,9 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
     return results
 
 
-def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
+def _run_step(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
     step = plan.steps[name]
-    command = stage_command(plan, name)
+    command = step_command(plan, name)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAFER_INSTRUCT_EXPERIMENT": plan.name, "SAFER_INSTRUCT_STEP": name}
     log_path = step_dir / LOG_NAME
     tail: deque[str] = deque(maxlen=25)
@@ -163,7 +165,7 @@ def _run_stage(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
 
 @contextlib.contextmanager
 def _forward_sigterm(proc: subprocess.Popen) -> Iterator[None]:
-    """A SIGTERM to the runner (`kill`, a batch system) reaches the running stage too, which stops
+    """A SIGTERM to the runner (`kill`, a batch system) reaches the running step too, whose stage stops
     cleanly and resumes on the next run; the runner then exits with 143 as the default action would."""
     if threading.current_thread() is not threading.main_thread():
         yield  # signal handlers can only be set from the main thread
@@ -182,7 +184,7 @@ def _forward_sigterm(proc: subprocess.Popen) -> Iterator[None]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """Ctrl-C reached the stage too (same process group), or SIGTERM was forwarded: give it time to stop cleanly."""
+    """Ctrl-C reached the step's process too (same process group), or SIGTERM was forwarded: give it time to stop cleanly."""
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -1,15 +1,15 @@
-"""From an experiment preset to an ordered list of steps, each one `safer-instruct STAGE overrides...`.
+"""From an experiment preset to an ordered list of steps, each one stage with its own resolved config.
 
 An experiment preset (`conf/experiment/NAME.yaml`) lists its steps under `experiment.steps`:
 
     dpo:
-      stage: train dpo                      # the words of a stage in safer_instruct.cli.STAGES
-      args:                                 # nested keys, flattened into Hydra overrides
-        model: tiny                         #   -> model=tiny
+      stage: train dpo                      # the stage it runs: words of safer_instruct.stages.STAGES
+      args:                                 # the step's settings over the stage's config (nested keys)
+        model: tiny                         #   a string at a config group selects an option: model=tiny
         model.path: "@{sft}/model"          #   @{step} is that step's output dir: a dependency
-        train: {beta: "${train.beta}"}      #   -> train.beta=0.1 (a knob a sweep can vary)
-        llm@expert: inprocess               #   -> llm@expert=inprocess (a defaults-list choice)
-      overrides: []                         # raw overrides appended as given (optional)
+        train: {max_steps: 2}               #   a value: train.max_steps=2 (the preset decides the rest)
+        llm@expert: inprocess               #   a defaults-list choice with a package: llm@expert=inprocess
+      overrides: []                         # Hydra override strings, applied last (optional)
       outputs: [model/config.json]          # files the stage must leave in its out_dir
       after: []                             # extra dependencies without a @{ref} (optional)
       group: null                           # out_dir <experiment dir>/<group>/<step>; `@{group}` is
@@ -19,10 +19,14 @@ An experiment preset (`conf/experiment/NAME.yaml`) lists its steps under `experi
       resources: {}                         # per-step Slurm resources over the profile's
       enabled: true
 
-Every step gets its own out_dir `<experiment dir>/[<group>/]<step>`. The dependency graph is read from the
-`@{step}` references, so it always matches the data flow. A step's fingerprint hashes its stage, its
-arguments (with references kept symbolic) and the fingerprints of the steps it needs: a change
-anywhere upstream changes it, a change of output location does not (sweep points share steps).
+A run sets a step's settings over the experiment's with `step_args` (`+step_args.dpo.train.beta=0.05`,
+sweepable with -m): the step's args, then these. Every step gets its own out_dir `<experiment dir>/[<group>/]<step>`. The dependency graph is read from the
+`@{step}` references, so it always matches the data flow. The plan composes each step's config once
+(the stage's config, the option choices, then the values, as Hydra would from overrides) and the step's
+process reads it from `<step dir>/config.yaml`. A step's fingerprint hashes that resolved config (with the
+experiment dir written symbolically) and the fingerprints of the steps it needs: a change anywhere
+upstream, in a preset or in the experiment changes it, a change of output location does not (sweep points
+share steps).
 """
 
 from __future__ import annotations
@@ -39,26 +43,30 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.errors import ConfigError
+from safer_instruct.stages import CONFIG_FILE, config_file_args, stage_named
 
 REF = re.compile(r"@\{([A-Za-z_][A-Za-z0-9_]*)\}")
 STEP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-# Resource profile of a step when the preset names none, by the stage's first word.
+# Resource profile of a step when the preset names none, by the first word of its stage.
 PROFILE_BY_STAGE = {"train": "train", "construct": "generate", "eval": "eval", "report": "cpu"}
-# Keys of conf/common.yaml that the run passes on to every stage, so one experiment shares them.
+# Keys of conf/common.yaml that the run passes on to every step, so one experiment shares them.
 FORWARDED_COMMON = ("seed", "cache.dir", "tracking.mode", "tracking.project", "tracking.entity", "tracking.group")
-# Of those, the ones that change what a stage computes (part of the fingerprint).
-FINGERPRINTED_COMMON = ("seed",)
+# Top-level keys of a step's config that say where results are cached or logged, not what is computed:
+# left out of its fingerprint (so sweep points and `reuse=` share steps across cache dirs and wandb groups).
+UNFINGERPRINTED = ("cache", "tracking")
+EXPERIMENT_DIR = "@{experiment}"  # the experiment dir, written symbolically in fingerprints
 
 
 @dataclass
 class Step:
     name: str
     stage: tuple[str, ...]
-    # (key, value) pairs from `args` and raw override strings from `overrides`, `@{step}` unreplaced
-    args: list[tuple[str, Any] | str]
+    # The step's `args` as (dotted key, value) pairs, and its raw `overrides`, `@{step}` unreplaced
+    args: list[tuple[str, Any]]
     outputs: tuple[str, ...]
     deps: tuple[str, ...]
     profile: str
+    overrides: list[str] = field(default_factory=list)
     resources: dict[str, Any] = field(default_factory=dict)
     group: str | None = None
     fingerprint: str = ""
@@ -67,16 +75,22 @@ class Step:
     def stage_name(self) -> str:
         return " ".join(self.stage)
 
+    @property
+    def config_name(self) -> str:
+        """The stage's Hydra config (`conf/<config_name>.yaml`) the step's config starts from."""
+        return stage_named(self.stage).config_name
+
 
 @dataclass
 class Plan:
-    """An experiment's steps in dependency order, and where each one writes."""
+    """An experiment's steps in dependency order, where each one writes, and its resolved config."""
 
     name: str
     exp_dir: Path
     steps: dict[str, Step]
-    common: list[str]  # forwarded overrides (seed, cache.dir, tracking.*)
+    common: dict[str, Any]  # forwarded settings (seed, cache.dir, tracking.*)
     report_step: str | None = None
+    configs: dict[str, DictConfig] = field(default_factory=dict)
 
     def step_dir(self, name: str) -> Path:
         group = self.steps[name].group if name in self.steps else None
@@ -85,6 +99,10 @@ class Plan:
     def ref_dir(self, name: str) -> Path:
         """The folder `@{name}` stands for: a step's out_dir, or a group's folder."""
         return self.step_dir(name) if name in self.steps else self.exp_dir / name
+
+    def config_path(self, name: str) -> Path:
+        """Where the step's resolved config is saved, and read by the step's process."""
+        return self.step_dir(name) / CONFIG_FILE
 
     def resolve(self, value: Any) -> Any:
         """Replace `@{step}` / `@{group}` references (in strings, lists, mappings) by their folder."""
@@ -96,14 +114,22 @@ class Plan:
             return {k: self.resolve(v) for k, v in value.items()}
         return value
 
+    def settings(self, name: str) -> list[tuple[str, Any]]:
+        """The step's own settings, references resolved: forwarded ones, its args, its out_dir."""
+        own = [(key, self.resolve(value)) for key, value in self.steps[name].args]
+        return [*self.common.items(), *own, ("out_dir", str(self.step_dir(name)))]
+
     def overrides(self, name: str) -> list[str]:
-        """The complete overrides of a step's command: common keys, its own, then its out_dir."""
-        own = [a if isinstance(a, str) else f"{a[0]}={hydra_value(a[1])}" for a in map(self.resolve, self.steps[name].args)]
-        return [*self.common, *own, f"out_dir={hydra_value(str(self.step_dir(name)))}"]
+        """The step's settings written as Hydra overrides: what the job scripts show, and what
+        composes the same config by hand (`compose("train_dpo", plan.overrides("dpo"))`)."""
+        step = self.steps[name]
+        raw = [str(self.resolve(o)) for o in step.overrides]
+        settings = [f"{key}={hydra_value(value)}" for key, value in self.settings(name)]
+        return [*settings[:-1], *raw, settings[-1]]
 
     def command(self, name: str) -> list[str]:
-        """`safer-instruct` arguments of a step: stage words and overrides."""
-        return [*self.steps[name].stage, *self.overrides(name)]
+        """`safer-instruct` arguments of a step: its stage, reading the step's saved config."""
+        return [*self.steps[name].stage, *config_file_args(self.config_path(name))]
 
     def dependents(self, name: str) -> list[str]:
         return [s.name for s in self.steps.values() if name in s.deps]
@@ -113,7 +139,7 @@ class Plan:
         return [(dep, step.name) for step in self.steps.values() for dep in step.deps]
 
 
-# --- Hydra override syntax ------------------------------------------------------------------------
+# --- Hydra override syntax (what a step's settings look like on a command line) --------------------
 
 
 @lru_cache(maxsize=1)
@@ -187,16 +213,11 @@ def _strings(value: Any) -> list[str]:
 
 
 def _stage_words(step_name: str, stage: Any) -> tuple[str, ...]:
-    from safer_instruct.cli import STAGES
-
     words = tuple(str(stage).split()) if isinstance(stage, str) else tuple(stage or ())
-    known = {s.words for s in STAGES}
-    if words not in known:
-        names = ", ".join(s.name for s in STAGES)
-        raise ConfigError(
-            f"experiment step '{step_name}': unknown stage '{' '.join(words)}' (known stages: {names})"
-        )
-    return words
+    try:
+        return stage_named(words).words
+    except ConfigError as err:
+        raise ConfigError(f"experiment step '{step_name}': {err}") from None
 
 
 def fingerprint(payload: Any) -> str:
@@ -236,7 +257,7 @@ def _refs(values: Iterable[str]) -> list[str]:
 
 
 def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
-    """The steps of `cfg.experiment`, checked, ordered and fingerprinted."""
+    """The steps of `cfg.experiment`, checked, ordered, each with its resolved config and fingerprint."""
     experiment = cfg.experiment
     name = str(experiment.name)
     raw_steps = OmegaConf.to_container(experiment.steps, resolve=True)
@@ -247,6 +268,10 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
     if unknown_skip:
         raise ConfigError(f"skip: unknown step(s) {', '.join(sorted(unknown_skip))} (steps: {', '.join(raw_steps)})")
     enabled = {k: v for k, v in raw_steps.items() if (v or {}).get("enabled", True) and k not in skip}
+    step_args = OmegaConf.to_container(cfg.get("step_args") or OmegaConf.create({}), resolve=True)
+    unknown_args = set(step_args) - set(raw_steps)
+    if unknown_args:
+        raise ConfigError(f"step_args: unknown step(s) {', '.join(sorted(unknown_args))} (steps: {', '.join(raw_steps)})")
     disabled = set(raw_steps) - set(enabled)
 
     groups: dict[str, list[str]] = {}
@@ -266,10 +291,10 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
         if "stage" not in spec:
             raise ConfigError(f"experiment step '{step_name}': `stage` is required (e.g. stage: train dpo)")
         words = _stage_words(step_name, spec["stage"])
-        args: list[tuple[str, Any] | str] = [*flatten_args(spec.get("args") or {})]
-        args += [str(o) for o in spec.get("overrides") or []]
+        args = [*flatten_args(spec.get("args") or {}), *flatten_args(step_args.get(step_name) or {})]
+        raw = [str(o) for o in spec.get("overrides") or []]
         deps = []
-        for ref in [*_refs(s for arg in args for s in _strings(arg)), *(str(a) for a in spec.get("after") or [])]:
+        for ref in [*_refs([*(s for _, value in args for s in _strings(value)), *raw]), *(str(a) for a in spec.get("after") or [])]:
             if ref in groups:  # a group stands for all of its steps (but not for the step itself)
                 deps += [m for m in groups[ref] if m not in deps and m != step_name]
             elif ref not in deps:
@@ -288,6 +313,7 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
             name=step_name,
             stage=words,
             args=args,
+            overrides=raw,
             outputs=tuple(str(o) for o in spec.get("outputs") or ()),
             deps=tuple(deps),
             profile=str(spec.get("profile") or PROFILE_BY_STAGE.get(words[0], "cpu")),
@@ -295,38 +321,111 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
             group=str(spec["group"]) if spec.get("group") else None,
         )
 
-    steps = _topological(steps, name)
-    common = _common_overrides(cfg, name)
-    fingerprinted = [o for o in common if o.split("=", 1)[0] in FINGERPRINTED_COMMON]
-    for step in steps.values():
-        step.fingerprint = fingerprint(
-            {
-                "stage": step.stage,
-                "args": [a if isinstance(a, str) else f"{a[0]}={hydra_value(a[1])}" for a in step.args],
-                "common": fingerprinted,
-                "outputs": step.outputs,
-                "group": step.group,
-                "deps": {dep: steps[dep].fingerprint for dep in step.deps},
-            }
-        )
     report_step = experiment.get("report_step")
     if report_step is not None and report_step not in steps:
         raise ConfigError(f"experiment '{name}': report_step '{report_step}' is not an enabled step")
-    return Plan(name=name, exp_dir=exp_dir.resolve(), steps=steps, common=common, report_step=report_step)
+    plan = Plan(name=name, exp_dir=exp_dir.resolve(), steps=_topological(steps, name),
+                common=_common_settings(cfg, name), report_step=report_step)  # fmt: skip
+    for step in plan.steps.values():
+        try:
+            plan.configs[step.name] = compose_step(plan, step.name)
+        except ConfigError as err:
+            raise ConfigError(f"experiment step '{step.name}' ({step.stage_name}): {err}") from None
+        step.fingerprint = fingerprint(
+            {
+                "stage": step.stage,
+                "config": _relocated(plan, fingerprinted_config(plan.configs[step.name])),
+                "outputs": step.outputs,
+                "group": step.group,
+                "deps": {dep: plan.steps[dep].fingerprint for dep in step.deps},
+            }
+        )
+    return plan
 
 
-def _common_overrides(cfg: DictConfig, experiment_name: str) -> list[str]:
-    overrides = []
+def _common_settings(cfg: DictConfig, experiment_name: str) -> dict[str, Any]:
+    settings = {}
     for key in FORWARDED_COMMON:
         value = OmegaConf.select(cfg, key, default=None)
         if key == "tracking.group" and value is None:
-            value = experiment_name  # the stages of one experiment group together in wandb
+            value = experiment_name  # the steps of one experiment group together in wandb
         if value is not None or key.startswith("tracking."):
-            overrides.append(f"{key}={hydra_value(value)}")
-    return overrides
+            settings[key] = value
+    return settings
 
 
-# --- checking the commands before anything runs ---------------------------------------------------
+def fingerprinted_config(cfg: DictConfig) -> dict[str, Any]:
+    """The part of a step's resolved config that decides what it computes (no cache or tracking place)."""
+    from safer_instruct.config import to_plain
+
+    return {k: v for k, v in to_plain(cfg).items() if k not in UNFINGERPRINTED}
+
+
+def _relocated(plan: Plan, value: Any) -> Any:
+    """`value` with the experiment dir written as @{experiment}: the same step anywhere, the same fingerprint."""
+    if isinstance(value, str):
+        return value.replace(str(plan.exp_dir), EXPERIMENT_DIR)
+    if isinstance(value, list):
+        return [_relocated(plan, v) for v in value]
+    if isinstance(value, dict):
+        return {k: _relocated(plan, v) for k, v in value.items()}
+    return value
+
+
+# --- each step's config ---------------------------------------------------------------------------
+
+
+def _is_choice(key: str, value: Any) -> bool:
+    """Whether `key: value` picks an option of a config group (model: tiny, llm@expert: openai)."""
+    from safer_instruct.paths import conf_dir
+
+    group = key.split("@", 1)[0]
+    return isinstance(value, str) and ("@" in key or (conf_dir() / group.replace(".", "/")).is_dir())
+
+
+def _set(cfg: DictConfig, key: str, value: Any, add: bool = False) -> None:
+    """Set one value as a Hydra value override does: merged into a mapping, an unknown key refused."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if isinstance(current, (bool, int, float)) and isinstance(value, str) and "${" not in value:
+        kind = "true/false" if isinstance(current, bool) else "a number"
+        raise ConfigError(f"{key} expects {kind}, got '{value}'")
+    try:
+        OmegaConf.update(cfg, key, value, merge=True, force_add=add)
+    except OmegaConfBaseException as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"unknown config key '{key}' ({reason})") from None
+
+
+def compose_step(plan: Plan, name: str) -> DictConfig:
+    """A step's config: its stage's config with the step's option choices, then its values set.
+
+    The same config Hydra composes from the step's overrides (`plan.overrides(name)`): choices pick
+    group options, values are set (mappings merged, unknown keys refused), the step's raw `overrides`
+    last, out_dir at the very end.
+    """
+    from safer_instruct.config import check_required
+
+    step = plan.steps[name]
+    settings = plan.settings(name)
+    choices = [f"{key}={value}" for key, value in settings if _is_choice(key, value)]
+    values = [(key, value) for key, value in settings[:-1] if not _is_choice(key, value)]
+    raw_values = []
+    for override in _parser().parse_overrides([str(plan.resolve(o)) for o in step.overrides]):
+        key = override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
+        if override.is_delete() or _is_choice(key, override.value()):
+            choices.append(override.input_line)
+        else:
+            raw_values.append((override.key_or_group, override.value(), override.is_add() or override.is_force_add()))
+    cfg = compose_stage(step.config_name, choices)
+    for key, value in values:
+        _set(cfg, key, value)
+    for key, value, add in raw_values:
+        _set(cfg, key, value, add=add)
+    _set(cfg, *settings[-1])  # out_dir
+    check_required(cfg)
+    return cfg
 
 
 def compose_stage(config_name: str, overrides: Sequence[str]) -> DictConfig:
@@ -349,19 +448,37 @@ def compose_stage(config_name: str, overrides: Sequence[str]) -> DictConfig:
 
 
 def step_config(plan: Plan, name: str) -> DictConfig:
-    """The config a step's stage composes from the step's overrides (what its job will run with)."""
-    from safer_instruct.cli import STAGES
+    """The config a step's stage runs with (what `<step dir>/config.yaml` holds, resolved)."""
+    return plan.configs[name]
 
-    config_names = {s.words: s.config_name for s in STAGES}
-    return compose_stage(config_names[plan.steps[name].stage], plan.overrides(name))
+
+def config_text(plan: Plan, name: str) -> str:
+    """The step's saved config: resolved, as the stage itself saves it. A secret is refused, never
+    written: the file is what the step's job reads, so secrets reach it through `*_env` variables."""
+    from safer_instruct.config import to_plain
+
+    cfg = plan.configs[name]
+    plain, clear = to_plain(cfg), to_plain(cfg, redacted=False)
+    if plain != clear:
+        keys = [key for key, _ in flatten_args(clear) if OmegaConf.select(OmegaConf.create(plain), key) != OmegaConf.select(OmegaConf.create(clear), key)]
+        raise ConfigError(
+            f"experiment step '{name}': the config holds a secret at {', '.join(keys) or 'some key'}; "
+            "give it through the environment variable its `*_env` key names instead"
+        )
+    return OmegaConf.to_yaml(OmegaConf.create(plain))
+
+
+def write_config(plan: Plan, name: str) -> Path:
+    """Save the step's config in its dir, where its process reads it."""
+    from safer_instruct.io import atomic_write_text
+
+    path = plan.config_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, config_text(plan, name))
+    return path
 
 
 def validate(plan: Plan, only: Iterable[str] | None = None) -> None:
-    """Compose every step's config with its overrides: a bad key fails now, naming the step."""
-    from safer_instruct.config import check_required
-
+    """Every step's config composed (at planning) and complete: a bad key fails now, naming the step."""
     for name in only if only is not None else plan.steps:
-        try:
-            check_required(step_config(plan, name))
-        except ConfigError as err:
-            raise ConfigError(f"experiment step '{name}' ({plan.steps[name].stage_name}): {err}") from None
+        config_text(plan, name)

@@ -1,4 +1,4 @@
-"""`safer-instruct run`: plan the experiment, check every step's overrides, then run or submit it."""
+"""`safer-instruct run`: plan the experiment (every step's config composed and checked), then run or submit it."""
 
 from __future__ import annotations
 
@@ -51,6 +51,7 @@ def write_plan(plan: Plan, reasons: dict[str, str | None]) -> None:
                     "outputs": list(step.outputs),
                     "dir": str(plan.step_dir(name)),
                     "command": shlex.join(["safer-instruct", *plan.command(name)]),
+                    "config": str(plan.config_path(name)),
                     "overrides": plan.overrides(name),
                     "would_run": reasons[name],
                 }
@@ -66,7 +67,7 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
     unknown = force - set(plan.steps) - {"all"}
     if unknown:
         raise ConfigError(f"force: unknown step(s) {', '.join(sorted(unknown))} (steps: {', '.join(plan.steps)})")
-    validate(plan)  # every step's overrides compose against its stage config: fail before any work
+    validate(plan)  # every step's config is complete and holds no secret: fail before any work
     reasons = local.needs_run(plan, force)
     registry_root, sweep_overrides = _sweep_context(plan.exp_dir)
     reuse = tuple(Path(str(d)).resolve() for d in cfg.get("reuse") or [])

@@ -7,15 +7,17 @@ that grows with the corpus. On Slurm, a construct step with `shards: N` becomes
    `construct` would (same reader, limit, bad-row policy), keeps every N-th text from the i-th, and
    runs `construct stages=[induce]` on that shard with its own answer cache `<out_dir>/shards/i/llm`;
 2. the construct job itself, after the whole array succeeded: it merges the shards' answer caches
-   into the experiment's `cache.dir`, then runs every stage over the whole corpus. Its induce finds
+   into the experiment's `cache.dir`, then runs the whole of construct over the whole corpus. Its induce finds
    each answer in the cache (keys are model + prompt + sampling settings + sample index, not the
    shard), so it generates nothing again, and the result is the same as an unsharded run.
 
 Each shard has a cache file of its own because sqlite's WAL journal is not safe across hosts on a
-network file system; the merge runs on one node.
+network file system; the merge runs on one node. A shard's config is the construct step's config with
+the shard's corpus, cache and out_dir, saved as `<out_dir>/shards/<index>/config.yaml`.
 
-    python -m safer_instruct.pipeline.shards induce --index I --count N construct KEY=VALUE... out_dir=DIR
-    python -m safer_instruct.pipeline.shards merge construct KEY=VALUE... out_dir=DIR
+    python -m safer_instruct.pipeline.shards induce --index I --count N construct --config-path DIR --config-name config
+    python -m safer_instruct.pipeline.shards merge construct --config-path DIR --config-name config
+    (or `construct KEY=VALUE... out_dir=DIR`, composed from conf/construct.yaml, as by hand)
 """
 
 from __future__ import annotations
@@ -26,34 +28,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.paths import PROJECT_ROOT
-from safer_instruct.pipeline.plan import compose_stage, hydra_value
+from safer_instruct.stages import CONFIG_FILE, config_file_args, config_file_of, load_config_file
 
 SHARDS_DIR = "shards"
 
 
-def _split(args: list[str]) -> tuple[list[str], Path]:
-    """The construct overrides without out_dir, and out_dir."""
+def construct_config(args: list[str]) -> DictConfig:
+    """The construct step's config from its job's arguments: a saved config file, or overrides."""
+    from safer_instruct.pipeline.plan import compose_stage
+
     if not args or args[0] != "construct":
-        raise ConfigError("expected `construct KEY=VALUE... out_dir=DIR` after the options")
-    overrides = [a for a in args[1:] if not a.startswith("out_dir=")]
-    out_dirs = [a.split("=", 1)[1] for a in args[1:] if a.startswith("out_dir=")]
-    if not out_dirs:
+        raise ConfigError("expected `construct --config-path DIR --config-name NAME` (or KEY=VALUE... out_dir=DIR) after the options")
+    overrides = [a for a in args[1:] if "=" in a and not a.startswith("-")]
+    config_file = config_file_of(args[1:])
+    if config_file is not None:
+        return load_config_file(config_file, overrides)
+    if not any(a.startswith("out_dir=") for a in overrides):
         raise ConfigError("out_dir= is required: the shards go to <out_dir>/shards/<index>")
-    return overrides, Path(out_dirs[-1].strip("'\""))
+    return compose_stage("construct", overrides)
 
 
-def write_shard(overrides: list[str], index: int, count: int, path: Path) -> int:
+def write_shard(cfg: DictConfig, index: int, count: int, path: Path) -> int:
     """Write texts index, index+count, ... of the corpus (as construct reads it) to a JSONL file."""
-    from omegaconf import OmegaConf
-
     from safer_instruct.data.corpus import read_corpus
     from safer_instruct.io import atomic_write_jsonl
 
     if not 0 <= index < count:
         raise ConfigError(f"shard index {index} is outside 0..{count - 1}")
-    cfg = compose_stage("construct", overrides)
     corpus = OmegaConf.to_container(cfg.corpus, resolve=True)
     reader = read_corpus(corpus, quarantine_path=path.parent / "quarantine.jsonl")
     rows = (
@@ -64,21 +69,33 @@ def write_shard(overrides: list[str], index: int, count: int, path: Path) -> int
     return atomic_write_jsonl(path, rows)
 
 
+def shard_config(cfg: DictConfig, corpus_path: Path, shard_dir: Path) -> DictConfig:
+    """The construct config of one shard: induction only, over the shard's texts, into the shard's dir."""
+    from safer_instruct.config import to_plain
+
+    shard = OmegaConf.create(to_plain(cfg))
+    shard.stages = ["induce"]
+    shard.corpus.merge_with({"path": str(corpus_path), "text_field": "text", "category_field": "category",
+                             "id_field": "id", "limit": None})  # fmt: skip
+    shard.cache.dir = str(shard_dir / "llm")
+    shard.out_dir = str(shard_dir)
+    return shard
+
+
 def induce_shard(args: list[str], index: int, count: int) -> int:
-    overrides, out_dir = _split(args)
-    shard_dir = out_dir / SHARDS_DIR / str(index)
+    cfg = construct_config(args)
+    shard_dir = Path(str(cfg.out_dir)) / SHARDS_DIR / str(index)
     shard_dir.mkdir(parents=True, exist_ok=True)
     corpus_path = shard_dir / "corpus.jsonl"
-    n = write_shard(overrides, index, count, corpus_path)
+    n = write_shard(cfg, index, count, corpus_path)
     print(f"shard {index}/{count}: {n} texts -> {corpus_path}", flush=True)
     if n == 0:
         return 0
-    command = [
-        sys.executable, "-m", "safer_instruct.cli", "construct", *overrides,
-        "stages=[induce]", "corpus=file", f"corpus.path={hydra_value(str(corpus_path))}",
-        "corpus.text_field=text", "corpus.category_field=category", "corpus.id_field=id", "corpus.limit=null",
-        f"cache.dir={hydra_value(str(shard_dir / 'llm'))}", f"out_dir={hydra_value(str(shard_dir))}",
-    ]  # fmt: skip
+    from safer_instruct.io import atomic_write_text
+
+    config_file = shard_dir / CONFIG_FILE
+    atomic_write_text(config_file, OmegaConf.to_yaml(shard_config(cfg, corpus_path, shard_dir)))
+    command = [sys.executable, "-m", "safer_instruct.cli", "construct", *config_file_args(config_file)]
     return subprocess.run(command, cwd=PROJECT_ROOT).returncode
 
 
@@ -86,11 +103,11 @@ def merge_caches(args: list[str]) -> int:
     """Copy the answers of every shard cache under <out_dir>/shards into the run's cache.dir."""
     from safer_instruct.llm.cache import CACHE_FILE, AnswerCache
 
-    overrides, out_dir = _split(args)
-    shard_files = sorted((out_dir / SHARDS_DIR).glob(f"*/llm/{CACHE_FILE}"))
+    cfg = construct_config(args)
+    shard_files = sorted((Path(str(cfg.out_dir)) / SHARDS_DIR).glob(f"*/llm/{CACHE_FILE}"))
     if not shard_files:
         return 0
-    cache_dir = Path(str(compose_stage("construct", overrides).cache.dir))
+    cache_dir = Path(str(cfg.cache.dir))
     target = AnswerCache(cache_dir)  # creates the file and its schema
     target.close()
     merged = 0

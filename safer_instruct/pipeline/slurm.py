@@ -2,8 +2,8 @@
 
 The job script of a step is its template (`slurm/train.sbatch` for training, `slurm/stage.sbatch`
 for everything else) with the template's own `#SBATCH` defaults replaced by the step's resources
-from config, and the step's command set as the script's arguments. So a generated job and a
-template submitted by hand run the same lines.
+from config, and the step's stage and saved config (`<step dir>/config.yaml`, written at submission)
+set as the script's arguments. So a generated job and a template submitted by hand run the same lines.
 
 Resources of a step, later entries winning: `launcher.resources`, the experiment's
 `experiment.resources.<profile>` (a 7B experiment asks for GPUs and nodes, the smoke one for none),
@@ -28,7 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
-from safer_instruct.pipeline.plan import Plan, Step
+from safer_instruct.pipeline.plan import Plan, Step, config_text, write_config
+from safer_instruct.stages import stage_named
 
 TEMPLATES = {
     "train": PROJECT_ROOT / "slurm" / "train.sbatch",
@@ -120,8 +121,6 @@ def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: M
 def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: DictConfig,
                       array: bool = False) -> str:  # fmt: skip
     """The job script of a step (or, with array=True, of its sharded induction)."""
-    from safer_instruct.cli import STAGES
-
     resources = step_resources(step, launcher, experiment)
     template = TEMPLATES["induce"] if array else template_for(step)
     env = {
@@ -139,8 +138,7 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
         env = {k: v for k, v in env.items() if k not in {"SAFER_INSTRUCT_FINGERPRINT", "SAFER_INSTRUCT_OUTPUTS"}}
         env["SAFER_INSTRUCT_SHARDS"] = str(shard_count(step, resources))
     if step.stage[0] == "train":
-        script = next(s.script for s in STAGES if s.words == step.stage)
-        env["SAFER_INSTRUCT_SCRIPT"] = script
+        env["SAFER_INSTRUCT_SCRIPT"] = stage_named(step.stage).script
         env["SAFER_INSTRUCT_GPUS_PER_NODE"] = str(resources.get("gpus_per_node") or 0)
         if resources.get("accelerate_config"):
             env["ACCELERATE_CONFIG"] = str(resources["accelerate_config"])
@@ -150,13 +148,23 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
         "",
         f"# Step '{step.name}'{' (sharded induction)' if array else ''} of experiment '{plan.name}', "
         "written by `safer-instruct run launcher=slurm`;",
+        *config_comment(plan, step.name),
         f"# the lines after `set --` are {template.relative_to(PROJECT_ROOT)} (submittable by hand).",
         *(f"export {key}={shlex.quote(value)}" for key, value in env.items()),
-        "set -- " + " \\\n  ".join([shlex.join(step.stage), *(shlex.quote(a) for a in plan.overrides(step.name))]),
+        "set -- " + " \\\n  ".join([shlex.join(step.stage), *(shlex.quote(a) for a in plan.command(step.name)[len(step.stage):])]),
         "",
         _template_body(template),
     ]
     return "\n".join(lines)
+
+
+def config_comment(plan: Plan, name: str) -> list[str]:
+    """Comment lines saying which config the step reads and what it was composed from."""
+    step = plan.steps[name]
+    lines = [f"# it reads {plan.config_path(name)}: conf/{step.config_name}.yaml with"]
+    for override in plan.overrides(name):
+        lines.append("#   " + override.replace("\r", "\\r").replace("\n", "\\n"))
+    return lines
 
 
 def sbatch_args(script: Path, dep_ids: list[str]) -> list[str]:
@@ -241,6 +249,7 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
                 skipped.append(name)
                 continue
             state.prepare_step_dir(plan.step_dir(name), step.fingerprint, plan.exp_dir)
+            write_config(plan, name)
             deps = [jobs[dep] for dep in step.deps if dep in jobs]
             if is_sharded(plan, name, launcher, experiment):
                 array_script = script_path(plan, name, array=True)
@@ -330,9 +339,16 @@ def graph_comment(plan: Plan, reasons: Mapping[str, str | None], sharded: Mappin
     return lines
 
 
+def config_heredoc(plan: Plan, name: str) -> list[str]:
+    """Shell lines that write the step's config where its process reads it."""
+    return [f"cat > {shlex.quote(str(plan.config_path(name)))} <<'SAFER_INSTRUCT_CONFIG'",
+            config_text(plan, name).rstrip("\n"), "SAFER_INSTRUCT_CONFIG"]  # fmt: skip
+
+
 def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig,
                    experiment: DictConfig, invocation: str) -> str:  # fmt: skip
-    """A bash script doing what the run would do: the job scripts and sbatch calls, or the commands."""
+    """A bash script doing what the run would do: each step's config, then the job scripts and sbatch
+    calls, or the commands."""
     sharded = {}
     if launcher.name == "slurm":
         sharded = {n: shard_count(s, step_resources(s, launcher, experiment)) for n, s in plan.steps.items()}
@@ -349,7 +365,8 @@ def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: Dict
         for name in todo:
             step = plan.steps[name]
             deps = [f"${{jid_{dep}}}" for dep in step.deps if dep in todo]
-            lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}"]
+            lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
+                      *config_heredoc(plan, name)]  # fmt: skip
             jobs = [(False, name)]
             if is_sharded(plan, name, launcher, experiment):
                 jobs.insert(0, (True, f"{name}_induce"))
@@ -373,8 +390,10 @@ def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: Dict
                 "",
                 f"# --- step {name}: {step.stage_name} ---",
                 f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
+                *config_heredoc(plan, name),
+                *config_comment(plan, name),
                 shlex.join(["safer-instruct", *step.stage]) + " \\\n  "
-                + " \\\n  ".join(shlex.quote(a) for a in plan.overrides(name)),
+                + " \\\n  ".join(shlex.quote(a) for a in plan.command(name)[len(step.stage):]),
                 shlex.join(["python", "-m", "safer_instruct.pipeline.marker", str(plan.step_dir(name)),
                             "--fingerprint", step.fingerprint, "--outputs", *step.outputs]),  # fmt: skip
             ]

@@ -3,9 +3,9 @@
 Each point of a Hydra multirun is a whole experiment in `<sweep dir>/<n>/`, with `sweep_point.json`
 naming its overrides. When the sweep ends (`on_multirun_end`, with any Hydra launcher: the basic one
 here, submitit on Slurm) the runs that each point's report step compared are collected into one
-`report` stage run in `<sweep dir>/report/`: a step shared by all points (the base model's
-evaluation) appears once, a step of one point appears under the point's overrides, e.g.
-`train.beta=0.05 eval_dpo`. Also runnable by hand: `python -m safer_instruct.pipeline.sweep DIR`.
+run of the `report` stage in `<sweep dir>/report/` (the points' report config, over all their runs):
+a step shared by all points (the base model's evaluation) appears once, a step of one point appears
+under the point's overrides, e.g. `train.beta=0.05 eval_dpo`. Also runnable by hand: `python -m safer_instruct.pipeline.sweep DIR`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.errors import SaferInstructError
+from safer_instruct.io import atomic_write_text
 from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
-from safer_instruct.pipeline.plan import hydra_value
 from safer_instruct.pipeline.summary import REPORT_TABLE, _markdown, short_table
+from safer_instruct.stages import CONFIG_FILE, config_file_args
 
 POINTS_DIR = "points"  # labelled links to each point's own runs, so the report's rows say which point
 REPORT_DIR = "report"
@@ -41,15 +42,8 @@ def _point_labels(overrides: list[list[str]]) -> list[str]:
     return labels
 
 
-def _parse_list(override: str) -> list[str]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    value = OverridesParser.create().parse_override(override).value()
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
-
-
 def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    """Finished points ({label, exp_dir, report_args}) and the problems of unfinished ones."""
+    """Finished points ({label, exp_dir, report_config}) and the problems of unfinished ones."""
     points, problems = [], []
     for point_file in sorted(sweep_dir.glob("*/sweep_point.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
         exp_dir = point_file.parent
@@ -63,22 +57,20 @@ def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
         if not state.is_complete(Path(step["dir"]), step["fingerprint"], tuple(step["outputs"])):
             problems.append(f"{exp_dir}: step '{report_step}' is not complete")
             continue
-        points.append({"overrides": point["overrides"], "exp_dir": exp_dir, "report_args": step["overrides"]})
+        points.append({"overrides": point["overrides"], "exp_dir": exp_dir, "report_config": Path(step["dir"]) / CONFIG_FILE})
     for point, label in zip(points, _point_labels([p["overrides"] for p in points]), strict=True):
         point["label"] = label
     return points, problems
 
 
-def sweep_report_command(sweep_dir: Path, points: list[dict[str, Any]]) -> list[str]:
-    """`safer-instruct report` over every point's runs: shared ones once, own ones labelled.
+def sweep_report_config(sweep_dir: Path, points: list[dict[str, Any]]) -> DictConfig:
+    """The config of one `report` over every point's runs: shared ones once, own ones labelled.
 
     A run (a step's or a group's folder) is shared when every point has the same completed steps in
     it (same fingerprints), e.g. the base model's evaluations: it is reported once, from point 0.
     """
-    per_point = []
-    for point in points:
-        runs_arg = next(a for a in point["report_args"] if a.startswith("runs="))
-        per_point.append([Path(run) for run in _parse_list(runs_arg)])
+    configs = [OmegaConf.load(point["report_config"]) for point in points]
+    per_point = [[Path(str(run)) for run in cfg.runs] for cfg in configs]
     links = sweep_dir / POINTS_DIR
     links.mkdir(parents=True, exist_ok=True)
     runs: list[str] = []
@@ -94,8 +86,10 @@ def sweep_report_command(sweep_dir: Path, points: list[dict[str, Any]]) -> list[
                 link.unlink()
             link.symlink_to(path.resolve(), target_is_directory=True)
             runs.append(str(link))
-    keep = [a for a in points[0]["report_args"] if not a.startswith(("runs=", "out_dir="))]
-    return ["report", *keep, f"runs={hydra_value(runs)}", f"out_dir={hydra_value(str(sweep_dir / REPORT_DIR))}"]
+    report = configs[0]  # the points' report settings (title, notes, ...), over the runs of them all
+    report.runs = runs
+    report.out_dir = str(sweep_dir / REPORT_DIR)
+    return report
 
 
 def build_sweep_report(sweep_dir: Path) -> Path:
@@ -104,11 +98,12 @@ def build_sweep_report(sweep_dir: Path) -> Path:
         raise SaferInstructError(
             f"sweep {sweep_dir}: cannot report yet: " + ("; ".join(problems) or "no finished points")
         )
-    command = sweep_report_command(sweep_dir, points)
-    out = subprocess.run([sys.executable, "-m", "safer_instruct.cli", *command], cwd=PROJECT_ROOT,
-                         capture_output=True, text=True)  # fmt: skip
     report_dir = sweep_dir / REPORT_DIR
     report_dir.mkdir(parents=True, exist_ok=True)
+    config_file = report_dir / CONFIG_FILE
+    atomic_write_text(config_file, OmegaConf.to_yaml(sweep_report_config(sweep_dir, points)))
+    out = subprocess.run([sys.executable, "-m", "safer_instruct.cli", "report", *config_file_args(config_file)],
+                         cwd=PROJECT_ROOT, capture_output=True, text=True)  # fmt: skip
     (report_dir / "stage.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise SaferInstructError(f"sweep report failed (exit {out.returncode}); log: {report_dir / 'stage.log'}")
