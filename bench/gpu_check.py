@@ -151,8 +151,8 @@ def dpo_throughput(model_path: str, work: Path, device: str, name: str, peak: fl
     cfg = compose("train_dpo", [
         "model=tinyllama-1.1b", f"model.path={model_path}", "model.prompt_format=alpaca", "model.dtype=bfloat16",
         "model.max_length=512", "model.max_prompt_length=256", "data=constructed", f"data.path={data}",
-        "data.dedupe=none", "train=dpo_paper", "train.deepspeed=zero3", f"train.per_device_batch_size={per_device}",
-        f"train.global_batch_size={global_batch}", "train.logging_steps=1", "train.save_steps=0", "train.warmup_steps=0",
+        "data.dedupe=none", "train=dpo_paper", "train.deepspeed=zero3", f"train.per_device_train_batch_size={per_device}",
+        f"train.global_batch_size={global_batch}", "train.logging_steps=1", "train.save_strategy=no", "train.warmup_steps=0",
         f"train.ref_logps_dir={work / 'store'}", "train.dataloader_num_workers=0", f"out_dir={work / 'run'}",
         "tracking.mode=disabled",
     ])  # fmt: skip
@@ -351,8 +351,8 @@ def part_chain(setup: Setup) -> list[dict]:
 
     work = setup.work / "chain"
     work.mkdir(parents=True, exist_ok=True)
-    batch = ["train.per_device_batch_size=2", "train.global_batch_size=4"] if setup.dry_run else []
-    common_train = ["train.save_steps=0", "train.logging_steps=1", "tracking.mode=disabled", *on_device(setup), *batch]
+    batch = ["train.per_device_train_batch_size=2", "train.global_batch_size=4"] if setup.dry_run else []
+    common_train = ["train.save_strategy=no", "train.logging_steps=1", "tracking.mode=disabled", *on_device(setup), *batch]
     seconds = {}
     started = time.perf_counter()
     run_entry(["train/sft.py", *paper_model(setup, setup.model_path), "train=sft_paper", "data=demo_instructions",
@@ -410,12 +410,12 @@ def part_qlora_dpo(setup: Setup) -> list[dict]:
     pairs = work / "pairs.jsonl"
     n_pairs = 8 if setup.dry_run else 64
     pairs.write_text("".join(json.dumps(p) + "\n" for p in make_pairs(n_pairs)))
-    batch = ["train.per_device_batch_size=2", "train.global_batch_size=4"] if setup.dry_run else \
-        ["train.per_device_batch_size=8", "train.global_batch_size=32"]  # fmt: skip
+    batch = ["train.per_device_train_batch_size=2", "train.global_batch_size=4"] if setup.dry_run else \
+        ["train.per_device_train_batch_size=8", "train.global_batch_size=32"]  # fmt: skip
     started = time.perf_counter()
     run_entry(["train/dpo.py", *paper_model(setup, setup.model_path), "train=dpo_paper", "train.deepspeed=null",
                "peft=qlora", "data=constructed", f"data.path={pairs}", "data.dedupe=none", "train.max_steps=2",
-               "train.save_steps=0", "train.logging_steps=1", "train.warmup_steps=0", "train.learning_rate=1e-4",
+               "train.save_strategy=no", "train.logging_steps=1", "train.warmup_steps=0", "train.learning_rate=1e-4",
                f"train.ref_logps_dir={work / 'store'}", f"out_dir={work / 'run'}", "tracking.mode=disabled",
                *on_device(setup), *batch], work / "dpo.log")  # fmt: skip
     wall = time.perf_counter() - started

@@ -1,41 +1,43 @@
-"""A disk store of reference log-probabilities, so a DPO sweep pays for the reference model once.
+"""A lasting place for DPO's tokenized pairs, so that TRL's cache of reference log-probs outlives a run.
 
 DPO needs, for every pair, the log-probability of the chosen and the rejected response under the
 reference model (the SFT model). They depend only on the reference weights, the token ids of the
-data and a few settings, never on beta or the learning rate. The store keeps them keyed by:
+data and a few settings, never on beta or the learning rate. TRL computes them once when
+`precompute_ref_log_probs` is on and caches them as an Arrow file beside the dataset's own cache
+file, named by the dataset's fingerprint and a hash of the reference weights. A dataset built in
+memory has neither a lasting file nor a stable fingerprint, so `ReferenceCache.dataset` writes the
+tokenized pairs to `<root>/<key>/pairs.arrow` with the fingerprint `key`, where the key hashes:
 
 * the reference model identity: a content hash of its weight/config/tokenizer files (cached by file
   size and mtime, so a 13 GB checkpoint is hashed once), plus how it is loaded (dtype, 4-bit
-  quantization for QLoRA, bf16 autocast);
+  quantization for QLoRA, bf16 autocast). TRL's own weight hash is taken after loading, when ZeRO-3
+  has already partitioned the weights, so it cannot tell two models of one architecture apart there;
 * the dataset fingerprint: a hash of the exact token ids (prompt, chosen, rejected);
 * the tokenization and loss settings that change the values (max lengths, BOS, `ld_alpha`).
 
-Any change of the key computes anew. Each entry is `logps.npz` plus `meta.json` holding its SHA-256;
-a file that does not match its checksum or shape is reported, deleted and recomputed. Writes are
-atomic (temporary file + rename), so concurrent runs never read half an entry.
+TRL then writes its `cache-<hash>.arrow` into the same folder, and a run with another beta finds it.
+`meta.json` records the SHA-256 of every file of the entry: a file that no longer matches is
+reported and deleted before the trainer starts, so TRL computes it anew. TRL and `datasets` write
+their files atomically (temporary file + rename), so concurrent runs never read half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from filelock import FileLock
 
 from safer_instruct.io import atomic_write_json
 from safer_instruct.paths import cache_root
 
 log = logging.getLogger(__name__)
-STORE_VERSION = 1
+STORE_VERSION = 2  # 2: TRL caches the values beside our pairs.arrow (1: our own logps.npz)
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".gguf", ".pt")
 
 
@@ -92,57 +94,65 @@ def store_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"v": STORE_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:32]
 
 
+PAIRS_FILE = "pairs.arrow"
+
+
 @dataclass
-class RefLogpsStore:
-    """Reference log-probs on disk: `<root>/<key>/{logps.npz, meta.json}`."""
+class ReferenceCache:
+    """Entries `<root>/<key>/{pairs.arrow, cache-*.arrow (TRL's reference log-probs), meta.json}`."""
 
     root: Path
 
     @classmethod
-    def at(cls, folder: str | Path | None = None) -> RefLogpsStore:
+    def at(cls, folder: str | Path | None = None) -> ReferenceCache:
         return cls(Path(folder).expanduser() if folder else cache_root() / "ref_logps")
 
     def entry(self, key: str) -> Path:
         return self.root / key
 
-    def load(self, key: str, rows: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """The stored (chosen, rejected) log-probs, or None when absent, corrupt or of the wrong size."""
-        folder = self.entry(key)
-        data_path, meta_path = folder / "logps.npz", folder / "meta.json"
-        if not data_path.is_file() or not meta_path.is_file():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-            blob = data_path.read_bytes()
-            if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-                raise ValueError("checksum mismatch")
-            arrays = np.load(io.BytesIO(blob))
-            chosen, rejected = arrays["chosen"], arrays["rejected"]
-            if chosen.shape != (rows,) or rejected.shape != (rows,) or meta.get("rows") != rows:
-                raise ValueError(f"holds {chosen.shape[0]} rows, the dataset has {rows}")
-            if not (np.isfinite(chosen).all() and np.isfinite(rejected).all()):
-                raise ValueError("non-finite values")
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
-            log.warning("reference log-probs in %s are unusable (%s): recomputing them", folder, err)
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        return chosen, rejected
+    def dataset(self, columns: dict[str, list], key_parts: dict[str, Any]) -> tuple[Any, str]:
+        """The pairs as a dataset with a lasting Arrow file in their entry, and the entry's key.
 
-    def save(self, key: str, chosen: np.ndarray, rejected: np.ndarray, meta: dict[str, Any]) -> Path:
-        """Write an entry atomically: a reader sees the whole entry or none."""
-        buffer = io.BytesIO()
-        np.savez(buffer, chosen=np.asarray(chosen, dtype=np.float32), rejected=np.asarray(rejected, dtype=np.float32))
-        blob = buffer.getvalue()
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{key}.tmp-"))
+        Call it on one process at a time (`TrainingArguments.main_process_first`): the first one checks
+        the entry and writes the file, the others find it.
+        """
+        from datasets import Dataset
+
+        from safer_instruct.training.preprocess import fingerprint_columns
+
+        key = store_key({**key_parts, "dataset": fingerprint_columns(columns)})
+        folder = self.entry(key)
+        self._drop_unusable(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        dataset = Dataset.from_dict(columns).flatten_indices(cache_file_name=str(folder / PAIRS_FILE), new_fingerprint=key)
+        return dataset, key
+
+    def reference_files(self, key: str) -> set[str]:
+        """Names of the reference log-prob files TRL has cached in an entry."""
+        return {path.name for path in self.entry(key).glob("cache-*.arrow")}
+
+    def record(self, key: str, meta: dict[str, Any]) -> Path:
+        """Write the entry's meta.json: `meta` and the checksum of every file (main process only)."""
+        folder = self.entry(key)
+        files = {path.name: _sha256_file(path) for path in sorted(folder.glob("*.arrow"))}
+        atomic_write_json(folder / "meta.json", {**meta, "key": key, "files": files})
+        return folder / "meta.json"
+
+    def _drop_unusable(self, folder: Path) -> None:
+        meta_path = folder / "meta.json"
+        if not meta_path.is_file():
+            return
         try:
-            (tmp / "logps.npz").write_bytes(blob)
-            full_meta = {**meta, "rows": int(len(chosen)), "sha256": hashlib.sha256(blob).hexdigest(), "key": key}
-            (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, default=str) + "\n")
-            target = self.entry(key)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return self.entry(key)
+            files = json.loads(meta_path.read_text())["files"]
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("reference entry %s has an unreadable meta.json (%s): computing it anew", folder, err)
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        for name, digest in files.items():
+            path = folder / name
+            if path.is_file() and _sha256_file(path) != digest:
+                log.warning("%s does not match its checksum: deleted, computing it anew", path)
+                if name == PAIRS_FILE:  # the reference files beside it were computed from it
+                    shutil.rmtree(folder, ignore_errors=True)
+                    return
+                path.unlink()

@@ -8,7 +8,7 @@ The entry scripts in `train/` only call these. Each stage:
    format (`PromptFormat`), truncating prompts to `model.max_prompt_length`; `data_stats.json` records
    rows read, rows used and rows removed per reason (`test_prompt_overlap` among them), per category,
    the draw, the Hub revisions read and the tokenization;
-3. trains with TRL (SFTTrainer / our DPOTrainer subclass), resuming from the last checkpoint in
+3. trains with TRL (SFTTrainer / DPOTrainer over our token ids; `train.*` passed to its config), resuming from the last checkpoint in
    `out_dir` when there is one, logging to wandb (if on) and always to `metrics.jsonl`;
 4. saves the final model (`out_dir/model`, plus `out_dir/adapter` for LoRA/QLoRA) and
    `train_summary.json`, whose `data` block says what the stage trained on: `pairs` (rows trained on),
@@ -209,7 +209,7 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
 def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
                     extra_files: dict[str, str] | None = None, callbacks: Sequence[Any] = ()) -> dict[str, Any]:  # fmt: skip
     """SFT and reversed instruction tuning: (prompt, completion) sequences, loss on the completion."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from safer_instruct.data.sources import load_sft_examples
     from safer_instruct.tracking import tracking_run
@@ -229,7 +229,8 @@ def _sequence_stage(cfg: DictConfig, out_dir: Path, name: str, build_columns,
                              encoder.stats.to_dict())  # fmt: skip
     _write_row_ids(out_dir, train_rows, eval_rows)
     with tracking_run(cfg, name, out_dir) as tracking:
-        args = SFTConfig(**_common_trainer_args(plan, cfg, out_dir, tracking.report_to), completion_only_loss=True)
+        args = plan.train.trl_config({**_common_trainer_args(plan, cfg, out_dir, tracking.report_to),
+                                      "completion_only_loss": True})  # fmt: skip
         trainer = SFTTrainer(
             model=policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora"),
             args=args,
@@ -285,16 +286,17 @@ def _json(value: Any) -> str:
 
 
 def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """DPO from the SFT model (also the reference), with persisted reference log-probs."""
+    """DPO from the SFT model (also the reference), with TRL's reference log-probs kept for later runs."""
     import trl
+    from transformers import set_seed
 
     from safer_instruct.data.sources import load_preferences
     from safer_instruct.formatting import PromptFormat
     from safer_instruct.tracking import tracking_run
     from safer_instruct.training.models import merged_model, policy_for_trainer
     from safer_instruct.training.preprocess import Encoder, dpo_columns, fingerprint_columns
-    from safer_instruct.training.ref_logps import RefLogpsStore, model_identity
-    from safer_instruct.training.trainers import MetricsJsonlCallback, PersistentRefDPOTrainer
+    from safer_instruct.training.ref_logps import ReferenceCache, model_identity
+    from safer_instruct.training.trainers import MetricsJsonlCallback, PretokenizedDPOTrainer
 
     plan = _plan(cfg, "train_dpo", DPOSettings)
     train: DPOSettings = plan.train
@@ -303,55 +305,75 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
     train_rows, eval_rows = _split_eval(pairs, train.eval_size, int(cfg.seed))
     fmt = PromptFormat.for_model(cfg.model, plan.tokenizer)
     encoder = Encoder(plan.tokenizer, int(cfg.model.max_length), int(cfg.model.max_prompt_length))
-    train_columns = dpo_columns(encoder, fmt, train_rows)
+    columns = {"train": dpo_columns(encoder, fmt, train_rows)}
     encoder.log_summary("dpo train data")
-    eval_columns = dpo_columns(encoder, fmt, eval_rows) if eval_rows else None
-    fingerprints = {"train": fingerprint_columns(train_columns)}
-    if eval_columns:
-        fingerprints["eval"] = fingerprint_columns(eval_columns)
-    data_stats = {**_data_stats(load_stats, plan.guard, len(train_rows), len(eval_rows), _token_count(train_columns),
+    if eval_rows:
+        columns["eval"] = dpo_columns(encoder, fmt, eval_rows)
+    fingerprints = {split: fingerprint_columns(split_columns) for split, split_columns in columns.items()}
+    data_stats = {**_data_stats(load_stats, plan.guard, len(train_rows), len(eval_rows), _token_count(columns["train"]),
                                 encoder.stats.to_dict()), "fingerprints": fingerprints}  # fmt: skip
     _write_row_ids(out_dir, train_rows, eval_rows)
-    store = RefLogpsStore.at(train.ref_logps_dir) if train.ref_logps_cache else None
+    cache = ReferenceCache.at(train.ref_logps_dir) if train.ref_logps_cache else None
     key_parts = {
         "reference": [model_identity(loc) for loc in plan.start.identity_locations()],
         "revision": plan.start.revision,  # a hub id's files at another commit are another reference
         "dtype": str(cfg.model.dtype),
         "quantization": plan.peft.identity(),
-        "bf16": train.bf16,
+        "bf16": train.trl.get("bf16"),
         "prompt_format": {"style": fmt.style, "system_prompt": fmt.system_prompt},
         "tokenization": encoder.settings(),
-        "ld_alpha": None,
+        "ld_alpha": train.trl.get("ld_alpha"),
         "trl": ".".join(trl.__version__.split(".")[:2]),
     }
     with tracking_run(cfg, "train_dpo", out_dir) as tracking:
-        args = trl.DPOConfig(
-            **_common_trainer_args(plan, cfg, out_dir, tracking.report_to),
-            beta=train.beta,
-            loss_type=train.loss_type,
-            loss_weights=train.loss_weights,
-            label_smoothing=train.label_smoothing,
-            precompute_ref_log_probs=train.precompute_ref_logps,
-            precompute_ref_batch_size=train.precompute_ref_batch_size or 2 * train.per_device_batch_size,
-        )
+        args = train.trl_config(_common_trainer_args(plan, cfg, out_dir, tracking.report_to))
+        datasets, keys, cached_before = {}, {}, {}
+        with args.main_process_first(local=False, desc="tokenized pairs"):
+            for split, split_columns in columns.items():
+                if cache is None:
+                    datasets[split] = _dataset(split_columns)
+                    continue
+                datasets[split], keys[split] = cache.dataset(split_columns, key_parts)
+                cached_before[split] = cache.reference_files(keys[split])
         ref_model = None
-        if plan.start.adapter and not train.precompute_ref_logps and not plan.peft.enabled:
+        if plan.start.adapter and not train.precompute_ref_log_probs and not plan.peft.enabled:
             # TRL would rebuild a live reference from the base path alone: give it the merged SFT model instead.
             ref_model = merged_model(plan.start.location, plan.start.adapter, cfg.model.dtype).eval()
-        trainer = PersistentRefDPOTrainer(
-            model=policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora"),
+        policy = policy_for_trainer(plan.start, cfg.model.dtype, plan.peft.method == "qlora")
+        # LoRA adapters start alike in every run of a sweep: TRL's cache key hashes the policy's weights, adapters included.
+        set_seed(int(cfg.seed))
+        trainer = PretokenizedDPOTrainer(
+            model=policy,
             ref_model=ref_model,
             args=args,
-            train_dataset=_dataset(train_columns),
-            eval_dataset=_dataset(eval_columns) if eval_columns else None,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("eval"),
             processing_class=plan.tokenizer,
             peft_config=plan.peft.lora_config(),
             quantization_config=plan.peft.quantization_config(),
             callbacks=[MetricsJsonlCallback(out_dir / "metrics.jsonl"), *callbacks],
-            ref_store=store,
-            ref_key_parts=key_parts,
         )
-        ref_info = {"ref_logps": {"precomputed": train.precompute_ref_logps, "events": trainer.ref_cache_events,
+        events = []
+        if train.precompute_ref_log_probs:
+            prepared = {"train": trainer.train_dataset, "eval": trainer.eval_dataset}
+            for split in columns:
+                events.append(_reference_event(cache, keys.get(split), split, prepared[split], cached_before.get(split)))
+                if cache is not None and is_main_process():
+                    cache.record(keys[split], {**key_parts, "dataset": fingerprints[split], "split": split,
+                                               "rows": len(prepared[split])})  # fmt: skip
+        ref_info = {"ref_logps": {"precomputed": train.precompute_ref_log_probs, "events": events,
                                   "forward_batches": trainer.ref_forward_batches,
-                                  "store": str(store.root) if store else None}}  # fmt: skip
+                                  "pass_seconds": round(trainer.ref_pass_seconds, 3),
+                                  "store": str(cache.root) if cache else None}}  # fmt: skip
         return _train_and_save(plan, trainer, cfg, out_dir, tracking, data_stats, extra={**ref_info, "beta": train.beta})
+
+
+def _reference_event(cache: Any, key: str | None, split: str, dataset: Any, cached_before: set[str] | None) -> dict:
+    """How a split got its reference log-probs: reused from the entry, computed (and kept there), or computed."""
+    used = [Path(f["filename"]) for f in dataset.cache_files if Path(f["filename"]).name.startswith("cache-")]
+    file = str(used[0]) if used else None
+    if cache is None:
+        status = "computed"
+    else:
+        status = "reused" if used and used[0].name in (cached_before or set()) else "computed_and_stored"
+    return {"dataset": split, "key": key, "status": status, "rows": len(dataset), "file": file}

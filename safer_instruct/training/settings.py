@@ -1,94 +1,96 @@
-"""Training settings as dataclasses: one field per config key, each with help text, checked at init.
+"""Training settings: TRL's own config fields, plus the few things that are ours, checked before a model loads.
 
-The Hydra groups `conf/train/*.yaml` (key `train`) and `conf/peft/*.yaml` (key `peft`) are read into
-these classes (`settings_from`). Like TRL's configs, every field documents itself in
-`metadata["help"]`, and `__post_init__` rejects inconsistent values with a message that says what to
-change, before any model is loaded. `to_trl_kwargs` turns them into TRL `SFTConfig` / `DPOConfig`
-arguments; the global batch is fixed here and gradient accumulation is derived from the world size,
-so the same recipe trains identically on 1 GPU or 8.
+`train.*` (the Hydra group `conf/train/*.yaml`) holds two kinds of keys:
+
+* fields of TRL's `SFTConfig` / `DPOConfig` (transformers `TrainingArguments` underneath), by their own
+  names: `learning_rate`, `optim`, `num_train_epochs`, `per_device_train_batch_size`, `beta`,
+  `loss_type`, ... TRL owns their meaning and defaults; a preset sets what its recipe changes, and
+  `trl_config` hands them through, so TRL's validation speaks for itself;
+* our additions, declared below with help text: the global batch (gradient accumulation follows the
+  world size, so a recipe trains identically on 1 GPU or 8), DeepSpeed by name, resume, the merged
+  adapter, the held-out split, and where reference log-probs are kept.
+
+`peft.*` (`conf/peft/*.yaml`) is ours entirely (`PeftSettings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.paths import conf_dir
 
 T = TypeVar("T")
 
-OPTIMIZERS = ("rmsprop", "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "paged_adamw_8bit", "adamw_bnb_8bit")
 RESUME_MODES = ("auto", "never")
-# TRL 1.16 DPO loss types (DPOConfig.loss_type); several may be combined with loss_weights.
-DPO_LOSS_TYPES = (
-    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
-    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
-)  # fmt: skip
+# TRL fields we fill in from elsewhere (the run, the model preset, the world size): never set in train.*.
+DERIVED = {
+    "output_dir": "out_dir", "gradient_accumulation_steps": "train.global_batch_size and the world size",
+    "seed": "seed", "data_seed": "seed", "report_to": "tracking", "run_name": "the stage and out_dir",
+    "use_cpu": "whether CUDA is available", "max_length": "model.max_length", "model_init_kwargs": "model.dtype",
+}  # fmt: skip
 
 
-def _help(default: Any, text: str, factory: Any = None) -> Any:
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
+def _help(default: Any, text: str) -> Any:
     return field(default=default, metadata={"help": text})
+
+
+@cache
+def _trl_fields(config_name: str) -> dict[str, dataclasses.Field]:
+    import trl
+
+    return {f.name: f for f in dataclasses.fields(getattr(trl, config_name))}
+
+
+def _trl_default(config_name: str, name: str) -> Any:
+    spec = _trl_fields(config_name)[name]
+    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
 @dataclass
 class TrainSettings:
-    """Settings shared by every training stage (`train.*`)."""
+    """Our part of `train.*` for every training stage; `trl` holds the TRL fields of the same node."""
+
+    TRL_CONFIG: ClassVar[str] = "SFTConfig"
 
     global_batch_size: int = _help(64, "Sequences (pairs, for DPO) per optimizer step over all processes. Fixed by the recipe: "
-                                       "gradient accumulation = global / (per_device_batch_size x world size).")
-    per_device_batch_size: int = _help(4, "Sequences (pairs) each process runs forward at once; lower it on memory errors.")
-    learning_rate: float = _help(5e-7, "Peak learning rate (the paper: 5e-7 with RMSprop).")
-    optimizer: str = _help("rmsprop", f"Optimizer name as transformers spells it: {', '.join(OPTIMIZERS)} (others are passed through).")
-    lr_scheduler: str = _help("constant_with_warmup", "Learning-rate schedule after warmup (transformers name: "
-                                                     "constant_with_warmup, linear, cosine, ...).")
-    warmup_steps: float = _help(150, "Linear warmup: optimizer steps (>= 1), or a share of all steps (below 1, e.g. 0.03 as "
-                                     "Stanford Alpaca). Passed to transformers as is.")
-    num_epochs: float = _help(1.0, "Passes over the data; ignored when max_steps > 0.")
-    max_steps: int = _help(-1, "Stop after this many optimizer steps (-1: run num_epochs).")
-    weight_decay: float = _help(0.0, "Weight decay.")
-    max_grad_norm: float = _help(10.0, "Gradient clipping norm (the DPO reference code uses 10).")
-    bf16: bool = _help(True, "Train in bfloat16 mixed precision (GPU recipes). Set false for exact fp32 CPU runs.")
-    gradient_checkpointing: bool = _help(True, "Recompute activations in backward to save memory (~20% slower).")
+                                       "gradient accumulation = global / (per_device_train_batch_size x world size).")
     deepspeed: str | None = _help(None, "DeepSpeed config: a name under conf/deepspeed (zero2, zero3, zero3_offload) or a "
                                         "JSON path; null for none. Works under `accelerate launch`, torchrun and srun.")
-    logging_steps: int = _help(10, "Log metrics (metrics.jsonl, wandb) every this many optimizer steps.")
-    save_steps: int = _help(500, "Write a resumable checkpoint every this many optimizer steps (0: only at the end).")
-    save_total_limit: int | None = _help(2, "Keep at most this many checkpoints (older ones are deleted).")
     resume: str = _help("auto", "auto: continue from the last checkpoint in out_dir if there is one; never: start over; "
                                 "or a checkpoint folder path.")
     merge_adapter: bool = _help(True, "LoRA/QLoRA: also save the adapter merged into the base weights as out_dir/model "
                                       "(the folder the next stage loads). The adapter alone is always saved in out_dir/adapter.")
-    eval_size: int = _help(0, "Rows held out from the training data for evaluation during training (0: none).")
-    eval_steps: int = _help(0, "Evaluate every this many steps when eval_size > 0 (0: only at the end).")
-    dataloader_num_workers: int = _help(0, "Worker processes feeding batches (0: in the main process).")
+    eval_size: int = _help(0, "Rows held out from the training data for evaluation during training (0: none). With rows "
+                              "held out, TRL's eval_strategy defaults to steps when eval_steps is set, else epoch.")
+    trl: dict[str, Any] = field(default_factory=dict, metadata={"help": f"The other train.* keys: fields of TRL's "
+                                "SFTConfig/DPOConfig by their own names, passed through as they are."})  # fmt: skip
 
     def __post_init__(self) -> None:
-        for name in ("global_batch_size", "per_device_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        known = _trl_fields(self.TRL_CONFIG)
+        unknown = sorted(set(self.trl) - set(known))
+        if unknown:
+            ours = sorted(f.name for f in dataclasses.fields(self) if f.name != "trl")
+            raise ConfigError(f"unknown key(s) {', '.join(f'train.{k}' for k in unknown)}: neither ours ({', '.join(ours)}) "
+                              f"nor a field of TRL's {self.TRL_CONFIG} (see its documentation for the names)")  # fmt: skip
+        derived = sorted(set(self.trl) & set(DERIVED))
+        if derived:
+            raise ConfigError("; ".join(f"train.{k} is set from {DERIVED[k]}: remove it" for k in derived))
+        if int(self.global_batch_size) < 1 or self.per_device_batch_size < 1:
+            raise ConfigError(f"train.global_batch_size and train.per_device_train_batch_size must be >= 1, got "
+                              f"{self.global_batch_size} and {self.per_device_batch_size}")  # fmt: skip
         if self.global_batch_size % self.per_device_batch_size:
             raise ConfigError(
                 f"train.global_batch_size={self.global_batch_size} is not a multiple of "
-                f"train.per_device_batch_size={self.per_device_batch_size}: pick a per-device batch that divides it"
+                f"train.per_device_train_batch_size={self.per_device_batch_size}: pick a per-device batch that divides it"
             )
-        if self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be > 0, got {self.learning_rate}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise ConfigError(f"train.max_steps must be a positive step count or -1 (use num_epochs), got {self.max_steps}")
-        if self.max_steps == -1 and self.num_epochs <= 0:
-            raise ConfigError("train.num_epochs must be > 0 when train.max_steps=-1")
-        if self.warmup_steps < 0 or self.logging_steps < 1 or self.save_steps < 0:
-            raise ConfigError("train.warmup_steps and train.save_steps must be >= 0, train.logging_steps >= 1")
-        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
-            raise ConfigError(f"train.warmup_steps={self.warmup_steps}: give whole steps (>= 1) or a share of all steps (< 1)")
-        if self.warmup_steps >= 1:
-            self.warmup_steps = int(self.warmup_steps)
+        self._check_what_transformers_accepts_silently()
         if self.resume not in RESUME_MODES and not Path(self.resume).is_dir():
             raise ConfigError(f"train.resume must be auto, never or an existing checkpoint folder, got '{self.resume}'")
         if self.eval_size < 0:
@@ -96,90 +98,105 @@ class TrainSettings:
         if self.deepspeed:
             self.deepspeed = str(deepspeed_config_path(self.deepspeed))
 
+    def _check_what_transformers_accepts_silently(self) -> None:
+        """Values transformers takes without a word but would train wrongly with (it rejects the rest itself)."""
+        max_steps = self.trl.get("max_steps", -1)
+        if max_steps == 0 or max_steps < -1:
+            raise ConfigError(f"train.max_steps must be a positive step count or -1 (use num_train_epochs), got {max_steps}")
+        warmup = self.trl.get("warmup_steps", 0)
+        if warmup >= 1 and warmup != int(warmup):  # transformers would cut 1.5 to 1 step
+            raise ConfigError(f"train.warmup_steps={warmup}: give whole steps (>= 1) or a share of all steps (< 1)")
+        if warmup >= 1:
+            self.trl["warmup_steps"] = int(warmup)
+
+    @property
+    def per_device_batch_size(self) -> int:
+        return int(self.trl.get("per_device_train_batch_size", _trl_default(self.TRL_CONFIG, "per_device_train_batch_size")))
+
     def gradient_accumulation(self, world_size: int) -> int:
         """Accumulation steps that keep the global batch fixed on `world_size` processes."""
         per_step = self.per_device_batch_size * world_size
         if self.global_batch_size % per_step:
             raise ConfigError(
                 f"train.global_batch_size={self.global_batch_size} cannot be split over {world_size} process(es) x "
-                f"per_device_batch_size={self.per_device_batch_size}: choose a per-device batch size or a number of "
-                "processes whose product divides the global batch"
+                f"per_device_train_batch_size={self.per_device_batch_size}: choose a per-device batch size or a number "
+                "of processes whose product divides the global batch"
             )
         return self.global_batch_size // per_step
 
     def trainer_kwargs(self, out_dir: Path, world_size: int, seed: int, report_to: str) -> dict[str, Any]:
-        """Arguments for a TRL `SFTConfig`/`DPOConfig` (both are transformers `TrainingArguments`)."""
+        """Arguments for TRL's config: the TRL fields of train.* and what we derive (`DERIVED`, DeepSpeed, eval)."""
         import torch
 
+        kwargs = dict(self.trl)
+        kwargs.setdefault("per_device_eval_batch_size", self.per_device_batch_size)
+        if self.eval_size:
+            kwargs.setdefault("eval_strategy", "steps" if kwargs.get("eval_steps") else "epoch")
+        else:
+            kwargs["eval_strategy"] = "no"  # nothing held out: nothing to evaluate on
         return dict(
+            kwargs,
             output_dir=str(out_dir),
-            per_device_train_batch_size=self.per_device_batch_size,
-            per_device_eval_batch_size=self.per_device_batch_size,
             gradient_accumulation_steps=self.gradient_accumulation(world_size),
-            learning_rate=self.learning_rate,
-            optim=self.optimizer,
-            lr_scheduler_type=self.lr_scheduler,
-            warmup_steps=self.warmup_steps,
-            num_train_epochs=self.num_epochs,
-            max_steps=self.max_steps,
-            weight_decay=self.weight_decay,
-            max_grad_norm=self.max_grad_norm,
-            bf16=self.bf16,
-            gradient_checkpointing=self.gradient_checkpointing,
             deepspeed=self.deepspeed,
-            logging_steps=self.logging_steps,
-            save_strategy="steps" if self.save_steps else "no",
-            save_steps=self.save_steps or 500,
-            save_total_limit=self.save_total_limit,
-            eval_strategy=("steps" if self.eval_steps else "epoch") if self.eval_size else "no",
-            eval_steps=self.eval_steps or None,
-            dataloader_num_workers=self.dataloader_num_workers,
             seed=seed,
             data_seed=seed,
             report_to=report_to,
             use_cpu=not torch.cuda.is_available(),
-            remove_unused_columns=True,
-            save_only_model=False,
         )
+
+    def trl_config(self, kwargs: dict[str, Any]) -> Any:
+        """TRL's `SFTConfig`/`DPOConfig` from `trainer_kwargs` (+ model settings); its own errors, named as ours."""
+        import trl
+
+        try:
+            return getattr(trl, self.TRL_CONFIG)(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"train: TRL's {self.TRL_CONFIG} refuses these settings: {err}") from None
 
 
 @dataclass
 class SFTSettings(TrainSettings):
-    """SFT (`train sft`) and reversed instruction tuning (`train reverse`): loss on the response tokens only."""
+    """SFT (`train sft`) and reversed instruction tuning (`train reverse`): TRL's SFTConfig, loss on the response only."""
 
 
 @dataclass
 class DPOSettings(TrainSettings):
-    """DPO (`train dpo`): the policy starts from the SFT model, which is also the reference."""
+    """DPO (`train dpo`): TRL's DPOConfig; the policy starts from the SFT model, which is also the reference."""
 
-    beta: float = _help(0.1, "DPO temperature: how far the policy may move from the reference (the paper: 0.1).")
-    loss_type: list[str] = _help(None, "TRL loss type(s): sigmoid (DPO), ipo, hinge, robust, apo_zero, ... ; several are "
-                                       "combined with loss_weights.", factory=lambda: ["sigmoid"])
-    loss_weights: list[float] | None = _help(None, "Weights of the loss types (null: 1 each).")
-    label_smoothing: float = _help(0.0, "Conservative/robust DPO label smoothing in [0, 0.5).")
-    precompute_ref_logps: bool = _help(True, "Compute the reference log-probs once before training (no reference forward "
-                                             "per step). Needed for the persisted cache.")
-    ref_logps_cache: bool = _help(True, "Persist the precomputed reference log-probs on disk, keyed by (reference model, "
-                                        "dataset, tokenization), and reuse them in later runs (a beta/lr sweep pays once).")
-    ref_logps_dir: str | None = _help(None, "Folder of the reference log-prob store (null: <cache root>/ref_logps).")
-    precompute_ref_batch_size: int | None = _help(None, "Pairs per reference forward when precomputing (null: 2x per-device).")
+    TRL_CONFIG: ClassVar[str] = "DPOConfig"
+
+    ref_logps_cache: bool = _help(True, "Keep the tokenized pairs, and with them the reference log-probs TRL precomputes "
+                                        "(train.precompute_ref_log_probs=true), in a lasting folder keyed by (reference "
+                                        "model, data, tokenization): later runs (a beta/lr sweep) reuse them.")
+    ref_logps_dir: str | None = _help(None, "Folder of those lasting entries (null: <cache root>/ref_logps).")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.loss_type, str):
-            self.loss_type = [self.loss_type]
-        self.loss_type = list(self.loss_type)
-        unknown = [name for name in self.loss_type if name not in DPO_LOSS_TYPES]
-        if unknown:
-            raise ConfigError(f"train.loss_type {unknown} unknown: choose from {', '.join(DPO_LOSS_TYPES)}")
-        if self.beta <= 0:
-            raise ConfigError(f"train.beta must be > 0, got {self.beta}")
-        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
-            raise ConfigError(f"train.loss_weights needs one weight per loss type ({len(self.loss_type)}), got {len(self.loss_weights)}")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ConfigError(f"train.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if self.ref_logps_cache and not self.precompute_ref_logps:
-            raise ConfigError("train.ref_logps_cache=true needs train.precompute_ref_logps=true (or set ref_logps_cache=false)")
+        loss_types = self.trl.get("loss_type", ["sigmoid"])
+        loss_types = [loss_types] if isinstance(loss_types, str) else list(loss_types)
+        unknown = [name for name in loss_types if name not in documented_loss_types()]
+        if unknown and documented_loss_types():  # TRL itself would only say so at the first training step
+            raise ConfigError(f"train.loss_type {unknown} unknown: choose from {', '.join(documented_loss_types())}")
+        if self.trl.get("beta", 0.1) <= 0:
+            raise ConfigError(f"train.beta must be > 0, got {self.trl['beta']}")
+        if self.ref_logps_cache and not self.precompute_ref_log_probs:
+            raise ConfigError("train.ref_logps_cache=true needs train.precompute_ref_log_probs=true "
+                              "(or set ref_logps_cache=false)")  # fmt: skip
+
+    @property
+    def precompute_ref_log_probs(self) -> bool:
+        return bool(self.trl.get("precompute_ref_log_probs", _trl_default(self.TRL_CONFIG, "precompute_ref_log_probs")))
+
+    @property
+    def beta(self) -> float:
+        return float(self.trl.get("beta", _trl_default(self.TRL_CONFIG, "beta")))
+
+
+@cache
+def documented_loss_types() -> tuple[str, ...]:
+    """The loss types TRL's DPOConfig documents (its `loss_type` help), so that a typo stops before any model loads."""
+    return tuple(re.findall(r"`'(\w+)'`", _trl_fields("DPOConfig")["loss_type"].metadata.get("help", "")))
 
 
 PEFT_METHODS = ("none", "lora", "qlora")
@@ -254,13 +271,17 @@ class PeftSettings:
 
 
 def settings_from(cls: type[T], node: Any, key: str) -> T:
-    """Build a settings dataclass from a config node, naming unknown keys instead of ignoring them."""
+    """Build a settings dataclass from a config node. Training settings pass the keys that are not theirs to TRL
+    (`trl`, checked against TRL's field names); other settings name unknown keys instead of ignoring them."""
     from omegaconf import DictConfig, OmegaConf
 
     values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
-    if unknown:
+    if "trl" in names:
+        values = {**{k: v for k, v in values.items() if k in names and k != "trl"},
+                  "trl": {k: values[k] for k in unknown}}  # fmt: skip
+    elif unknown:
         raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; known: {', '.join(sorted(names))}")
     try:
         return cls(**values)

@@ -20,8 +20,9 @@ from tests.training.helpers import python, run_script, separable_pairs, write_js
 
 pytestmark = pytest.mark.slow
 SLURM_PROBLEM = cluster_problem()
-COMMON = ["model=tiny", "train.max_steps=2", "train.global_batch_size=4", "train.per_device_batch_size=2",
-          "train.learning_rate=1e-3", "train.save_steps=0"]  # fmt: skip
+COMMON = ["model=tiny", "train.max_steps=2", "train.global_batch_size=4", "train.per_device_train_batch_size=2",
+          "train.learning_rate=1e-3", "train.save_strategy=no"]  # fmt: skip
+REF_BATCH = "train.precompute_ref_batch_size=4"  # DPO only: pairs per reference forward when precomputing
 
 
 def _losses(out: Path) -> list[float]:
@@ -41,7 +42,7 @@ def pairs(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def plain_dpo(tmp_path_factory, pairs) -> Path:
     out = tmp_path_factory.mktemp("plain") / "run"
-    _run([python(), "train/dpo.py", *COMMON, f"data.path={pairs}", f"out_dir={out}",
+    _run([python(), "train/dpo.py", *COMMON, REF_BATCH, f"data.path={pairs}", f"out_dir={out}",
           f"train.ref_logps_dir={out.parent / 'store'}"])  # fmt: skip
     return out
 
@@ -64,7 +65,7 @@ def test_zero2_sft_one_process_matches_plain_run(tmp_path, plain_sft):
 
 def test_zero3_dpo_one_process_precomputes_and_matches_plain_run(tmp_path, pairs, plain_dpo):
     out = tmp_path / "zero3"
-    _run([python(), "train/dpo.py", *COMMON, "train.deepspeed=zero3", f"data.path={pairs}", f"out_dir={out}",
+    _run([python(), "train/dpo.py", *COMMON, REF_BATCH, "train.deepspeed=zero3", f"data.path={pairs}", f"out_dir={out}",
           f"train.ref_logps_dir={tmp_path / 'store'}"])  # fmt: skip
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["ref_logps"]["events"][0]["status"] == "computed_and_stored"
@@ -82,7 +83,7 @@ def test_zero3_dpo_one_process_precomputes_and_matches_plain_run(tmp_path, pairs
 def test_zero2_dpo_two_processes_torchrun_same_recipe(tmp_path, pairs, plain_dpo):
     out = tmp_path / "zero2x2"
     torchrun = str(Path(python()).parent / "torchrun")
-    _run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "train/dpo.py", *COMMON,
+    _run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "train/dpo.py", *COMMON, REF_BATCH,
           "train.deepspeed=zero2", f"data.path={pairs}", f"out_dir={out}", f"train.ref_logps_dir={tmp_path / 'store'}"])  # fmt: skip
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["world_size"] == 2

@@ -1,20 +1,23 @@
-"""DPO on the tiny model: full, LoRA, QLoRA; learning on separable pairs; persisted reference log-probs."""
+"""DPO on the tiny model: full, LoRA, QLoRA; learning on separable pairs; TRL's reference log-probs kept for later runs."""
 
 from __future__ import annotations
 
 import json
 import math
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from datasets import Dataset
 
 from safer_instruct.errors import DataError
 from safer_instruct.training.run import run_dpo
 from safer_instruct.training.trainers import read_metrics
 from tests.training.helpers import ParamWatcher, separable_pairs, stage_config, write_jsonl
 
-QUICK = ["model=tiny", "train.learning_rate=1e-3", "train.global_batch_size=4", "train.per_device_batch_size=2",
-         "train.save_steps=0"]  # fmt: skip
+QUICK = ["model=tiny", "train.learning_rate=1e-3", "train.global_batch_size=4", "train.per_device_train_batch_size=2",
+         "train.save_strategy=no"]  # fmt: skip
 
 
 @pytest.fixture()
@@ -23,7 +26,8 @@ def pairs_file(tmp_path):
 
 
 def _dpo(out, pairs_file, store, *overrides):
-    cfg = stage_config("train_dpo", out, *QUICK, f"data.path={pairs_file}", f"train.ref_logps_dir={store}", *overrides)
+    cfg = stage_config("train_dpo", out, *QUICK, "train.precompute_ref_batch_size=4", f"data.path={pairs_file}",
+                       f"train.ref_logps_dir={store}", *overrides)  # fmt: skip
     return cfg
 
 
@@ -66,7 +70,7 @@ def test_beta_sweep_reuses_stored_reference_logps_with_the_same_losses(tmp_path,
     first = run_dpo(_dpo(tmp_path / "b05", pairs_file, store, "train.beta=0.5", "train.max_steps=3"), tmp_path / "b05")
     second = run_dpo(_dpo(tmp_path / "b01", pairs_file, store, "train.beta=0.1", "train.max_steps=3"), tmp_path / "b01")
     live = run_dpo(_dpo(tmp_path / "live", pairs_file, store, "train.beta=0.1", "train.max_steps=3",
-                        "train.precompute_ref_logps=false", "train.ref_logps_cache=false"), tmp_path / "live")  # fmt: skip
+                        "train.precompute_ref_log_probs=false", "train.ref_logps_cache=false"), tmp_path / "live")  # fmt: skip
 
     assert first["ref_logps"]["forward_batches"] == 4  # 16 pairs / precompute batch of 4
     assert first["ref_logps"]["events"][0]["status"] == "computed_and_stored"
@@ -86,8 +90,9 @@ def test_changed_key_or_corrupt_store_recomputes(tmp_path, pairs_file):
     store = tmp_path / "store"
     base = run_dpo(_dpo(tmp_path / "a", pairs_file, store, "train.max_steps=1"), tmp_path / "a")
     key = base["ref_logps"]["events"][0]["key"]
-    entry = store / key / "logps.npz"
-    reference = np.load(entry)["chosen"].copy()
+    entry = Path(base["ref_logps"]["events"][0]["file"])  # TRL's cache file, in the lasting entry of these pairs
+    assert entry.parent == store / key and (store / key / "pairs.arrow").is_file()
+    reference = np.asarray(Dataset.from_file(str(entry))["ref_chosen_logps"])
 
     # another tokenization setting is another key: computed, the first entry untouched
     other = run_dpo(_dpo(tmp_path / "b", pairs_file, store, "train.max_steps=1", "model.max_prompt_length=12"), tmp_path / "b")
@@ -100,9 +105,9 @@ def test_changed_key_or_corrupt_store_recomputes(tmp_path, pairs_file):
     entry.write_bytes(bytes(blob))
     again = run_dpo(_dpo(tmp_path / "c", pairs_file, store, "train.max_steps=1"), tmp_path / "c")
     event = again["ref_logps"]["events"][0]
-    assert (event["key"], event["status"], event["rows"]) == (key, "computed_and_stored", 16)
+    assert (event["key"], event["status"], event["rows"], event["file"]) == (key, "computed_and_stored", 16, str(entry))
     assert again["ref_logps"]["forward_batches"] == 4
-    np.testing.assert_allclose(np.load(entry)["chosen"], reference, rtol=1e-5)
+    np.testing.assert_allclose(Dataset.from_file(str(entry))["ref_chosen_logps"], reference, rtol=1e-5)
     meta = json.loads((store / key / "meta.json").read_text())
     assert meta["rows"] == 16 and meta["dataset"] == json.loads((tmp_path / "a" / "data_stats.json").read_text())["fingerprints"]["train"]
 
@@ -121,7 +126,7 @@ def test_rows_of_different_sizes_train_on_the_same_number_of_pairs_drawn_by_seed
     runs = {}
     for name, data, seed in (("small", small, 3), ("large", large, 3), ("large_again", large, 3), ("large_other", large, 4)):
         out = tmp_path / name
-        cfg = _dpo(out, data, tmp_path / "store", "train.num_epochs=1", "data.sample_size=8", f"data.sample_seed={seed}")
+        cfg = _dpo(out, data, tmp_path / "store", "train.num_train_epochs=1", "data.sample_size=8", f"data.sample_seed={seed}")
         summary = run_dpo(cfg, out)
         stats = json.loads((out / "data_stats.json").read_text())
         runs[name] = (summary["data"], stats, json.loads((out / "train_rows.json").read_text())["train"])
@@ -178,32 +183,34 @@ def test_dpo_starts_from_an_sft_lora_adapter_folder(tmp_path, pairs_file):
     assert len(meta["reference"]) == 2  # base identity and adapter identity
 
 
-def test_reference_pass_in_length_order_returns_each_pair_its_own_values(tmp_path):
-    """The reference pass batches pairs by length; every pair must still get its own log-probs, in dataset order."""
+def test_precomputed_reference_logps_are_each_pairs_own_in_dataset_order(tmp_path):
+    """TRL's precompute over our cached pairs: every pair gets its own log-probs, in dataset order."""
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig
 
     from safer_instruct.model_kit import load_tokenizer, resolve_model
-    from safer_instruct.training.trainers import PersistentRefDPOTrainer, length_order
+    from safer_instruct.training.ref_logps import ReferenceCache
+    from safer_instruct.training.trainers import PretokenizedDPOTrainer
 
     path = resolve_model("kit:tiny")
     generator = np.random.default_rng(0)
-    # (prompt, chosen, rejected) lengths, unsorted on purpose
+    # (prompt, chosen, rejected) lengths, unsorted on purpose: batches mix short and long pairs
     lengths = [(3, 9, 2), (1, 1, 30), (12, 4, 4), (2, 17, 5), (6, 2, 11), (9, 25, 1), (4, 6, 6)]
-    columns = ("prompt_ids", "chosen_ids", "rejected_ids")
-    dataset = Dataset.from_list([{column: generator.integers(5, 100, size=n).tolist() for column, n in
-                                  zip(columns, sizes, strict=True)} for sizes in lengths])  # fmt: skip
-    assert length_order(dataset).tolist() == [6, 0, 2, 4, 3, 1, 5]  # by prompt + longer completion
+    names = ("prompt_ids", "chosen_ids", "rejected_ids")
+    columns = {name: [generator.integers(5, 100, size=sizes[i]).tolist() for sizes in lengths] for i, name in enumerate(names)}
+    dataset, key = ReferenceCache.at(tmp_path / "store").dataset(columns, {"reference": ["test"]})
 
-    trainer = PersistentRefDPOTrainer(
+    trainer = PretokenizedDPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), processing_class=load_tokenizer(path),
-        args=DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", precompute_ref_log_probs=False),
+        args=DPOConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", precompute_ref_log_probs=True,
+                       precompute_ref_batch_size=3),
         train_dataset=dataset,
     )  # fmt: skip
-    chosen, rejected = trainer._compute_ref_logps(dataset, "train", batch_size=3)
+    assert trainer.ref_forward_batches == 3  # 7 pairs in batches of 3
+    chosen, rejected = trainer.train_dataset["ref_chosen_logps"], trainer.train_dataset["ref_rejected_logps"]
     one_by_one = [trainer.compute_ref_log_probs(trainer.model, trainer.data_collator([row])) for row in dataset]
     np.testing.assert_allclose(chosen, [c.item() for c, _ in one_by_one], rtol=1e-4)  # padding changes fp32 sums by ~1e-5
     np.testing.assert_allclose(rejected, [r.item() for _, r in one_by_one], rtol=1e-4)
     assert len(set(np.round(chosen, 3))) == len(dataset)  # distinct values: a mix-up could not pass unnoticed
+    assert [Path(f["filename"]).parent for f in trainer.train_dataset.cache_files] == [tmp_path / "store" / key] * 2

@@ -19,7 +19,7 @@ from tests.training.helpers import stage_config, write_jsonl
 TEST_SET = Path(release_location()) / "test_set.csv"
 needs_release = pytest.mark.skipif(not TEST_SET.is_file(), reason=f"the Safer-Instruct release is not at {TEST_SET.parent}")
 QUICK = ["model=tiny", "train.max_steps=1", "train.learning_rate=1e-3", "train.global_batch_size=4",
-         "train.per_device_batch_size=2", "train.save_steps=0"]  # fmt: skip
+         "train.per_device_train_batch_size=2", "train.save_strategy=no"]  # fmt: skip
 # Only the release's test set, required, as in the paper presets (advbench/harmbench left out of the check).
 GUARD = ["~prompt_set@leakage.sets.advbench", "~prompt_set@leakage.sets.harmbench",
          "leakage.required=[release_test_set]", f"leakage.sets.release_test_set.path={TEST_SET}"]  # fmt: skip

@@ -86,7 +86,7 @@ def test_fingerprint_follows_the_token_ids(tokenizer):
 
 
 def test_gradient_accumulation_keeps_the_global_batch_for_any_world_size():
-    recipe = SFTSettings(global_batch_size=64, per_device_batch_size=8)
+    recipe = settings_from(SFTSettings, {"global_batch_size": 64, "per_device_train_batch_size": 8}, "train")
     assert [recipe.gradient_accumulation(n) for n in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(ConfigError, match="cannot be split over 3 process"):
         recipe.gradient_accumulation(3)
@@ -95,23 +95,35 @@ def test_gradient_accumulation_keeps_the_global_batch_for_any_world_size():
 @pytest.mark.parametrize(
     ("cls", "values", "message"),
     [
-        (SFTSettings, {"global_batch_size": 10, "per_device_batch_size": 4}, "not a multiple"),
+        (SFTSettings, {"global_batch_size": 10, "per_device_train_batch_size": 4}, "not a multiple"),
         (SFTSettings, {"max_steps": 0}, "max_steps"),
         (SFTSettings, {"deepspeed": "zero9"}, "zero2, zero3, zero3_offload"),
+        (SFTSettings, {"num_epochs": 2}, r"train.num_epochs: neither ours .* nor a field of TRL's SFTConfig"),
+        (SFTSettings, {"gradient_accumulation_steps": 2}, "set from train.global_batch_size and the world size"),
+        (SFTSettings, {"beta": 0.1}, "nor a field of TRL's SFTConfig"),  # a DPO setting in an SFT recipe
         (DPOSettings, {"loss_type": ["dpo"]}, "unknown: choose from sigmoid"),
         (DPOSettings, {"beta": 0}, "beta must be > 0"),
-        (DPOSettings, {"precompute_ref_logps": False}, "ref_logps_cache=true needs"),
+        (DPOSettings, {"precompute_ref_log_probs": False}, "ref_logps_cache=true needs"),
         (PeftSettings, {"method": "adapter"}, "none, lora, qlora"),
     ],
 )
 def test_settings_say_what_is_wrong(cls, values, message):
     with pytest.raises(ConfigError, match=message):
-        cls(**values)
+        settings_from(cls, values, "train" if cls is not PeftSettings else "peft")
+
+
+def test_trl_refuses_its_own_bad_values_in_our_words():
+    settings = settings_from(DPOSettings, {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0], "ref_logps_cache": False}, "train")
+    kwargs = settings.trainer_kwargs(Path("/tmp/x"), 1, 0, "none")
+    with pytest.raises(ConfigError, match="TRL's DPOConfig refuses these settings: `loss_weights` must have the same length"):
+        settings.trl_config(kwargs)
 
 
 def test_unknown_keys_and_bad_lengths_are_named():
     with pytest.raises(ConfigError, match="train.betta"):
         settings_from(DPOSettings, {"betta": 0.1}, "train")
+    with pytest.raises(ConfigError, match="peft.rank"):
+        settings_from(PeftSettings, {"rank": 8}, "peft")
     with pytest.raises(ConfigError, match="max_prompt_length=300 must be"):
         Encoder(load_tokenizer("kit:tiny"), max_length=256, max_prompt_length=300)
 
@@ -126,15 +138,18 @@ def test_every_settings_field_has_help():
 def test_paper_recipes_compose_into_valid_settings():
     dpo_cfg = compose("train_dpo", ["model=alpaca-7b", "train=dpo_paper", "data.path=x.jsonl"])
     dpo = settings_from(DPOSettings, dpo_cfg.train, "train")
-    assert (dpo.beta, dpo.learning_rate, dpo.optimizer, dpo.warmup_steps, dpo.num_epochs) == (0.1, 5e-7, "rmsprop", 150, 1.0)
-    assert dpo.global_batch_size == 32 and dpo.bf16 and dpo.deepspeed.endswith("conf/deepspeed/zero3.json")
+    trl = dpo.trl
+    assert (trl["beta"], trl["learning_rate"], trl["optim"], trl["warmup_steps"], trl["num_train_epochs"]) == (0.1, 5e-7, "rmsprop", 150, 1.0)
+    assert dpo.global_batch_size == 32 and trl["bf16"] and dpo.deepspeed.endswith("conf/deepspeed/zero3.json")
     assert (dpo_cfg.model.max_length, dpo_cfg.model.max_prompt_length) == (512, 256)
     sft = settings_from(SFTSettings, compose("train_sft", ["model=alpaca-7b", "train=sft_paper"]).train, "train")
-    assert sft.global_batch_size == 64 and sft.optimizer == "rmsprop"
+    assert sft.global_batch_size == 64 and sft.trl["optim"] == "rmsprop"
     ds = json.loads(Path(dpo.deepspeed).read_text())
     assert ds["bf16"]["enabled"] == "auto" and ds["zero_optimization"]["stage"] == 3
     kwargs = dpo.trainer_kwargs(Path("/tmp/x"), 8, 42, "none")
     assert kwargs["gradient_accumulation_steps"] == 1 and kwargs["per_device_train_batch_size"] == 4
+    args = dpo.trl_config({**kwargs, "deepspeed": None})  # TRL's own config takes the recipe as it is
+    assert (args.optim, args.lr_scheduler_type, args.beta, args.precompute_ref_batch_size) == ("rmsprop", "constant_with_warmup", 0.1, 8)
 
 
 def test_srun_without_a_launcher_gets_torch_distributed_variables(monkeypatch):

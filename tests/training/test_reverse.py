@@ -48,7 +48,7 @@ def test_train_reverse_on_sharegpt_and_messages_rows(tmp_path):
     data = write_jsonl(tmp_path / "chats.jsonl", rows)
     out = tmp_path / "run"
     cfg = stage_config("train_reverse", out, "model=tiny", "data=sharegpt", f"data.path={data}", "data.format=auto",
-                       "train.max_steps=3", "train.learning_rate=1e-3", "train.save_steps=0")  # fmt: skip
+                       "train.max_steps=3", "train.learning_rate=1e-3", "train.save_strategy=no")  # fmt: skip
     watcher = ParamWatcher()
     summary = run_reverse(cfg, out, callbacks=[watcher])
     assert watcher.unchanged == [] and watcher.checked > 0

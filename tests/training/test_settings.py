@@ -11,26 +11,28 @@ from safer_instruct.errors import ConfigError
 from safer_instruct.training.settings import SFTSettings, settings_from
 
 
-def _warmup(settings: SFTSettings) -> float:
+def _warmup(warmup_steps: float) -> float:
+    settings = settings_from(SFTSettings, {"warmup_steps": warmup_steps}, "train")
     return settings.trainer_kwargs(Path("/tmp/out"), world_size=1, seed=0, report_to="none")["warmup_steps"]
 
 
 def test_a_share_below_one_reaches_transformers_as_a_share():
-    assert _warmup(SFTSettings(warmup_steps=0.03)) == pytest.approx(0.03)
+    assert _warmup(0.03) == pytest.approx(0.03)
 
 
 def test_whole_steps_stay_whole_steps():
-    value = _warmup(SFTSettings(warmup_steps=150.0))
+    value = _warmup(150.0)
     assert value == 150 and isinstance(value, int)
 
 
 def test_a_fractional_step_count_above_one_is_refused():
     with pytest.raises(ConfigError, match=r"warmup_steps=1\.5"):
-        SFTSettings(warmup_steps=1.5)
+        _warmup(1.5)
 
 
 def test_the_paper_reverse_recipe_warms_up_like_alpaca():
     cfg = compose("train_reverse", ["model=tiny", "data=demo_instructions", "train=reverse_paper"])
     settings = settings_from(SFTSettings, cfg.train, "train")
-    assert settings.warmup_steps == pytest.approx(0.03)
-    assert (settings.learning_rate, settings.lr_scheduler, settings.num_epochs, settings.global_batch_size) == (2e-5, "cosine", 3.0, 128)
+    trl = settings.trl
+    assert trl["warmup_steps"] == pytest.approx(0.03)
+    assert (trl["learning_rate"], trl["lr_scheduler_type"], trl["num_train_epochs"], settings.global_batch_size) == (2e-5, "cosine", 3.0, 128)

@@ -16,7 +16,7 @@ from safer_instruct.training.trainers import read_metrics
 from tests.training.helpers import ParamWatcher, python, run_script, stage_config
 
 QUICK = ["model=tiny", "train.max_steps=3", "train.learning_rate=1e-3", "train.global_batch_size=4",
-         "train.per_device_batch_size=2", "train.save_steps=0"]  # fmt: skip
+         "train.per_device_train_batch_size=2", "train.save_strategy=no"]  # fmt: skip
 
 
 @pytest.mark.parametrize("peft", ["none", "lora", "qlora"])
@@ -73,10 +73,10 @@ def test_sft_on_preference_data_uses_chosen_and_truncates_prompts(tmp_path):
 
 
 def test_sft_resumes_from_its_last_checkpoint(tmp_path):
-    first = stage_config("train_sft", tmp_path, *QUICK, "train.max_steps=2", "train.save_steps=1")
+    first = stage_config("train_sft", tmp_path, *QUICK, "train.max_steps=2", "train.save_strategy=steps", "train.save_steps=1")
     run_sft(first, tmp_path)
     assert (tmp_path / "checkpoint-2").is_dir()
-    second = stage_config("train_sft", tmp_path, *QUICK, "train.max_steps=4", "train.save_steps=1")
+    second = stage_config("train_sft", tmp_path, *QUICK, "train.max_steps=4", "train.save_strategy=steps", "train.save_steps=1")
     summary = run_sft(second, tmp_path)
     assert summary["resumed_from"].endswith("checkpoint-2")
     assert summary["global_step"] == 4

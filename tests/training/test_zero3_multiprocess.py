@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from datasets import Dataset
 
 from safer_instruct.training.distributed import free_port
 from safer_instruct.training.trainers import read_metrics
@@ -39,10 +40,10 @@ pytestmark = pytest.mark.slow
 SLURM_PROBLEM = cluster_problem()
 LOSS_TOLERANCE = 1e-5
 SHRUNK = ["model=tiny", "train.bf16=false", "train.deepspeed=null", "train.max_steps=4", "train.global_batch_size=4",
-          "train.per_device_batch_size=2", "train.learning_rate=1e-4", "train.warmup_steps=1", "train.save_steps=2",
+          "train.per_device_train_batch_size=2", "train.learning_rate=1e-4", "train.warmup_steps=1", "train.save_steps=2",
           "train.logging_steps=1", "train.dataloader_num_workers=0"]  # fmt: skip
 SFT = ["train/sft.py", "train=sft_paper", *SHRUNK]
-DPO = ["train/dpo.py", "train=dpo_paper", *SHRUNK]
+DPO = ["train/dpo.py", "train=dpo_paper", *SHRUNK, "train.precompute_ref_batch_size=4"]
 ZERO3 = "train.deepspeed=zero3"
 
 
@@ -159,7 +160,10 @@ def test_reference_logps_are_the_same_in_one_and_two_processes(zero3_dpo_one, ze
     stored = []
     for out in (zero3_dpo_one, zero3_dpo_two):
         entry = Path(summary(out)["ref_logps"]["store"]) / events[0]["key"]
-        stored.append(np.load(entry / "logps.npz"))
+        file = Path(summary(out)["ref_logps"]["events"][0]["file"])  # TRL's cache file, in the entry
+        assert file.parent == entry
+        values = Dataset.from_file(str(file))
+        stored.append({column: np.asarray(values[f"ref_{column}_logps"]) for column in ("chosen", "rejected")})
         assert json.loads((entry / "meta.json").read_text())["rows"] == 18
     for column in ("chosen", "rejected"):
         assert stored[0][column].shape == (18,)
