@@ -27,6 +27,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safer_instruct.errors import ConfigError, SaferInstructError
+from safer_instruct.io import atomic_write_text
 from safer_instruct.paths import conf_dir, release_file
 
 log = logging.getLogger(__name__)
@@ -251,7 +252,8 @@ def save_run_config(cfg: DictConfig, out_dir: Path) -> None:
     run must not replace the config that run was made with."""
     out_dir.mkdir(parents=True, exist_ok=True)
     name = "config.dry_run.yaml" if cfg.get("dry_run") else "config.yaml"
-    (out_dir / name).write_text(OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
+    # Atomic: a step of `safer-instruct run` reads this very file on every rank while rank 0 rewrites it.
+    atomic_write_text(out_dir / name, OmegaConf.to_yaml(OmegaConf.create(to_plain(cfg))))
     (out_dir / "versions.json").write_text(json.dumps(library_versions(), indent=2) + "\n")
 
 
