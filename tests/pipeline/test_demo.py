@@ -1,0 +1,69 @@
+"""The demo's plan: its DPO data adds a slice of the published release where the release can be read, and
+goes on without it, saying so in one line, where it cannot (no local copy, none in the cache, offline)."""
+
+from __future__ import annotations
+
+import logging
+
+from safer_instruct import paths
+from safer_instruct.config import compose
+from safer_instruct.data.sources import spec_from
+from safer_instruct.pipeline.plan import build_plan, step_config
+
+
+def demo_plan(tmp_path):
+    plan = build_plan(compose("run", ["experiment=demo"]), tmp_path / "demo")
+    return plan, step_config(plan, "dpo"), step_config(plan, "harmless_dpo")
+
+
+def test_demo_dpo_trains_on_the_constructed_pairs_and_a_release_slice(tmp_path, monkeypatch):
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "safer_instruct_hate.csv").write_text("instruction,rejected,chosen,label\n")
+    monkeypatch.setenv(paths.RELEASE_ENV, str(release))
+    plan, dpo, evaluation = demo_plan(tmp_path)
+    components = [dict(c) for c in dpo.data.components]
+    assert components == [
+        {"source": "constructed", "path": str(plan.exp_dir / "construct")},
+        {"source": "safer_instruct_release", "path": str(release), "categories": ["hate", "self-harm"],
+         "sample_size": 32, "sample_seed": 0},
+    ]  # fmt: skip
+    spec = spec_from(dpo.data)  # a valid mixture: every component's keys known
+    assert spec.source == "mixture" and len(spec.components) == 2
+    assert (dpo.model.max_length, dpo.model.max_prompt_length, dpo.train.max_steps) == (96, 48, 10)
+    assert evaluation.training_data == "constructed (demo) + 32 release pairs (hate, self-harm)"
+    assert (evaluation.prompts.name, evaluation.prompts.limit) == ("harmbench", 24)
+    benign = step_config(plan, "answer_dpo_benign")
+    assert (benign.prompts.name, benign.prompts.limit, benign.label) == ("benign_v1", 24, evaluation.label)
+
+
+def test_demo_without_the_release_says_so_once_and_plans_no_slice(tmp_path, monkeypatch, caplog):
+    missing = tmp_path / "no-release-here"
+    monkeypatch.setenv(paths.RELEASE_ENV, str(missing))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    caplog.set_level(logging.INFO, logger="safer_instruct.paths")
+    plan, dpo, evaluation = demo_plan(tmp_path)
+    assert [dict(c) for c in dpo.data.components] == [{"source": "constructed", "path": str(plan.exp_dir / "construct")}]
+    assert evaluation.training_data == "constructed (demo)"
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"Safer-Instruct release not found: $SAFER_INSTRUCT_RELEASE names {missing}, which has no "
+                    "safer_instruct_<category>.csv files: going on without it (the demo: DPO without its release "
+                    "slice)"]  # fmt: skip
+
+
+def test_both_models_answer_harmful_and_benign_prompts(tmp_path, monkeypatch):
+    """Each model answers the harmful prompts (the 135M LLM judge and the refusal judge beside it) and the
+    benign ones (the refusal judge: the answer rate); the report's first lines compare the two models."""
+    monkeypatch.setenv(paths.RELEASE_ENV, str(tmp_path / "none"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    plan = build_plan(compose("run", ["experiment=demo"]), tmp_path / "demo")
+    groups = {name: step.group for name, step in plan.steps.items() if step.stage == ("eval", "harmlessness")}
+    assert groups == {"harmless_base": "base_model", "answer_base_benign": "base_model",
+                      "harmless_dpo": "dpo_model", "answer_dpo_benign": "dpo_model"}  # fmt: skip
+    for name in ("harmless_base", "harmless_dpo"):
+        cfg = step_config(plan, name)
+        assert (cfg.judge.model, cfg.judge.max_tokens, cfg.second_judge.kind) == ("kit:smollm2-135m", 64, "refusal")
+    for name in ("answer_base_benign", "answer_dpo_benign"):
+        cfg = step_config(plan, name)
+        assert cfg.judge.kind == "refusal" and cfg.get("second_judge") is None
+    assert step_config(plan, "report").runs[:2] == [str(plan.exp_dir / "base_model"), str(plan.exp_dir / "dpo_model")]
