@@ -36,7 +36,7 @@ def reversed_model(tmp_path_factory):
             for i, answer in enumerate([LONG, SHORT, "Bread needs flour.", "Ovens get hot."])]  # fmt: skip
     out = root / "run"
     cfg = stage_config("train_reverse", out, "model=tiny", "data=sharegpt", f"data.path={write_jsonl(root / 'c.jsonl', rows)}",
-                       "data.format=auto", "train.max_steps=2", "train.save_steps=0", f"reverse_prompt={template}",
+                       "data.format=auto", "train.max_steps=2", "train.save_strategy=no", f"reverse_prompt={template}",
                        f"model.max_length={MAX_LENGTH}", f"model.max_prompt_length={MAX_PROMPT}")  # fmt: skip
     run_reverse(cfg, out)
     return root, out / "model"
