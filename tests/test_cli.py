@@ -60,3 +60,15 @@ def test_wrongly_typed_value_and_unknown_option_errors_are_helpful():
     assert "train.max_steps expects a number, got 'ten'" in proc.stderr
     proc = run_cli("train", "sft", "model=no_such_model")
     assert "Available options in 'model': " in proc.stderr and "smollm2-135m, tiny" in proc.stderr
+
+
+def test_a_saved_config_is_what_the_stage_checks_before_anything_loads(tmp_path):
+    """`--config-path DIR --config-name config` (how `safer-instruct run` starts a step): the saved file is checked."""
+    (tmp_path / "config.yaml").write_text("stage: report\nruns: ???\ntitle: t\nout_dir: /tmp/x\n")
+    proc = run_cli("report", f"--config-path={tmp_path}", "--config-name=config", "hydra.run.dir=${out_dir}")
+    assert proc.returncode == 2, proc.stderr
+    assert "missing required config value(s): runs" in proc.stderr and "NO_TORCH" in proc.stdout
+    proc = run_cli("report", f"--config-path={tmp_path}", "--config-name=config", "titel=x")
+    assert proc.returncode == 2 and "titel" in proc.stderr and "NO_TORCH" in proc.stdout
+    proc = run_cli("report", f"--config-path={tmp_path / 'nowhere'}", "--config-name=config")
+    assert proc.returncode == 2 and f"config file {tmp_path / 'nowhere' / 'config.yaml'} not found" in proc.stderr
