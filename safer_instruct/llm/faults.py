@@ -7,7 +7,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 # Secret-looking strings redacted from every reason even when we do not know the value (a server may
@@ -35,19 +35,28 @@ def status_of(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
-def is_retryable(exc: BaseException) -> bool:
+# A backend adds its SDK's own classes of these kinds (`Backend.transient_errors`).
+TRANSIENT_KINDS = {"timeout": (TimeoutError,), "connection error": (ConnectionError,)}
+Transient = Mapping[str, tuple[type[BaseException], ...]]
+
+
+def transient_kind(exc: BaseException, transient: Transient | None = None) -> str | None:
+    """`timeout` or `connection error` when `exc` is one (Python's own, or a backend's `transient`)."""
+    for kind, generic in TRANSIENT_KINDS.items():
+        if isinstance(exc, generic + tuple((transient or {}).get(kind, ()))):
+            return kind
+    return None
+
+
+def is_retryable(exc: BaseException, transient: Transient | None = None) -> bool:
     """429, 5xx, timeouts, connection errors and malformed answers are worth another try."""
-    import anthropic
     import httpx
-    import openai
 
     if isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
         return True
     if isinstance(exc, EmptyCompletion):
         return False
-    if isinstance(exc, (openai.APITimeoutError, openai.APIConnectionError, anthropic.APITimeoutError,
-                        anthropic.APIConnectionError, httpx.TimeoutException, httpx.TransportError,
-                        TimeoutError, ConnectionError)):  # fmt: skip
+    if isinstance(exc, (httpx.TimeoutException, httpx.TransportError)) or transient_kind(exc, transient):
         return True
     status = status_of(exc)
     return status in RETRYABLE_STATUS if status is not None else False
@@ -90,16 +99,11 @@ class BackoffWait:
         return min(self.max_s, exponential + random.uniform(0, self.initial_s))
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, transient: Transient | None = None) -> str:
     """A one-line reason for the failures file (the caller redacts it)."""
-    import anthropic
-    import openai
-
     status = status_of(exc)
-    if isinstance(exc, (openai.APITimeoutError, anthropic.APITimeoutError, TimeoutError)):
-        kind = "timeout"
-    elif isinstance(exc, (openai.APIConnectionError, anthropic.APIConnectionError, ConnectionError)):
-        kind = "connection error"
+    if kind := transient_kind(exc, transient):
+        pass
     elif isinstance(exc, (MalformedResponse, json.JSONDecodeError)):
         kind = "malformed response"
     elif isinstance(exc, EmptyCompletion):

@@ -9,6 +9,7 @@ does not know ignored), and `check(obj, where)` validates limits and choices, na
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -28,8 +29,6 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, minimum: floa
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    import sys
-
     return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
 

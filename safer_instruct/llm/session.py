@@ -43,7 +43,7 @@ from safer_instruct.errors import ConfigError
 from safer_instruct.llm.backends import Backend, backend_class
 from safer_instruct.llm.cache import AnswerCache, cache_key, model_identity
 from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
-from safer_instruct.llm.faults import BackoffWait, describe, is_retryable, redact
+from safer_instruct.llm.faults import BackoffWait, Transient, describe, is_retryable, redact
 from safer_instruct.llm.limits import (
     CONSERVATIVE_CHARS_PER_TOKEN,
     Budget,
@@ -241,6 +241,7 @@ class LLMRole:
         self.name = cfg.name
         self.price = price
         self.backend: Backend | None = None
+        self._transient: Transient = {}
         self._identity: str | None = None
         self._warned_prefill = False
         self._stats: dict[str, dict[str, Any]] = {}
@@ -305,6 +306,7 @@ class LLMRole:
             if self.backend is None:
                 backend = backend_class(self.cfg.backend)(self.cfg, self.session)
                 backend.prepare()
+                self._transient = backend.transient_errors()  # what its retries and failure reasons know
                 self.backend = backend
             return self.backend
 
@@ -444,8 +446,8 @@ class LLMRole:
         try:
             result, attempts = future.result()
         except BaseException as err:  # noqa: BLE001 - cancelled or a bug: still one answer per request
-            result, attempts = Failure(request.id, redact(describe(err), self.session.secrets()), self.cfg.model,
-                                       0, request.metadata), 0  # fmt: skip
+            reason = redact(describe(err, self._transient), self.session.secrets())
+            result, attempts = Failure(request.id, reason, self.cfg.model, 0, request.metadata), 0
         cost = self.price.cost(result.usage.prompt_tokens, result.usage.completion_tokens) if (
             result.ok and self.price) else 0.0  # fmt: skip
         self.session.budget.settle(pending.reserved_usd, cost)
@@ -468,11 +470,12 @@ class LLMRole:
 
         attempts = 0
         estimated = estimate_prompt_tokens(request) + params["max_tokens"]
+        transient = self._transient
         async with self._semaphore:
             try:
                 async for attempt in AsyncRetrying(
                     stop=stop_after_attempt(self.cfg.max_retries + 1), wait=self._wait,
-                    retry=retry_if_exception(is_retryable), reraise=True,
+                    retry=retry_if_exception(lambda err: is_retryable(err, transient)), reraise=True,
                 ):  # fmt: skip
                     with attempt:
                         attempts += 1
@@ -483,7 +486,7 @@ class LLMRole:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # noqa: BLE001 - every problem becomes a recorded Failure
-                reason = redact(describe(err), self.session.secrets())
+                reason = redact(describe(err, transient), self.session.secrets())
                 return Failure(request.id, reason, self.cfg.model, attempts, request.metadata), attempts
         usage = answer.usage
         if usage is None:  # the server did not count: estimate, so that cost and limits still work

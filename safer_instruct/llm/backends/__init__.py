@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from safer_instruct.errors import ConfigError
-from safer_instruct.llm.faults import EmptyCompletion
+from safer_instruct.llm.faults import EmptyCompletion, Transient
 from safer_instruct.llm.schema import setting
 from safer_instruct.llm.types import ChatRequest, Usage
 
@@ -88,6 +88,12 @@ class Backend:
     def prefill_support(cls, role: RoleConfig) -> str:  # noqa: ARG003
         """How a prefill is sent: `native`, `template` (rendered here, see chat.py) or `none` (dropped)."""
         return "none"
+
+    @classmethod
+    def transient_errors(cls) -> Transient:
+        """The backend's own exception classes (its SDK's) that mean `timeout` or `connection error`:
+        retried and named so in the failures file, like Python's TimeoutError and ConnectionError."""
+        return {}
 
     def prepare(self) -> None:
         """Everything that can fail for the whole role (a missing key, loading a model), before any request."""

@@ -28,6 +28,12 @@ class AnthropicBackend(SDKClientBackend):
     def prefill_support(cls, role) -> str:  # noqa: ARG003
         return "native"
 
+    @classmethod
+    def transient_errors(cls):
+        import anthropic
+
+        return {"timeout": (anthropic.APITimeoutError,), "connection error": (anthropic.APIConnectionError,)}
+
     def new_client(self, api_key: str):
         import anthropic
 

@@ -71,6 +71,12 @@ class OpenAIBackend(SDKClientBackend):
             return not role.base_url and options.server.kind == "transformers"
         return options.hf_generation_config == "true"
 
+    @classmethod
+    def transient_errors(cls):
+        import openai
+
+        return {"timeout": (openai.APITimeoutError,), "connection error": (openai.APIConnectionError,)}
+
     def prepare(self) -> None:
         if not self.role.base_url:
             self.server = self.managed_server()
