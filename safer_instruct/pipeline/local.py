@@ -50,7 +50,7 @@ def incomplete_reason(plan: Plan, name: str) -> str | None:
         return None
     marker = state.read_marker(step_dir)
     if marker and marker.get("fingerprint") != step.fingerprint:
-        return "arguments changed"
+        return "config changed"
     if marker:
         return f"output missing: {state.missing_outputs(step_dir, step.outputs)[0]}"
     return "not done"
@@ -107,7 +107,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
                 continue
             moved = state.prepare_step_dir(step_dir, step.fingerprint, plan.exp_dir)
             if moved:
-                print(f"{prefix}: arguments changed; previous outputs moved to {moved}", flush=True)
+                print(f"{prefix}: config changed; previous outputs moved to {moved}", flush=True)
             write_config(plan, name)
             print(f"{prefix}: running ({reason}), log {step_dir / LOG_NAME}", flush=True)
             wall_s = _run_step(plan, name, step_dir, verbose)

@@ -460,7 +460,8 @@ def config_text(plan: Plan, name: str) -> str:
     cfg = plan.configs[name]
     plain, clear = to_plain(cfg), to_plain(cfg, redacted=False)
     if plain != clear:
-        keys = [key for key, _ in flatten_args(clear) if OmegaConf.select(OmegaConf.create(plain), key) != OmegaConf.select(OmegaConf.create(clear), key)]
+        redacted = dict(flatten_args(plain))
+        keys = [key for key, value in flatten_args(clear) if redacted.get(key) != value]
         raise ConfigError(
             f"experiment step '{name}': the config holds a secret at {', '.join(keys) or 'some key'}; "
             "give it through the environment variable its `*_env` key names instead"

@@ -5,7 +5,7 @@ and every declared output is present. The marker is written only by the runner (
 script on Slurm, through `python -m safer_instruct.pipeline.marker`) after the stage exited 0, so a
 crash, a kill or a failed stage leaves no marker and the next run redoes (and the stage resumes) it.
 
-A step dir left by a run with another fingerprint (its arguments changed since) is moved aside to
+A step dir left by a run with another fingerprint (its config changed since) is moved aside to
 `<experiment dir>/.stale/`, never deleted, so that the stage does not resume from foreign state.
 
 Sweep points share steps: `<sweep dir>/.steps/<fingerprint>.json` names the dir of a completed step

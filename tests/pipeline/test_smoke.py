@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from safer_instruct.pipeline.state import MARKER
+from safer_instruct.pipeline.state import MARKER, is_reused
 from tests.pipeline.helpers import run_cli
 
 pytestmark = pytest.mark.slow
@@ -111,3 +111,23 @@ def test_a_failed_step_stops_the_chain_and_the_rerun_continues_there(smoke):
     assert fixed.stdout.count("complete, skipped") == len(STEPS) - 1
     assert kept == {n: (step_dir(exp, n) / MARKER).stat().st_mtime_ns for n in kept}
     assert (exp / "report" / MARKER).exists()
+
+
+def test_a_local_sweep_trains_each_point_and_ends_in_one_report(smoke, tmp_path):
+    """`-m train.beta=...` on top of the finished chain (reuse=): each point trains and evaluates its own
+    DPO model with its own beta, takes every other step from the chain, and one report covers both."""
+    exp = smoke["exp"]
+    sweep_root = tmp_path / "sweep_exp"
+    out = run_cli("run", "-m", "experiment=smoke", f"out_dir={sweep_root}", f"cache.dir={exp.parent / 'llm-cache'}",
+                  f"reuse=[{exp}]", "train.beta=0.05,0.5", timeout=900)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    sweep = sweep_root / "sweep"
+    for n, beta in ((0, 0.05), (1, 0.5)):
+        assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
+        assert not is_reused(sweep / str(n) / "dpo")
+        for shared in ("reverse", "construct", "sft", "base_model/harmless_base"):
+            assert is_reused(sweep / str(n) / shared), (n, shared)
+    with open(sweep / "report" / "report.csv", newline="") as handle:
+        rows = [(row["run"].split("/")[0], row["model"]) for row in csv.DictReader(handle)]
+    assert sorted(rows) == [("base_model", "base"), ("train.beta=0.05 dpo_model", "dpo"), ("train.beta=0.5 dpo_model", "dpo")]
+    assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
