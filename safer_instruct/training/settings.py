@@ -69,7 +69,7 @@ class TrainSettings:
                                       "(the folder the next stage loads). The adapter alone is always saved in out_dir/adapter.")
     eval_size: int = _help(0, "Rows held out from the training data for evaluation during training (0: none). With rows "
                               "held out, TRL's eval_strategy defaults to steps when eval_steps is set, else epoch.")
-    trl: dict[str, Any] = field(default_factory=dict, metadata={"help": f"The other train.* keys: fields of TRL's "
+    trl: dict[str, Any] = field(default_factory=dict, metadata={"help": "The other train.* keys: fields of TRL's "
                                 "SFTConfig/DPOConfig by their own names, passed through as they are."})  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -95,6 +95,9 @@ class TrainSettings:
             raise ConfigError(f"train.resume must be auto, never or an existing checkpoint folder, got '{self.resume}'")
         if self.eval_size < 0:
             raise ConfigError(f"train.eval_size must be >= 0, got {self.eval_size}")
+        if not self.eval_size and self.trl.get("eval_strategy", "no") != "no":
+            raise ConfigError(f"train.eval_strategy={self.trl['eval_strategy']} evaluates on rows held out from the "
+                              "training data: set train.eval_size to how many")  # fmt: skip
         if self.deepspeed:
             self.deepspeed = str(deepspeed_config_path(self.deepspeed))
 
@@ -130,10 +133,8 @@ class TrainSettings:
 
         kwargs = dict(self.trl)
         kwargs.setdefault("per_device_eval_batch_size", self.per_device_batch_size)
-        if self.eval_size:
+        if self.eval_size:  # rows held out: evaluate on them (TRL's default, "no", would not)
             kwargs.setdefault("eval_strategy", "steps" if kwargs.get("eval_steps") else "epoch")
-        else:
-            kwargs["eval_strategy"] = "no"  # nothing held out: nothing to evaluate on
         return dict(
             kwargs,
             output_dir=str(out_dir),
