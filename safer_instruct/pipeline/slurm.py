@@ -147,9 +147,9 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
         *sbatch_directives(plan, step, launcher, resources, array=array),
         "",
         f"# Step '{step.name}'{' (sharded induction)' if array else ''} of experiment '{plan.name}', "
-        "written by `safer-instruct run launcher=slurm`;",
-        *config_comment(plan, step.name),
-        f"# the lines after `set --` are {template.relative_to(PROJECT_ROOT)} (submittable by hand).",
+        "written by `safer-instruct run launcher=slurm`.",
+        *config_origin(plan, step.name),
+        f"# The lines after `set --` are {template.relative_to(PROJECT_ROOT)} (submittable by hand).",
         *(f"export {key}={shlex.quote(value)}" for key, value in env.items()),
         "set -- " + " \\\n  ".join([shlex.join(step.stage), *(shlex.quote(a) for a in plan.command(step.name)[len(step.stage):])]),
         "",
@@ -158,13 +158,13 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
     return "\n".join(lines)
 
 
-def config_comment(plan: Plan, name: str) -> list[str]:
-    """Comment lines saying which config the step reads and what it was composed from."""
+def config_origin(plan: Plan, name: str) -> list[str]:
+    """Shell lines saying what the step's config was composed from: its stage's config and the step's
+    settings as Hydra overrides, one per line (`:` does nothing; the lines are there to be read)."""
     step = plan.steps[name]
-    lines = [f"# it reads {plan.config_path(name)}: conf/{step.config_name}.yaml with"]
-    for override in plan.overrides(name):
-        lines.append("#   " + override.replace("\r", "\\r").replace("\n", "\\n"))
-    return lines
+    settings = [f"conf/{step.config_name}.yaml", *(shlex.quote(o) for o in plan.overrides(name))]
+    return [f"# {plan.config_path(name)} is conf/{step.config_name}.yaml with the step's settings:",
+            ": " + " \\\n  ".join(settings)]  # fmt: skip
 
 
 def sbatch_args(script: Path, dep_ids: list[str]) -> list[str]:
@@ -391,7 +391,7 @@ def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: Dict
                 f"# --- step {name}: {step.stage_name} ---",
                 f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
                 *config_heredoc(plan, name),
-                *config_comment(plan, name),
+                *config_origin(plan, name),
                 shlex.join(["safer-instruct", *step.stage]) + " \\\n  "
                 + " \\\n  ".join(shlex.quote(a) for a in plan.command(name)[len(step.stage):]),
                 shlex.join(["python", "-m", "safer_instruct.pipeline.marker", str(plan.step_dir(name)),
