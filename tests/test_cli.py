@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from safer_instruct.cli import STAGES
+from safer_instruct.stages import STAGES
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
