@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 if not OmegaConf.has_resolver("release"):
     OmegaConf.register_new_resolver("release", release_file)
 
-# `llm/schema`, which every conf/llm preset builds on, is registered with Hydra by the role schema itself.
+# `llm/schema` and `llm/options/<backend>`, which the conf/llm presets build on, are registered with Hydra
+# by the role schema itself (safer_instruct/llm/config.py).
 import safer_instruct.llm.config  # noqa: E402, F401
 
 # Libraries whose versions decide whether two runs are comparable.
