@@ -132,7 +132,9 @@ class ReleaseCopy:
         return self.folder is not None
 
 
-def find_release(*, fetch: bool = False, revision: str | None = "pinned", hub_cache: Path | None = None) -> ReleaseCopy:
+def find_release(
+    *, fetch: bool = False, revision: str | None = "pinned", hub_cache: Path | None = None
+) -> ReleaseCopy:
     """Find a readable copy of the release, following `release_location()`'s order.
 
     A local folder (the environment variable's, else `../shared`) is read where it is. Otherwise the Hub
@@ -162,15 +164,21 @@ def find_release(*, fetch: bool = False, revision: str | None = "pinned", hub_ca
                                    f"read from the Hugging Face cache ({folder})")  # fmt: skip
     except LocalEntryNotFoundError:
         pass
-    missing = f"${RELEASE_ENV} unset, no folder {SHARED_RELEASE_DIR}, no Hub copy{pinned} in the Hugging Face cache"
+    missing = (
+        f"${RELEASE_ENV} unset, no folder {SHARED_RELEASE_DIR}, no Hub copy{pinned} in the Hugging Face cache"
+    )
     if not fetch or hub_offline():
         why = "and the Hugging Face offline switches are on" if hub_offline() else "and it was not fetched"
         return ReleaseCopy(None, f"Safer-Instruct release not found: {missing}, {why}")
     try:
-        folder = Path(snapshot_download(RELEASE_HUB_ID, repo_type="dataset", revision=revision, cache_dir=hub_cache))
+        folder = Path(
+            snapshot_download(RELEASE_HUB_ID, repo_type="dataset", revision=revision, cache_dir=hub_cache)
+        )
     except Exception as err:  # no network, hub down, unknown revision: said in the one line
         reason = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}" if str(err) else type(err).__name__
-        return ReleaseCopy(None, f"Safer-Instruct release not found: {missing}, and the download failed ({reason})")
+        return ReleaseCopy(
+            None, f"Safer-Instruct release not found: {missing}, and the download failed ({reason})"
+        )
     return ReleaseCopy(folder, f"Safer-Instruct release: fetched the Hub copy {RELEASE_HUB_ID}, commit {folder.name}, "
                                f"into the Hugging Face cache ({folder})")  # fmt: skip
 
@@ -183,7 +191,7 @@ def if_release_readable(readable: Any, missing: Any) -> Any:
     return readable if copy.readable else missing
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _release_copy_now(location: str, offline: bool) -> ReleaseCopy:
     """`find_release(fetch=True)` once per process, location and offline setting (a resolver runs at every
     access of its key: the line is said once)."""

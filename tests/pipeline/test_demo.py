@@ -38,6 +38,9 @@ def test_demo_dpo_trains_on_the_constructed_pairs_and_a_release_slice(tmp_path, 
 
 
 def test_demo_without_the_release_says_so_once_and_plans_no_slice(tmp_path, monkeypatch, caplog):
+    """No copy of the release (the named folder is missing) and the hub offline: one line, no slice; either
+    way each model answers the harmful prompts (the 135M LLM judge and the refusal judge beside it) and the
+    benign ones (the refusal judge: the answer rate), which the report's first lines compare."""
     missing = tmp_path / "no-release-here"
     monkeypatch.setenv(paths.RELEASE_ENV, str(missing))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -50,13 +53,6 @@ def test_demo_without_the_release_says_so_once_and_plans_no_slice(tmp_path, monk
                     "safer_instruct_<category>.csv files: going on without it (the demo: DPO without its release "
                     "slice)"]  # fmt: skip
 
-
-def test_both_models_answer_harmful_and_benign_prompts(tmp_path, monkeypatch):
-    """Each model answers the harmful prompts (the 135M LLM judge and the refusal judge beside it) and the
-    benign ones (the refusal judge: the answer rate); the report's first lines compare the two models."""
-    monkeypatch.setenv(paths.RELEASE_ENV, str(tmp_path / "none"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    plan = build_plan(compose("run", ["experiment=demo"]), tmp_path / "demo")
     groups = {name: step.group for name, step in plan.steps.items() if step.stage == ("eval", "harmlessness")}
     assert groups == {"harmless_base": "base_model", "answer_base_benign": "base_model",
                       "harmless_dpo": "dpo_model", "answer_dpo_benign": "dpo_model"}  # fmt: skip
