@@ -100,14 +100,16 @@ def default_label(cfg: DictConfig, info: Mapping[str, Any]) -> str:
     return str(cfg.model.get("name") or cfg.model.path)
 
 
-def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Fill `item.response` from the policy role; write responses.jsonl; return the decoding settings."""
+def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, fmt: Any = None
+                     ) -> dict[str, Any]:  # fmt: skip
+    """Fill `item.response` from the policy role; write responses.jsonl; return the decoding settings.
+    `fmt`: the policy's prompt format, if not the one `policy_format` makes (a dry run's)."""
     if cfg.get("model") is None:
         raise ConfigError(
             "no answers to judge: set model=PRESET (the model under test) or responses.path=FILE"
         )
     model_cfg, policy_cfg = to_plain(cfg.model), to_plain(cfg.policy)
-    fmt = policy_format(model_cfg, remote=bool(policy_cfg.get("base_url")))
+    fmt = fmt or policy_format(model_cfg, remote=bool(policy_cfg.get("base_url")))
     settings = decoding_settings(policy_cfg, fmt, model_cfg)
     by_request = {f"answer/{item.id}": item for item in items}
     rows: dict[str, dict[str, Any]] = {}
@@ -300,8 +302,6 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from safer_instruct.llm import LLMSession
 
     items, info = load_items(cfg)
-    template = single_template(cfg)
-    n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
     generating = info["mode"] == "generated"
     # A hub model pinned to a revision is served from that commit's snapshot (policy.model follows model.path).
     model_commit = pin_model_path(cfg.model) if generating else None
@@ -309,17 +309,29 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     budget = (cfg.get("llm") or {}).get("budget_usd")
     with LLMSession(roles=roles, cache_dir=cfg.cache.dir, failures_path=out_dir / "failures.jsonl",
                     budget_usd=budget) as session:  # fmt: skip
-        generation = generate_answers(session, items, cfg, out_dir) if generating else None
-        if generation is not None:
-            generation["model_commit"] = model_commit
-        first = judge_with(session, cfg, "judge", items, template)
-        second = judge_with(session, cfg, "second_judge", items, template) if cfg.get("second_judge") else None
-        pairwise = run_pairwise(session, items, cfg, out_dir, n_boot) if cfg.pairwise.enabled else None
-        llm_stats = {name: session.role(name).stats(stage) for name, stage in
-                     (("judge", "judge"), ("second_judge", "second_judge"), ("policy", "generate_answers"))
-                     if name in roles}  # fmt: skip
-        if pairwise is not None:
-            llm_stats["judge_pairwise"] = session.role("judge").stats("pairwise")
+        return evaluate(session, cfg, items, info, out_dir, model_commit=model_commit)
+
+
+def evaluate(session: Any, cfg: DictConfig, items: list[EvalItem], info: dict[str, Any], out_dir: Path,
+             model_commit: str | None = None, answer_format: Any = None) -> dict[str, Any]:  # fmt: skip
+    """Generate (if the items have no answers), judge and summarize through `session`, writing the
+    stage's files into `out_dir`; returns the content of harmlessness.json. A dry run calls this with
+    a counting session and a scratch `out_dir`."""
+    template = single_template(cfg)
+    n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
+    generating = info["mode"] == "generated"
+    roles = session.roles_config
+    generation = generate_answers(session, items, cfg, out_dir, answer_format) if generating else None
+    if generation is not None:
+        generation["model_commit"] = model_commit
+    first = judge_with(session, cfg, "judge", items, template)
+    second = judge_with(session, cfg, "second_judge", items, template) if cfg.get("second_judge") else None
+    pairwise = run_pairwise(session, items, cfg, out_dir, n_boot) if cfg.pairwise.enabled else None
+    llm_stats = {name: session.role(name).stats(stage) for name, stage in
+                 (("judge", "judge"), ("second_judge", "second_judge"), ("policy", "generate_answers"))
+                 if name in roles}  # fmt: skip
+    if pairwise is not None:
+        llm_stats["judge_pairwise"] = session.role("judge").stats("pairwise")
 
     positive = positive_verdict(cfg.judge)
     summary = summarize(items, first, n_boot, seed, positive)
@@ -371,47 +383,36 @@ def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The dry run (`dry_run=true`): the requests and cost of generation and judging, sending nothing.
 
-    Policy requests are exact. Judge requests for generated answers use the cached answer where the
-    cache holds it, else a stand-in of `policy.max_tokens` length (an upper bound: every answer
-    non-empty). Prints the table and writes `<out_dir>/estimate.json`; returns what was written.
+    The stage's own code (`evaluate`) runs against a dry-run session, its files going to a scratch
+    folder. Policy requests are exact. Judge requests for generated answers hold the cached answer
+    where the cache has it, else the session's placeholder of `policy.max_tokens` length (an upper
+    bound: every answer non-empty). Prints the table and writes `<out_dir>/estimate.json` (nothing
+    else in out_dir); returns what was written.
     """
+    import tempfile
+
     from safer_instruct.llm import estimate
 
     items, info = load_items(cfg)
-    template = single_template(cfg)
     generating = info["mode"] == "generated"
     roles = stage_roles(cfg, generating)
     session = estimate.dry_run_session(roles, cfg.cache.dir)
-    rows: list[dict[str, Any]] = []
     try:
+        with tempfile.TemporaryDirectory(prefix="dry-run-") as scratch:
+            result = evaluate(session, cfg, items, info, Path(scratch), answer_format=dry_run_format(cfg) if generating else None)
+        rows: list[dict[str, Any]] = []
         uncertain = False
         if generating:
-            requests = list(answer_requests(items, dry_run_format(cfg)))
-            rows.append(estimate.estimate_row(session, "policy", "generate_answers", requests,
-                                              note=f"{len(items)} prompts"))  # fmt: skip
-            answers = estimate.cached_answers(session.role("policy"), requests)
-            stand_in = estimate.stand_in_text(int(session.role("policy").cfg.max_tokens))
-            for item, request in zip(items, requests, strict=True):
-                answer = answers.get(request.id)
-                item.response = answer.text if answer is not None else stand_in
-                uncertain = uncertain or answer is None
-        unanswered = sum(1 for item in items if not (item.response and item.response.strip()))
+            rows.append(estimate.estimate_row(session, "policy", "generate_answers", note=f"{len(items)} prompts"))
+            uncertain = rows[-1]["to_send"] > 0  # placeholders stand in for answers not cached
+        unanswered = result["n_missing_response"]
         note = "; ".join([*([f"{unanswered} without an answer (not judged)"] if unanswered else []),
                           *(["upper bound: stand-in answers"] if uncertain else [])])  # fmt: skip
-        for name in ("judge", "second_judge"):
-            if name in roles:
-                role = session.role(name)
-                requests = judge.single_requests(items, template, f"{name}/{template.tag}", prefill=role.cfg.verdict_prefill)
-                rows.append(estimate.estimate_row(session, name, name, requests, upper_bound=uncertain, note=note))
+        rows += [estimate.estimate_row(session, name, name, upper_bound=uncertain, note=note)
+                 for name in ("judge", "second_judge") if name in roles]  # fmt: skip
         if cfg.pairwise.enabled:
-            pairwise = to_plain(cfg.pairwise)
-            pair_template = pairwise_template(pairwise)
-            references = references_for(items, pairwise)
-            role = session.role("judge")
-            requests = judge.pairwise_requests(items, references, pair_template, f"pairwise/{pair_template.tag}",
-                                               pairwise_seed(cfg, pairwise), prefill=role.cfg.verdict_prefill)  # fmt: skip
-            rows.append(estimate.estimate_row(session, "judge", "pairwise", requests, upper_bound=uncertain,
-                                              note=f"vs {pairwise['reference_column']}" + ("; upper bound" if uncertain else "")))  # fmt: skip
+            rows.append(estimate.estimate_row(session, "judge", "pairwise", upper_bound=uncertain,
+                                              note=f"vs {cfg.pairwise.reference_column}" + ("; upper bound" if uncertain else "")))  # fmt: skip
         notes = estimate.missing_keys(session)
     finally:
         session.close()

@@ -1,31 +1,33 @@
 """Dry runs: what a stage would ask its LLM roles and what it would cost, sending nothing.
 
 A stage's dry run (`safer-instruct construct ... dry_run=true`, `safer-instruct eval harmlessness ...
-dry_run=true`) builds the requests it would send and hands them to `LLMRole.estimate`, which looks
-each one up in the answer cache and prices the rest with the price table. This module holds what the
-stages share: the session (no budget, no server, no weights), stand-in text for answers not known
-yet, a row per stage and role, the terminal table and `estimate.json`.
+dry_run=true`) runs the stage's own request-making code against a dry-run `LLMSession`: cached
+answers come back as always; every other request is counted (`LLMRole.estimate`) and answered with a
+placeholder (`is_placeholder`) of the role's `max_tokens` length. This module holds what the stages
+share: that session (no budget, no server, no weights), the placeholder text, a row per stage and
+role, the terminal table and `estimate.json`.
 
 Completion tokens are each request's `max_tokens` (an upper bound). Prompt tokens are estimated at
-~4 characters a token. A stage whose input depends on answers not yet known (nothing cached) is
-estimated with stand-ins of the answering role's `max_tokens` length and marked "upper bound".
+~4 characters a token. A stage whose input depends on answers not known yet (placeholders) is marked
+"upper bound".
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from safer_instruct.io import atomic_write_json
 from safer_instruct.llm.cache import CACHE_FILE
 from safer_instruct.llm.limits import TYPICAL_CHARS_PER_TOKEN
-from safer_instruct.llm.types import ChatRequest, Completion
+from safer_instruct.llm.types import Result
 
 COUNT_KEYS = ("requests", "cached", "to_send", "est_prompt_tokens", "est_completion_tokens")
 STAND_IN = "stand-in answer text "
+NOT_SENT = "not_sent"  # the finish reason of a dry run's placeholder answer
 
 
 def stand_in_text(tokens: int) -> str:
@@ -34,15 +36,21 @@ def stand_in_text(tokens: int) -> str:
     return (STAND_IN * math.ceil(chars / len(STAND_IN)))[:chars]
 
 
+def is_placeholder(result: Result) -> bool:
+    """Whether a dry run answered this request with stand-in text (it would have been sent)."""
+    return result.ok and result.finish_reason == NOT_SENT
+
+
 def dry_run_session(roles: Mapping[str, Any], cache_dir: str | Path | None):
-    """An LLMSession for estimates: no budget (a dry run spends nothing), no failures file, no progress
-    bars, and no cache created where none exists. Servers start only on a request that is sent, so
-    none starts here; a kit model not built yet is left unbuilt (nothing can be cached for it)."""
+    """A dry-run LLMSession (it counts instead of sending): no budget (a dry run spends nothing), no
+    failures file, no progress bars, and no cache created where none exists. No server starts and no
+    weights load (nothing is sent); a kit model not built yet is left unbuilt (nothing can be cached
+    for it)."""
     from safer_instruct.llm.session import LLMSession
     from safer_instruct.model_kit import built_kit_model
 
     cache = Path(cache_dir) if cache_dir and (Path(cache_dir) / CACHE_FILE).is_file() else None
-    session = LLMSession(roles=roles, cache_dir=cache, budget_usd=None, progress=False)
+    session = LLMSession(roles=roles, cache_dir=cache, budget_usd=None, progress=False, dry_run=True)
     for name, cfg in session.roles_config.items():
         if cfg.model.startswith("kit:") and built_kit_model(cfg.model) is None:
             # The cache names local weights by a hash of their files, which would build the model first.
@@ -56,24 +64,9 @@ def missing_keys(session: Any) -> list[str]:
             session.roles_config.items() if cfg.api_key_env and not os.environ.get(cfg.api_key_env)]  # fmt: skip
 
 
-def cached_answers(role: Any, requests: Sequence[ChatRequest]) -> dict[str, Completion]:
-    """request id -> the cached answer, for the requests the cache already holds (as `generate` yields it)."""
-    import dataclasses
-
-    cache = role.session.cache
-    if cache is None or not requests:
-        return {}
-    sent = [role.as_sent(request) for request in requests]
-    keys = [role.key(request) for request in sent]
-    hits = cache.get_many(keys)
-    return {request.id: dataclasses.replace(hits[key], request_id=request.id, metadata=request.metadata)
-            for request, key in zip(sent, keys, strict=True) if key in hits}  # fmt: skip
-
-
-def estimate_row(session: Any, role_name: str, stage: str, requests: Iterable[ChatRequest], upper_bound: bool = False,
-                 note: str = "") -> dict[str, Any]:  # fmt: skip
-    """One table row: `LLMRole.estimate` of a stage's requests. A row with nothing to send costs 0."""
-    estimate = session.role(role_name).estimate(requests)
+def estimate_row(session: Any, role_name: str, stage: str, upper_bound: bool = False, note: str = "") -> dict[str, Any]:
+    """One table row: what `role_name` was asked in `stage` of a dry run. A row with nothing to send costs 0."""
+    estimate = session.role(role_name).estimate(stage)
     cost = estimate["est_cost_usd"] if estimate["price_known"] else None
     if estimate["to_send"] == 0:
         cost = 0.0

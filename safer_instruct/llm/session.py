@@ -16,6 +16,12 @@ prefill is sent the backend's way, or left out (and said once) where it cannot b
 an answer to a prefilled request is the prefill plus what the model wrote. Nothing raises
 for a per-request problem; a problem of the whole role (a missing API key, a server that will not
 start) raises a `SaferInstructError` before anything is sent.
+
+A dry run (`LLMSession(..., dry_run=True)`) runs a stage's own code through this same path up to the
+point of sending: cache hits are answered as always (free); every miss is counted instead (`LLMRole.
+estimate`: prompt tokens at ~4 characters a token, `max_tokens` completion tokens, cost from the price
+table) and answered with a placeholder (`is_placeholder`) of `max_tokens` length, so that the stage
+goes on without a backend, a server, weights, the budget or the failures file.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from safer_instruct.errors import ConfigError
 from safer_instruct.llm.backends import Backend, backend_class
 from safer_instruct.llm.cache import AnswerCache, cache_key, model_identity
 from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
+from safer_instruct.llm.estimate import NOT_SENT, stand_in_text
 from safer_instruct.llm.faults import BackoffWait, Transient, describe, is_retryable, redact
 from safer_instruct.llm.limits import (
     CONSERVATIVE_CHARS_PER_TOKEN,
@@ -58,6 +65,8 @@ CHUNK = 64  # requests pulled from the input (and looked up in the cache) at a t
 BUDGET_REASON = "budget: not sent, budget_usd would be exceeded"
 STAT_KEYS = ("requests", "cache_hits", "cache_misses", "failures", "retries", "budget_skipped",
              "prompt_tokens", "completion_tokens", "cost_usd", "elapsed_s")  # fmt: skip
+# What a dry run counts for the requests it would send (the cache misses).
+DRY_RUN_KEYS = ("to_send", "est_prompt_tokens", "est_completion_tokens")
 
 
 class LLMSession:
@@ -72,7 +81,9 @@ class LLMSession:
         budget_usd: float | None = None,
         progress: bool = True,
         log_dir: str | Path | None = None,
+        dry_run: bool = False,
     ):
+        self.dry_run = dry_run  # count and answer with placeholders instead of sending (module docstring)
         self.roles_config: dict[str, RoleConfig] = {}
         # A role that is configured but unusable (e.g. `policy.model` empty when answers are pre-generated)
         # is an error only when a stage asks for it.
@@ -311,25 +322,27 @@ class LLMRole:
             return self.backend
 
     # --- dry run ---
-    def estimate(self, requests: Iterable[ChatRequest]) -> dict[str, Any]:
-        """What `generate` would send and cost, sending nothing (completion tokens: `max_tokens`, an upper bound)."""
-        totals = {"requests": 0, "cached": 0, "to_send": 0, "est_prompt_tokens": 0, "est_completion_tokens": 0}
-        iterator = iter(requests)
-        while chunk := [self.as_sent(request) for request in islice(iterator, 512)]:
-            keyed = [(request, self.params(request)) for request in chunk]
-            keys = [self.key(request, params) for request, params in keyed]
-            cached = self.session.cache.contains_many(keys) if self.session.cache else set()
-            for (request, params), key in zip(keyed, keys, strict=True):
-                totals["requests"] += 1
-                if key in cached:
-                    totals["cached"] += 1
-                    continue
-                totals["to_send"] += 1
-                totals["est_prompt_tokens"] += estimate_prompt_tokens(request)
-                totals["est_completion_tokens"] += params["max_tokens"]
-        cost = self.price.cost(totals["est_prompt_tokens"], totals["est_completion_tokens"]) if self.price else None
-        return {"role": self.name, "model": self.cfg.model, **totals, "est_cost_usd": cost,
+    def estimate(self, stage: str = "default") -> dict[str, Any]:
+        """What the requests of `stage` made so far in a dry run would send and cost (completion
+        tokens: `max_tokens`, an upper bound; prompt tokens: ~4 characters a token)."""
+        with self._lock:
+            counters = self._counters(stage)
+            counts = {"requests": counters["requests"], "cached": counters["cache_hits"],
+                      **{key: counters.get(key, 0) for key in DRY_RUN_KEYS}}  # fmt: skip
+        cost = self.price.cost(counts["est_prompt_tokens"], counts["est_completion_tokens"]) if self.price else None
+        return {"role": self.name, "model": self.cfg.model, **counts, "est_cost_usd": cost,
                 "price_known": self.price is not None}  # fmt: skip
+
+    def _placeholder(self, request: ChatRequest, params: dict[str, Any], counters: dict[str, Any]) -> Completion:
+        """Count a request a dry run would send and answer it with `max_tokens` of stand-in text."""
+        prompt_tokens = estimate_prompt_tokens(request)
+        with self._lock:
+            counters["to_send"] = counters.get("to_send", 0) + 1
+            counters["est_prompt_tokens"] = counters.get("est_prompt_tokens", 0) + prompt_tokens
+            counters["est_completion_tokens"] = counters.get("est_completion_tokens", 0) + params["max_tokens"]
+        return Completion(request_id=request.id, text=(request.prefill or "") + stand_in_text(params["max_tokens"]),
+                          model=self.cfg.model, finish_reason=NOT_SENT, usage=Usage(prompt_tokens, params["max_tokens"]),
+                          metadata=request.metadata)  # fmt: skip
 
     # --- the hot path ---
     def generate(self, requests: Iterable[ChatRequest], stage: str = "default", progress: bool | None = None,
@@ -388,6 +401,11 @@ class LLMRole:
                             yield result
                         continue
                     request, params, key = backlog.popleft()
+                    if session.dry_run:
+                        result = self._placeholder(request, params, counters)
+                        count(result, key)
+                        yield result
+                        continue
                     backend = self.ready()
                     reserved = self._worst_case_cost(request, params)
                     if not session.budget.try_reserve(reserved):

@@ -9,6 +9,7 @@ import pytest
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm import ChatRequest, LLMSession
+from safer_instruct.llm.estimate import is_placeholder
 from safer_instruct.llm.session import BUDGET_REASON
 from tests.helpers.servers import FaultServer
 
@@ -76,9 +77,15 @@ def test_dry_run_estimate_counts_cached_tokens_and_cost_and_sends_nothing(server
     with LLMSession(roles={"r": role}, cache_dir=tmp_path) as session:
         list(session.role("r").generate(requests[:3]))
         sent = server.stats()["requests"]
-        estimate = session.role("r").estimate(requests)
+    with LLMSession(roles={"r": role}, cache_dir=tmp_path, dry_run=True) as session:
+        results = {r.request_id: r for r in session.role("r").generate(requests, stage="s")}
+        estimate = session.role("r").estimate("s")
     assert server.stats()["requests"] == sent == 3  # the estimate sent nothing
     assert estimate["requests"] == 10 and estimate["cached"] == 3 and estimate["to_send"] == 7
+    # Cached requests get their answer; the others a placeholder of max_tokens (~4 characters a token).
+    assert [results[r.id].cached for r in requests] == [True] * 3 + [False] * 7
+    assert all(is_placeholder(results[r.id]) and len(results[r.id].text) == 400 for r in requests[3:])
+    assert not any(is_placeholder(results[r.id]) for r in requests[:3])
     prompt_tokens = sum(math.ceil((40 + i) / 4) + 4 for i in range(3, 10))  # ~4 characters a token + overhead
     assert estimate["est_prompt_tokens"] == prompt_tokens
     assert estimate["est_completion_tokens"] == 7 * 100  # max_tokens: an upper bound
@@ -90,7 +97,9 @@ def test_price_table_and_unknown_prices(tmp_path):
     with LLMSession(roles={"g": {"model": "gpt-4-0613", "base_url": "http://127.0.0.1:9/v1"}}) as session:
         # gpt-4-0613 is priced by the longest matching entry, gpt-4
         assert session.prices["g"].input_per_mtok == 30.0 and session.prices["g"].output_per_mtok == 60.0
-        estimate = session.role("g").estimate([chat("a", "y" * 400)])
+    with LLMSession(roles={"g": {"model": "gpt-4-0613", "base_url": "http://127.0.0.1:9/v1"}}, dry_run=True) as session:
+        list(session.role("g").generate([chat("a", "y" * 400)]))
+        estimate = session.role("g").estimate()
         assert estimate["est_cost_usd"] == pytest.approx((104 * 30.0 + 256 * 60.0) / 1e6)
     with LLMSession(roles={"k": {"model": "kit:tiny"}}, budget_usd=1.0) as session:
         assert session.prices["k"].cost(1000, 1000) == 0.0  # models we run ourselves cost nothing
