@@ -1,7 +1,7 @@
 """Dry runs: what a stage would ask its LLM roles and what it would cost, sending nothing.
 
 A stage's dry run (`safer-instruct construct ... dry_run=true`, `safer-instruct eval harmlessness ...
-dry_run=true`) runs the stage's own request-making code against a dry-run `LLMSession`: cached
+dry_run=true`) runs the stage's own code against a dry-run `LLMSession`: cached
 answers come back as always; every other request is counted (`LLMRole.estimate`) and answered with a
 placeholder (`is_placeholder`) of the role's `max_tokens` length. This module holds what the stages
 share: that session (no budget, no server, no weights), the placeholder text, a row per stage and

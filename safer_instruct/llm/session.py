@@ -302,6 +302,8 @@ class LLMRole:
             self._stats[stage] = dict.fromkeys(STAT_KEYS, 0)
             self._stats[stage]["cost_usd"] = 0.0
             self._stats[stage]["elapsed_s"] = 0.0
+            if self.session.dry_run:
+                self._stats[stage].update(dict.fromkeys(DRY_RUN_KEYS, 0))
         return self._stats[stage]
 
     def stats(self, stage: str | None = None) -> dict[str, Any]:
@@ -337,9 +339,9 @@ class LLMRole:
         """Count a request a dry run would send and answer it with `max_tokens` of stand-in text."""
         prompt_tokens = estimate_prompt_tokens(request)
         with self._lock:
-            counters["to_send"] = counters.get("to_send", 0) + 1
-            counters["est_prompt_tokens"] = counters.get("est_prompt_tokens", 0) + prompt_tokens
-            counters["est_completion_tokens"] = counters.get("est_completion_tokens", 0) + params["max_tokens"]
+            counters["to_send"] += 1
+            counters["est_prompt_tokens"] += prompt_tokens
+            counters["est_completion_tokens"] += params["max_tokens"]
         return Completion(request_id=request.id, text=(request.prefill or "") + stand_in_text(params["max_tokens"]),
                           model=self.cfg.model, finish_reason=NOT_SENT, usage=Usage(prompt_tokens, params["max_tokens"]),
                           metadata=request.metadata)  # fmt: skip

@@ -150,6 +150,9 @@ def test_dry_run_after_a_real_induce_run_resumes_from_out_dir_and_the_cache(tmp_
         assert (rows["induce"]["requests"], rows["induce"]["cached"], rows["induce"]["to_send"]) == (14, 14, 0)
         assert server.stats()["requests"] == 0
     assert not (tmp_path / "empty-cache").exists()  # a dry run creates no cache
+    # The steps ran in a scratch copy: the killed run's store is as it was (half-written line included).
+    assert (stage / "progress.jsonl").read_text() == "".join(lines[:10]) + lines[10][:15]
+    assert not (stage / "done.json").exists()
 
 
 @pytest.mark.slow
