@@ -28,13 +28,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.io import atomic_write_text
-from safer_instruct.paths import conf_dir, release_file
+from safer_instruct.paths import conf_dir, if_release_readable, release_file
 
 log = logging.getLogger(__name__)
 
-# `${release:}` (the release folder or its Hub id) and `${release:test_set.csv}` in any config.
-if not OmegaConf.has_resolver("release"):
-    OmegaConf.register_new_resolver("release", release_file)
+# `${release:}` (the release folder or its Hub id) and `${release:test_set.csv}` in any config;
+# `${if_release_readable:A,B}`: A when the release can be read here, else B (one line says why).
+for name, resolver in {"release": release_file, "if_release_readable": if_release_readable}.items():
+    if not OmegaConf.has_resolver(name):
+        OmegaConf.register_new_resolver(name, resolver)
 
 # `llm/schema` and `llm/options/<backend>`, which the conf/llm presets build on, are registered with Hydra
 # by the role schema itself (safer_instruct/llm/config.py).

@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from safer_instruct.errors import ConfigError, SaferInstructError
 
 log = logging.getLogger(__name__)
@@ -201,9 +199,3 @@ def _release_copy_now(location: str, offline: bool) -> ReleaseCopy:
     else:
         log.warning(f"{copy.line}: going on without it (the demo: DPO without its release slice)")
     return copy
-
-
-# `${if_release_readable:A,B}` in any config (registered here, beside the function, as config.py registers
-# `${release:}`: this module is imported wherever configs are composed).
-if not OmegaConf.has_resolver("if_release_readable"):
-    OmegaConf.register_new_resolver("if_release_readable", if_release_readable)
