@@ -21,7 +21,6 @@ from typing import Any
 from transformers import TrainerCallback
 from trl import DPOTrainer
 
-
 log = logging.getLogger(__name__)
 
 # Metrics we promise in metrics.jsonl whenever the trainer reports them (TRL names).
