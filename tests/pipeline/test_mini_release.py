@@ -49,6 +49,12 @@ def test_dpo_trained_on_release_pairs_drawn_from_both_categories_with_a_rejected
     # The held-out prompt sets the leakage guard checked training against.
     assert {"harmbench", "advbench"} <= set(stats["leakage"]["sets"])
     assert (exp / "dpo" / "metrics.jsonl").read_text().strip()
+    # The experiment's training length (128 tokens per pair, not the model preset's 256) reached the step.
+    import yaml
+
+    dpo_config = yaml.safe_load((exp / "dpo" / "config.yaml").read_text())
+    assert (dpo_config["model"]["max_length"], dpo_config["model"]["max_prompt_length"]) == (128, 64)
+    assert dpo_config["train"]["learning_rate"] == 1e-4
 
 
 def test_both_models_answered_every_set_and_the_refusal_judge_scored_them(mini):
@@ -70,7 +76,7 @@ def test_report_has_both_models_both_rates_and_example_answers(mini):
     with open(exp / "report" / "report.csv", newline="") as handle:
         records = list(csv.DictReader(handle))
     models = {r["model"] for r in records}
-    assert models == {"SmolLM2-135M-Instruct", "SmolLM2-135M + DPO (release pairs)"}
+    assert models == {"SmolLM2-135M-Instruct", "SmolLM2-135M + DPO (16 release pairs)"}
     md = (exp / "report" / "report.md").read_text()
     assert "refusal rate" in md.lower() and "answer rate" in md.lower()
     assert "harmbench" in md and "advbench" in md and "benign_v1" in md
