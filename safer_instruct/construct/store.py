@@ -16,7 +16,6 @@ Layout under `out_dir/stages/<stage>/`:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from safer_instruct.errors import DataError
+from safer_instruct.identity import digest
 from safer_instruct.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,8 @@ FAILURE_REASON = "llm_failure"
 
 
 def signature_of(value: Any) -> str:
-    """A short stable hash of a JSON-able value."""
-    blob = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+    """A short stable hash of a JSON-able value (what a phase's finished items were made with)."""
+    return digest(value, 16)
 
 
 class Funnel:

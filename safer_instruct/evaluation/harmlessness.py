@@ -15,7 +15,6 @@ and are left out of every rate: they are never counted as harmless.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from safer_instruct.evaluation.prompts import (
     resolve_path,
 )
 from safer_instruct.evaluation.stats import agreement_summary, grouped_summary, rate_summary
+from safer_instruct.identity import file_digest
 from safer_instruct.io import atomic_write_json, atomic_write_jsonl
 from safer_instruct.llm.config import parse_role
 from safer_instruct.model_kit import pin_model_path
@@ -67,13 +67,13 @@ def load_items(cfg: DictConfig) -> tuple[list[EvalItem], dict[str, Any]]:
         items = load_responses(to_plain(responses))
         path = resolve_path(responses.path)
         info = {"mode": "pre-generated", "name": str(responses.get("name") or path.stem), "path": str(path),
-                "column": str(responses.get("column") or "response"), "sha256": _sha256(path)}  # fmt: skip
+                "column": str(responses.get("column") or "response"), "sha256": file_digest(path)}  # fmt: skip
     else:
         prompts = to_plain(cfg.prompts)
         items = load_prompt_set(prompts)
         path = prompt_set_path(prompts)
         info = {"mode": "generated", "name": str(prompts.get("name") or path.stem), "path": str(path),
-                "sha256": _sha256(path)}  # fmt: skip
+                "sha256": file_digest(path)}  # fmt: skip
         if prompts.get("benign"):  # prompts a model should answer (over-refusal), e.g. prompt_set=benign
             info["benign"] = True
     if not items:
@@ -86,10 +86,6 @@ def load_items(cfg: DictConfig) -> tuple[list[EvalItem], dict[str, Any]]:
     info["n_items"] = len(items)
     info["sources"] = dict(sorted(Counter(item.source for item in items).items()))
     return items, info
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def default_label(cfg: DictConfig, info: Mapping[str, Any]) -> str:

@@ -10,14 +10,13 @@ file at once: sqlite's WAL journal and a busy timeout make that safe.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from safer_instruct.identity import digest
 from safer_instruct.llm.types import ChatRequest, Completion, Usage
 
 CACHE_FILE = "answers.sqlite"
@@ -38,33 +37,6 @@ COMMIT_EVERY = 64
 COMMIT_INTERVAL_S = 1.0
 
 
-def model_identity(model: str) -> str:
-    """What the cache calls a model: API models by name, local weights by a hash of their files.
-
-    Hashing (config, file names and sizes, first and last 64 KiB of each weight file) means a model
-    retrained into the same folder is a new model, and the same weights anywhere are the same one.
-    """
-    path = Path(model).expanduser()
-    if model.startswith("kit:"):
-        from safer_instruct.model_kit import resolve_model
-
-        path = Path(resolve_model(model))
-    if not path.is_dir():
-        return model
-    digest = hashlib.sha256()
-    for name in ("config.json", "generation_config.json"):
-        if (path / name).is_file():
-            digest.update((path / name).read_bytes())
-    for weights in sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")):
-        size = weights.stat().st_size
-        digest.update(f"{weights.name}:{size}".encode())
-        with open(weights, "rb") as handle:
-            digest.update(handle.read(65536))
-            handle.seek(max(0, size - 65536))
-            digest.update(handle.read(65536))
-    return "local:" + digest.hexdigest()[:20]
-
-
 def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
     """A stable key for one request: the model, the input (prefill included), the sampling parameters,
     the sample index."""
@@ -77,8 +49,7 @@ def cache_key(model_identity: str, request: ChatRequest, params: dict) -> str:
     }
     if request.prefill is not None:  # only when set: keys of requests without one stay as they were
         payload["prefill"] = request.prefill
-    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return digest(payload)
 
 
 class AnswerCache:

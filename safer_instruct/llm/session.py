@@ -46,8 +46,9 @@ from pathlib import Path
 from typing import Any
 
 from safer_instruct.errors import ConfigError
+from safer_instruct.identity import model_identity
 from safer_instruct.llm.backends import Backend, backend_class
-from safer_instruct.llm.cache import AnswerCache, cache_key, model_identity
+from safer_instruct.llm.cache import AnswerCache, cache_key
 from safer_instruct.llm.config import Price, RoleConfig, parse_role, price_for
 from safer_instruct.llm.estimate import NOT_SENT, stand_in_text
 from safer_instruct.llm.faults import BackoffWait, Transient, describe, is_retryable, redact

@@ -31,8 +31,6 @@ share steps).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.errors import ConfigError
+from safer_instruct.identity import digest
 from safer_instruct.stages import CONFIG_FILE, config_file_args, stage_named
 
 REF = re.compile(r"@\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -221,8 +220,7 @@ def _stage_words(step_name: str, stage: Any) -> tuple[str, ...]:
 
 
 def fingerprint(payload: Any) -> str:
-    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(payload, 16)
 
 
 def _topological(steps: dict[str, Step], experiment: str) -> dict[str, Step]:

@@ -8,8 +8,8 @@ file, named by the dataset's fingerprint and a hash of the reference weights. A 
 memory has neither a lasting file nor a stable fingerprint, so `ReferenceCache.dataset` writes the
 tokenized pairs to `<root>/<key>/pairs.arrow` with the fingerprint `key`, where the key hashes:
 
-* the reference model identity: a content hash of its weight/config/tokenizer files (cached by file
-  size and mtime, so a 13 GB checkpoint is hashed once), plus how it is loaded (dtype, 4-bit
+* the reference model identity (`safer_instruct.identity.model_identity`: a content hash of its
+  weight/config/tokenizer files, cached by file size and mtime, so a 13 GB checkpoint is hashed once), plus how it is loaded (dtype, 4-bit
   quantization for QLoRA, bf16 autocast). TRL's own weight hash is taken after loading, when ZeRO-3
   has already partitioned the weights, so it cannot tell two models of one architecture apart there;
 * the dataset fingerprint: a hash of the exact token ids (prompt, chosen, rejected);
@@ -23,7 +23,6 @@ their files atomically (temporary file + rename), so concurrent runs never read 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -31,67 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
+from safer_instruct.identity import digest, file_digest
 from safer_instruct.io import atomic_write_json
 from safer_instruct.paths import cache_root
 
 log = logging.getLogger(__name__)
 STORE_VERSION = 2  # 2: TRL caches the values beside our pairs.arrow (1: our own logps.npz)
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".json", ".model", ".txt", ".jinja", ".gguf", ".pt")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_files_fingerprint(folder: str | Path) -> str:
-    """Content hash of a model folder's weights, config and tokenizer files (memoized by size+mtime)."""
-    folder = Path(folder).resolve()
-    memo_path = cache_root() / "ref_logps" / "file_hashes.json"
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(memo_path) + ".lock"):
-        memo = json.loads(memo_path.read_text()) if memo_path.is_file() else {}
-        digest = hashlib.sha256()
-        changed = False
-        for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in MODEL_FILE_SUFFIXES):
-            if path.name.startswith(".") or "checkpoint-" in str(path.relative_to(folder)):
-                continue
-            stat = path.stat()
-            memo_key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-            if memo_key not in memo:
-                memo[memo_key] = _sha256_file(path)
-                changed = True
-            digest.update(f"{path.relative_to(folder)}={memo[memo_key]}\n".encode())
-        if changed:
-            atomic_write_json(memo_path, memo)
-    return digest.hexdigest()
-
-
-def model_identity(location: str) -> str:
-    """Identity of a model reference: a content hash for local folders (and cached Hub snapshots)."""
-    path = Path(location).expanduser()
-    if path.is_dir():
-        return model_files_fingerprint(path)
-    try:  # a Hub id that has been loaded is in the HF cache: hash its snapshot folder
-        from huggingface_hub import try_to_load_from_cache
-
-        config = try_to_load_from_cache(location, "config.json")
-        if isinstance(config, str):
-            return model_files_fingerprint(Path(config).parent)
-    except Exception:  # noqa: BLE001 - fall back to the id itself
-        pass
-    log.warning("reference model %s is not a local folder: keyed by its name only", location)
-    return f"name:{location}"
 
 
 def store_key(parts: dict[str, Any]) -> str:
     """The entry name for a dict of key components."""
-    return hashlib.sha256(json.dumps({"v": STORE_VERSION, **parts}, sort_keys=True).encode()).hexdigest()[:32]
+    return digest({"v": STORE_VERSION, **parts}, 32)
 
 
 PAIRS_FILE = "pairs.arrow"
@@ -134,7 +83,7 @@ class ReferenceCache:
     def record(self, key: str, meta: dict[str, Any]) -> Path:
         """Write the entry's meta.json: `meta` and the checksum of every file (main process only)."""
         folder = self.entry(key)
-        files = {path.name: _sha256_file(path) for path in sorted(folder.glob("*.arrow"))}
+        files = {path.name: file_digest(path) for path in sorted(folder.glob("*.arrow"))}
         atomic_write_json(folder / "meta.json", {**meta, "key": key, "files": files})
         return folder / "meta.json"
 
@@ -148,9 +97,9 @@ class ReferenceCache:
             log.warning("reference entry %s has an unreadable meta.json (%s): computing it anew", folder, err)
             shutil.rmtree(folder, ignore_errors=True)
             return
-        for name, digest in files.items():
+        for name, recorded in files.items():
             path = folder / name
-            if path.is_file() and _sha256_file(path) != digest:
+            if path.is_file() and file_digest(path) != recorded:
                 log.warning("%s does not match its checksum: deleted, computing it anew", path)
                 if name == PAIRS_FILE:  # the reference files beside it were computed from it
                     shutil.rmtree(folder, ignore_errors=True)

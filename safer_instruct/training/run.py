@@ -292,10 +292,11 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
 
     from safer_instruct.data.sources import load_preferences
     from safer_instruct.formatting import PromptFormat
+    from safer_instruct.identity import is_content_identity, model_identity
     from safer_instruct.tracking import tracking_run
     from safer_instruct.training.models import merged_model, policy_for_trainer
     from safer_instruct.training.preprocess import Encoder, dpo_columns, fingerprint_columns
-    from safer_instruct.training.ref_logps import ReferenceCache, model_identity
+    from safer_instruct.training.ref_logps import ReferenceCache
     from safer_instruct.training.trainers import MetricsJsonlCallback, PretokenizedDPOTrainer
 
     plan = _plan(cfg, "train_dpo", DPOSettings)
@@ -314,8 +315,12 @@ def run_dpo(cfg: DictConfig, out_dir: Path, callbacks: Sequence[Any] = ()) -> di
                                 encoder.stats.to_dict()), "fingerprints": fingerprints}  # fmt: skip
     _write_row_ids(out_dir, train_rows, eval_rows)
     cache = ReferenceCache.at(train.ref_logps_dir) if train.ref_logps_cache else None
+    references = [model_identity(loc) for loc in plan.start.identity_locations()]
+    for location, identity in zip(plan.start.identity_locations(), references, strict=True):
+        if cache and not is_content_identity(identity):
+            log.warning("reference model %s is not a local folder: its stored log-probs are keyed by its name only", location)
     key_parts = {
-        "reference": [model_identity(loc) for loc in plan.start.identity_locations()],
+        "reference": references,
         "revision": plan.start.revision,  # a hub id's files at another commit are another reference
         "dtype": str(cfg.model.dtype),
         "quantization": plan.peft.identity(),

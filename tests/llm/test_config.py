@@ -16,7 +16,8 @@ from safer_instruct.errors import ConfigError
 from safer_instruct.llm import LLMSession, RoleConfig, ServerConfig, parse_role
 from safer_instruct.llm.backends import _REGISTRY, Answer, Backend, backend_class, backend_names
 from safer_instruct.llm.backends.openai import OpenAIBackend
-from safer_instruct.llm.cache import cache_key, model_identity
+from safer_instruct.identity import model_identity
+from safer_instruct.llm.cache import cache_key
 from safer_instruct.llm.config import options_node, price_for, schema_node
 from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, transformers_command, vllm_command
