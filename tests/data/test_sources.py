@@ -273,6 +273,8 @@ def test_every_data_preset_composes_and_validates():
         data = OmegaConf.to_container(compose("train_dpo", ["model=tiny", f"data={preset}"]).data, resolve=True,
                                       throw_on_missing=False)  # fmt: skip
         fill = lambda node: {k: ("x.jsonl" if v == "???" else v) for k, v in node.items()}  # noqa: E731
+        if data.get("components") == "???":  # a bare mixture (data=mixture): the run names its components
+            data["components"] = [{"source": "constructed", "path": "???"}]
         values = fill(data)
         if "components" in values:
             values["components"] = [fill(c) for c in values["components"]]
