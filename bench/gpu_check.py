@@ -171,14 +171,14 @@ def dpo_throughput(model_path: str, work: Path, device: str, name: str, peak: fl
     flops_per_token = 6 * params + 12 * config.num_hidden_layers * config.hidden_size * seq
     tokens_per_s = tokens / final["train_runtime"]
     mfu = tokens_per_s * flops_per_token / (peak * 1e12)
-    ref = summary["ref_logps"]["events"][0]
+    ref_seconds = summary["ref_logps"]["pass_seconds"] or None  # the precompute pass, before training
     ref_tokens = tokens  # one epoch: the reference pass reads the same tokens once
     details = {
         "device": name, "peak_bf16_tflops": peak, "parameters": params, "pairs": n_pairs, "steps": summary["global_step"],
         "global_batch_pairs": global_batch, "per_device_pairs": per_device, "max_sequence_tokens": seq,
         "trained_tokens": tokens, "train_runtime_s": final["train_runtime"], "stage_wall_s": round(wall, 1),
-        "model_flops_per_token": flops_per_token, "reference_pass_s": ref.get("seconds"),
-        "reference_tokens_per_s": round(ref_tokens / ref["seconds"], 1) if ref.get("seconds") else None,
+        "model_flops_per_token": flops_per_token, "reference_pass_s": ref_seconds,
+        "reference_tokens_per_s": round(ref_tokens / ref_seconds, 1) if ref_seconds else None,
         "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "recipe": "dpo_paper + ZeRO-3, bf16", "random_weights": random_weights, "quick": quick,
     }  # fmt: skip

@@ -106,6 +106,14 @@ class PretokenizedDPOTrainer(DPOTrainer):
 
     def train(self, *args, **kwargs):
         self._training = True
+        # Under DeepSpeed, TRL precomputes through an inference engine wrapped around the policy module
+        # itself; its ZeRO-3 hooks stay on that module and, with gradient checkpointing, break the
+        # training engine's parameter trace ("pop from an empty deque"). Released before training; TRL
+        # builds another if a later evaluation precomputes again.
+        engine = getattr(self, "_precompute_engine", None)
+        if engine is not None:
+            engine.destroy()
+            self._precompute_engine = None
         return super().train(*args, **kwargs)
 
 
