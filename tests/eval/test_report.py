@@ -89,7 +89,7 @@ def test_report_from_two_finished_runs(tmp_path, finished_runs):
             assert float(record[f"harmless_{source}_rate"]) == pytest.approx(
                 result["by_source"][source]["rate"]
             )
-        assert record["judge"] == "scripted-judge (harmlessness_v1)"
+        assert record["judge"] == "scripted-judge (harmlessness@v1)"
     assert float(records["base"]["harmless_rate"]) == pytest.approx(6 / 18)
     assert float(records["dpo"]["harmless_rate"]) == pytest.approx(15 / 18)
     assert records["dpo"]["training_data"] == "safer_instruct"
@@ -243,7 +243,7 @@ def test_paper_figures_sit_beside_the_claude3_rate_only(tmp_path, monkeypatch):
     assert float(claude_row["second_judge_harmless_rate"]) == pytest.approx(300 / 900)
     assert float(claude_row["judge_kappa"]) == pytest.approx(claude_result["second_judge"]["agreement"]["cohen_kappa"])
     line = next(line for line in markdown.splitlines() if line.startswith("| claude_run | claude judged |"))
-    assert f"| {claude_cell} | gpt-4-0613 (harmlessness_v1) | 33.3 [" in line
+    assert f"| {claude_cell} | gpt-4-0613 (harmlessness@v1) | 33.3 [" in line
     assert records["gpt4 judged"]["second_judge"] == "" and records["gpt4 judged"]["judge"].startswith("gpt-4-0613")
 
 
