@@ -13,10 +13,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from safer_instruct.errors import ConfigError
+from safer_instruct.identity import model_identity
 from safer_instruct.llm import LLMSession, RoleConfig, ServerConfig, parse_role
 from safer_instruct.llm.backends import _REGISTRY, Answer, Backend, backend_class, backend_names
 from safer_instruct.llm.backends.openai import OpenAIBackend
-from safer_instruct.identity import model_identity
 from safer_instruct.llm.cache import cache_key
 from safer_instruct.llm.config import options_node, price_for, schema_node
 from safer_instruct.llm.schema import setting

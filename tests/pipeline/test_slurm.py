@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from safer_instruct.pipeline.state import MARKER, is_reused
+from safer_instruct.pipeline.state import MARKER
 from tests.helpers.slurm import cluster_problem
-from tests.pipeline.helpers import run_cli
+from tests.pipeline.helpers import assert_smoke_beta_sweep, run_cli
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -100,17 +100,7 @@ def test_submitit_sweep_of_two_points_comes_back_in_one_report(slurm_smoke, tmp_
     assert [[o for o in p if o.startswith("train.beta")] for p in points] == [["train.beta=0.05"], ["train.beta=0.5"]]
     # Each point ran as a Slurm job (submitit's logs), and trained with its own beta.
     assert len(list(sweep.glob(".submitit/*_0/*_log.out"))) == 1 and len(list(sweep.glob(".submitit/*_1/*_log.out"))) == 1
-    for n, beta in ((0, 0.05), (1, 0.5)):
-        assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
-        assert not is_reused(sweep / str(n) / "dpo")
-        for shared in ("reverse", "construct", "sft", "base_model/harmless_base"):
-            assert is_reused(sweep / str(n) / shared), (n, shared)
-    with open(sweep / "report" / "report.csv", newline="") as handle:
-        rows = [(row["run"].split("/")[0], row["model"]) for row in csv.DictReader(handle)]
-    # One table: the base model once (the same steps in both points), the trained model per point,
-    # each row with its harmlessness and downstream results together.
-    assert sorted(rows) == [("base_model", "base"), ("train.beta=0.05 dpo_model", "dpo"), ("train.beta=0.5 dpo_model", "dpo")]
-    assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
+    assert_smoke_beta_sweep(sweep, out.stdout)
 
 
 def test_a_job_requeued_near_its_time_limit_starts_again_and_completes(tmp_path):

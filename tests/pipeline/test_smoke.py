@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from safer_instruct.pipeline.state import MARKER, is_reused
-from tests.pipeline.helpers import run_cli
+from safer_instruct.pipeline.state import MARKER
+from tests.pipeline.helpers import assert_smoke_beta_sweep, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -122,12 +122,4 @@ def test_a_local_sweep_trains_each_point_and_ends_in_one_report(smoke, tmp_path)
                   f"reuse=[{exp}]", "train.beta=0.05,0.5", timeout=900)  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     sweep = sweep_root / "sweep"
-    for n, beta in ((0, 0.05), (1, 0.5)):
-        assert f"beta: {beta}" in (sweep / str(n) / "dpo" / "config.yaml").read_text()
-        assert not is_reused(sweep / str(n) / "dpo")
-        for shared in ("reverse", "construct", "sft", "base_model/harmless_base"):
-            assert is_reused(sweep / str(n) / shared), (n, shared)
-    with open(sweep / "report" / "report.csv", newline="") as handle:
-        rows = [(row["run"].split("/")[0], row["model"]) for row in csv.DictReader(handle)]
-    assert sorted(rows) == [("base_model", "base"), ("train.beta=0.05 dpo_model", "dpo"), ("train.beta=0.5 dpo_model", "dpo")]
-    assert f"sweep of 2 points: {sweep / 'report' / 'report.md'}" in out.stdout
+    assert_smoke_beta_sweep(sweep, out.stdout)
