@@ -10,7 +10,8 @@ The entry scripts in `train/` only call these. Each stage:
    the draw, the Hub revisions read and the tokenization;
 3. trains with TRL (SFTTrainer / DPOTrainer over our token ids; `train.*` passed to its config), resuming from the last checkpoint in
    `out_dir` when there is one, logging to wandb (if on) and always to `metrics.jsonl`;
-4. saves the final model (`out_dir/model`, plus `out_dir/adapter` for LoRA/QLoRA) and
+4. saves the final model (`out_dir/model`, plus `out_dir/adapter` for LoRA/QLoRA),
+   `trl_config.json` (every field of the TRL config it trained with, TRL's defaults included) and
    `train_summary.json`, whose `data` block says what the stage trained on: `pairs` (rows trained on),
    `tokens` (tokens of the training sequences; DPO: prompt+chosen and prompt+rejected),
    `optimizer_steps` (taken) and `optimizer_steps_planned`, `sample` (the draw) and `revisions`.
@@ -160,6 +161,8 @@ def _train_and_save(plan: StagePlan, trainer: Any, cfg: DictConfig, out_dir: Pat
 
     if is_main_process():
         atomic_write_json(out_dir / "data_stats.json", data_stats)
+        # Every effective TRL value (presets set only what they change; TRL's to_dict masks *_token fields).
+        atomic_write_json(out_dir / "trl_config.json", trainer.args.to_dict())
     checkpoint = _resume_checkpoint(plan.train.resume, out_dir)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=checkpoint)

@@ -10,12 +10,19 @@
   world size, so a recipe trains identically on 1 GPU or 8), DeepSpeed by name, resume, the merged
   adapter, the held-out split, and where reference log-probs are kept.
 
+Every preset builds on `train/schema_sft` or `train/schema_dpo` (registered with Hydra below), which holds
+our fields at their dataclass defaults and the TRL fields a recipe tunes (`TUNED_TRL_FIELDS`) as
+`${trl_default:<config>,<field>}`: TRL's own default, read from the installed TRL (composing a training
+config imports TRL: Hydra's merge reads each value a preset overrides). So a preset sets only what its
+recipe changes, every default has one source, and `train.max_steps=10` still overrides without a `+`.
+
 `peft.*` (`conf/peft/*.yaml`) is ours entirely (`PeftSettings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
 import re
 from dataclasses import dataclass, field
@@ -51,6 +58,24 @@ def _trl_fields(config_name: str) -> dict[str, dataclasses.Field]:
 def _trl_default(config_name: str, name: str) -> Any:
     spec = _trl_fields(config_name)[name]
     return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+
+
+def _trl_default_value(config_name: str, name: str) -> Any:
+    """TRL's default as a config value: enums (optim, lr_scheduler_type) by their names."""
+    default = _trl_default(config_name, name)
+    return default.value if isinstance(default, enum.Enum) else default
+
+
+# The TRL fields the presets tune (each at TRL's default in a stage's schema node, so that a preset or an
+# override sets it by name); any other TRL field is set with `+train.<field>=...`.
+TUNED_TRL_FIELDS = {
+    "SFTConfig": ("per_device_train_batch_size", "learning_rate", "optim", "lr_scheduler_type", "warmup_steps",
+                  "num_train_epochs", "max_steps", "weight_decay", "max_grad_norm", "bf16", "gradient_checkpointing",
+                  "logging_steps", "save_strategy", "save_steps", "save_total_limit", "eval_steps",
+                  "dataloader_num_workers"),
+}  # fmt: skip
+TUNED_TRL_FIELDS["DPOConfig"] = (*TUNED_TRL_FIELDS["SFTConfig"], "beta", "loss_type", "loss_weights", "label_smoothing",
+                                 "precompute_ref_log_probs", "precompute_ref_batch_size")  # fmt: skip
 
 
 @dataclass
@@ -103,18 +128,22 @@ class TrainSettings:
 
     def _check_what_transformers_accepts_silently(self) -> None:
         """Values transformers takes without a word but would train wrongly with (it rejects the rest itself)."""
-        max_steps = self.trl.get("max_steps", -1)
+        max_steps = self._trl_value("max_steps")
         if max_steps == 0 or max_steps < -1:
             raise ConfigError(f"train.max_steps must be a positive step count or -1 (use num_train_epochs), got {max_steps}")
-        warmup = self.trl.get("warmup_steps", 0)
+        warmup = self._trl_value("warmup_steps")
         if warmup >= 1 and warmup != int(warmup):  # transformers would cut 1.5 to 1 step
             raise ConfigError(f"train.warmup_steps={warmup}: give whole steps (>= 1) or a share of all steps (< 1)")
         if warmup >= 1:
             self.trl["warmup_steps"] = int(warmup)
 
+    def _trl_value(self, name: str) -> Any:
+        """A TRL field as TRL will see it: set in train.*, else TRL's default."""
+        return self.trl[name] if name in self.trl else _trl_default(self.TRL_CONFIG, name)
+
     @property
     def per_device_batch_size(self) -> int:
-        return int(self.trl.get("per_device_train_batch_size", _trl_default(self.TRL_CONFIG, "per_device_train_batch_size")))
+        return int(self._trl_value("per_device_train_batch_size"))
 
     def gradient_accumulation(self, world_size: int) -> int:
         """Accumulation steps that keep the global batch fixed on `world_size` processes."""
@@ -174,24 +203,51 @@ class DPOSettings(TrainSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        loss_types = self.trl.get("loss_type", ["sigmoid"])
+        loss_types = self._trl_value("loss_type")
         loss_types = [loss_types] if isinstance(loss_types, str) else list(loss_types)
         unknown = [name for name in loss_types if name not in documented_loss_types()]
         if unknown and documented_loss_types():  # TRL itself would only say so at the first training step
             raise ConfigError(f"train.loss_type {unknown} unknown: choose from {', '.join(documented_loss_types())}")
-        if self.trl.get("beta", 0.1) <= 0:
-            raise ConfigError(f"train.beta must be > 0, got {self.trl['beta']}")
+        if self.beta <= 0:
+            raise ConfigError(f"train.beta must be > 0, got {self.beta}")
         if self.ref_logps_cache and not self.precompute_ref_log_probs:
             raise ConfigError("train.ref_logps_cache=true needs train.precompute_ref_log_probs=true "
                               "(or set ref_logps_cache=false)")  # fmt: skip
 
     @property
     def precompute_ref_log_probs(self) -> bool:
-        return bool(self.trl.get("precompute_ref_log_probs", _trl_default(self.TRL_CONFIG, "precompute_ref_log_probs")))
+        return bool(self._trl_value("precompute_ref_log_probs"))
 
     @property
     def beta(self) -> float:
-        return float(self.trl.get("beta", _trl_default(self.TRL_CONFIG, "beta")))
+        return float(self._trl_value("beta"))
+
+
+SCHEMA_NAMES = {"SFTConfig": "schema_sft", "DPOConfig": "schema_dpo"}
+
+
+def schema_node(settings_cls: type[TrainSettings]) -> dict[str, Any]:
+    """`train/schema_<stage>`: our fields at their defaults, then the tuned TRL fields at TRL's (an interpolation,
+    so that the node itself is built without importing TRL)."""
+    ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
+    config = settings_cls.TRL_CONFIG
+    return {**ours, **{name: f"${{trl_default:{config},{name}}}" for name in TUNED_TRL_FIELDS[config]}}
+
+
+def register_train_schema() -> None:
+    """Give Hydra `train/schema_sft` and `train/schema_dpo` (every conf/train preset's first default) and the
+    `trl_default` resolver their TRL fields use."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("trl_default"):
+        OmegaConf.register_new_resolver("trl_default", _trl_default_value)
+    store = ConfigStore.instance()
+    for settings_cls in (SFTSettings, DPOSettings):
+        store.store(group="train", name=SCHEMA_NAMES[settings_cls.TRL_CONFIG], node=schema_node(settings_cls))
+
+
+register_train_schema()
 
 
 @cache

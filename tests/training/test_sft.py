@@ -55,6 +55,12 @@ def test_sft_trains_every_trainable_parameter(tmp_path, peft):
     assert summary["data"]["optimizer_steps"] == summary["data"]["optimizer_steps_planned"] == 3
     assert summary["data"]["sample"]["size"] is None and summary["data"]["sample"]["matched"] is False
     assert summary["started_from"]["revision"] == {"requested": None, "resolved": None}  # a local kit model
+    # Every effective TRL value, the defaults the preset leaves out included, and no token.
+    trl_config = json.loads((tmp_path / "trl_config.json").read_text())
+    assert (trl_config["learning_rate"], trl_config["max_steps"], trl_config["gradient_accumulation_steps"]) == (1e-3, 3, 2)
+    assert (trl_config["optim"], trl_config["weight_decay"], trl_config["max_grad_norm"], trl_config["bf16"]) == (
+        "adamw_torch", 0.0, 1.0, False)
+    assert trl_config["hub_token"] == "<HUB_TOKEN>" and trl_config["output_dir"] == str(tmp_path)
 
 
 def test_sft_on_preference_data_uses_chosen_and_truncates_prompts(tmp_path):
