@@ -1,7 +1,7 @@
 """Instruction induction over the same texts with SmolLM2-135M on CPU: the construct pipeline against
 a plain loop of one `generate` call per text, side by side in one run.
 
-* pipeline: `safer-instruct construct stages=[induce]` with the inducer in process (`llm@inducer=inprocess`:
+* pipeline: `safer-instruct construct phases=[induce]` with the inducer in process (`llm@inducer=inprocess`:
   requests gathered, sorted by prompt length, generated in left-padded batches), on a fresh cache;
 * baseline: load the same model, then for each text `model.generate` on the same reversed prompt with
   the same settings (greedy, same max new tokens, same stop strings).
@@ -74,7 +74,7 @@ def pipeline(texts: list[dict], max_tokens: int, batch_size: int, work: Path) ->
     corpus = work / "corpus.jsonl"
     corpus.write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
     overrides = [
-        f"out_dir={work / 'out'}", f"cache.dir={work / 'cache'}", "tracking.mode=disabled", "stages=[induce]",
+        f"out_dir={work / 'out'}", f"cache.dir={work / 'cache'}", "tracking.mode=disabled", "phases=[induce]",
         "corpus=file", f"corpus.path={corpus}", "induce.samples_per_text=1",
         "llm@inducer=inprocess", f"inducer.model={MODEL}", "inducer.temperature=0", f"inducer.max_tokens={max_tokens}",
         f"inducer.batch_size={batch_size}", "inducer.max_concurrency=64", "inducer.dtype=float32",
@@ -85,7 +85,7 @@ def pipeline(texts: list[dict], max_tokens: int, batch_size: int, work: Path) ->
     seconds = time.perf_counter() - started
     llm = stats["llm"]["induce"]
     return {"seconds": seconds, "new_tokens": int(llm["completion_tokens"]), "requests": llm["requests"],
-            "failures": llm["failures"], "induced": stats["stages"]["induce"]["out"]}  # fmt: skip
+            "failures": llm["failures"], "induced": stats["phases"]["induce"]["out"]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

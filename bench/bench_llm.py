@@ -60,10 +60,10 @@ def through_layer(server: FaultServerProcess, batches: list[list[ChatRequest]], 
     times = []
     with LLMSession(roles={"bench": role}, cache_dir=cache_dir, progress=False) as session:
         if warmup:
-            list(session.role("bench").generate(requests(warmup, "warm-layer"), stage="warmup"))
+            list(session.role("bench").generate(requests(warmup, "warm-layer"), phase="warmup"))
         for items in batches:
             started = time.perf_counter()
-            results = list(session.role("bench").generate(items, stage="bench"))
+            results = list(session.role("bench").generate(items, phase="bench"))
             times.append(time.perf_counter() - started)
             assert len(results) == len(items) and all(r.ok for r in results)
         stats = session.role("bench").stats("bench")

@@ -1,10 +1,10 @@
 """Peak memory of `safer-instruct construct` over 1,000 and over 10,000 corpus texts.
 
-Every stage streams: the corpus is read row by row, requests are pulled as the LLM layer has room,
+Every phase streams: the corpus is read row by row, requests are pulled as the LLM layer has room,
 progress is appended to disk, outputs are sorted by (id, file offset) rather than by loading rows,
 and the datasets folder is written through Arrow. So the peak resident memory of the construct
 process should not grow with the corpus. Both runs use the same loopback server with instant
-scripted answers (so the model's own memory is not part of the measurement), all five stages, k = 1.
+scripted answers (so the model's own memory is not part of the measurement), all five phases, k = 1.
 
 Metric: peak RSS (10,000 texts) / peak RSS (1,000 texts), read from the finished process's rusage.
 Target: <= 1.2 (flat).
@@ -74,7 +74,7 @@ def run_once(server_url: str, work: Path, n: int) -> dict:
         raise SystemExit(f"construct over {n} texts failed: {stderr.decode()[-2000:]}")
     stats = json.loads((out / "stats.json").read_text())
     return {"texts": n, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "seconds": round(seconds, 1),
-            "preference_rows": stats["stages"]["assemble"]["out"],
+            "preference_rows": stats["phases"]["assemble"]["out"],
             "requests": sum(s["requests"] for s in stats["llm"].values())}  # fmt: skip
 
 

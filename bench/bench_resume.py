@@ -80,9 +80,10 @@ def command(args: list[str]) -> list[str]:
 def answers_recorded(out: Path) -> int:
     """Progress records that hold a model answer (heuristic drops are not answers)."""
     from safer_instruct.construct.heuristics import HEURISTIC_REASONS
+    from safer_instruct.construct.store import STORES_DIR
 
     total = 0
-    for path in (out / "stages").glob("*/progress.jsonl"):
+    for path in (out / STORES_DIR).glob("*/progress.jsonl"):
         if path.parent.name == "assemble":
             continue
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = common.base_parser(__doc__, "40 corpus texts instead of 150").parse_args(argv)
     limit = 40 if args.quick else 150
 
+    from safer_instruct.construct.store import STORES_DIR
     from tests.helpers.servers import FaultServer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 while answers_recorded(out) < half and time.monotonic() < deadline:
                     time.sleep(0.05)
                 recorded_before_kill = answers_recorded(out)
-                stage_at_kill = sorted(p.parent.name for p in (out / "stages").glob("*/meta.json")
+                phase_at_kill = sorted(p.parent.name for p in (out / STORES_DIR).glob("*/meta.json")
                                        if not (p.parent / "done.json").exists())  # fmt: skip
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(60)
@@ -156,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         details={"corpus_texts": limit, "uninterrupted_answers": total, "answered_before_kill": sum(first.answered.values()),
                  "recorded_before_kill": recorded_before_kill, "requests_received_before_kill": received_first,
                  "answered_after_resume": sum(second.answered.values()), "answered_twice": repeated,
-                 "stage_at_kill": stage_at_kill, "identical_preference_jsonl": identical, "preference_rows": rows,
+                 "phase_at_kill": phase_at_kill, "identical_preference_jsonl": identical, "preference_rows": rows,
                  "uninterrupted_s": round(reference_s, 1), "resume_s": round(resume_s, 1), "quick": args.quick},
     )  # fmt: skip
     return common.write_rows(args.out, [result])

@@ -261,7 +261,7 @@ def measure(args: argparse.Namespace) -> dict[str, dict]:
                         expected[request.id] = "A (gpt4)" if gpt4_first else "B (gpt4)"
                     allowed = judge.verdicts(pairwise)
                 started = time.perf_counter()
-                answers = {r.request_id: r for r in expert.generate(requests, stage=f"{check}/{setting}")}
+                answers = {r.request_id: r for r in expert.generate(requests, phase=f"{check}/{setting}")}
                 elapsed = time.perf_counter() - started
                 rows_out = []
                 for request in requests:

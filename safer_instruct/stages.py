@@ -42,7 +42,7 @@ class Stage:
 
 # Only stages that are built are listed here: the CLI never offers a placeholder.
 STAGES: tuple[Stage, ...] = (
-    Stage(("construct",), "construct", "safer_instruct/construct/main.py", "Safer-Instruct preference data from a corpus of undesired texts (stages=[...]: a subset)"),
+    Stage(("construct",), "construct", "safer_instruct/construct/main.py", "Safer-Instruct preference data from a corpus of undesired texts (phases=[...]: a subset)"),
     Stage(("train", "reverse"), "train_reverse", "train/reverse.py", "reversed instruction tuning: learn to write the instruction a response answers"),
     Stage(("train", "sft"), "train_sft", "train/sft.py", "supervised fine-tuning on instructions or chosen responses"),
     Stage(("train", "dpo"), "train_dpo", "train/dpo.py", "DPO from the SFT model, reference log-probs computed once and reused"),

@@ -72,3 +72,10 @@ def test_a_saved_config_is_what_the_stage_checks_before_anything_loads(tmp_path)
     assert proc.returncode == 2 and "titel" in proc.stderr and "NO_TORCH" in proc.stdout
     proc = run_cli("report", f"--config-path={tmp_path / 'nowhere'}", "--config-name=config")
     assert proc.returncode == 2 and f"config file {tmp_path / 'nowhere' / 'config.yaml'} not found" in proc.stderr
+
+
+def test_constructs_old_stages_key_names_its_new_name(tmp_path):
+    proc = run_cli("construct", "stages=[induce]", "inducer.model=m", "expert.model=m", f"out_dir={tmp_path}",
+                   "tracking.mode=disabled")  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "safer-instruct: error: stages=['induce']: construct's units are now called phases; write phases=[...]" in proc.stderr

@@ -1,19 +1,21 @@
-"""`safer-instruct construct ... dry_run=true`: the requests and cost of each selected stage, sending nothing.
+"""`safer-instruct construct ... dry_run=true`: the requests and cost of each selected phase, sending nothing.
 
-The selected LLM stages run their own steps (`InduceStep`, `ExpertStep`) against a dry-run LLM
-session, in a scratch copy of out_dir's stage stores (so a resumed run's finished items are skipped
+The selected LLM phases run their own code (`InducePhase`, `ExpertPhase`) against a dry-run LLM
+session, in a scratch copy of out_dir's phase stores (so a resumed run's finished items are skipped
 as the real run skips them, and out_dir is left alone). Cached answers are used as they are; every
 other request is counted and answered with a placeholder of the role's `max_tokens` length, which
-the stage takes as follows (today's rule, kept):
+the phase takes as follows (today's rule, kept):
 
 * induce: exact (corpus texts x `samples_per_text`, less items already finished in a resumed out_dir);
-* a later stage: from the previous stage's output where it exists in out_dir (a resumed run), from
-  the previous stage's answers where the cache holds them, and otherwise assuming every item survives,
+* a later phase: from the previous phase's output where it exists in out_dir (a resumed run), from
+  the previous phase's answers where the cache holds them, and otherwise assuming every item survives,
   with the placeholder in place of the answer (instruction, chosen response) and a placeholder verdict
   taken as a pass: such a row is marked "upper bound". Heuristics run on real rows only.
 
-A stage finished earlier (kept by a real run) and an expert check that is off make no requests. Nothing
-in out_dir is changed except `estimate.json` (and `config.dry_run.yaml`: the real run's `config.yaml` stays).
+A phase finished earlier (kept by a real run) and an expert check that is off make no requests. Nothing
+in out_dir is changed except `estimate.json` (and `config.dry_run.yaml`: the real run's `config.yaml` stays;
+the stores of an out_dir written before construct's units were called phases move to their new names, as
+in a real run: `store.adopt_legacy_stores`).
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from safer_instruct.construct.phases import UPSTREAM, ExpertPhase, PhaseContext, RoleRunner
 from safer_instruct.construct.pipeline import ConstructRun
-from safer_instruct.construct.steps import UPSTREAM, ExpertStep, RoleRunner, StepContext
-from safer_instruct.construct.store import FAILED, KEPT, StageStore
+from safer_instruct.construct.store import FAILED, KEPT, STORES_DIR, PhaseStore
 from safer_instruct.construct.tasks import Outcome, VerdictTask
 from safer_instruct.llm import estimate
 from safer_instruct.llm.types import Result
@@ -37,8 +39,8 @@ ROLES = {"induce": "inducer", "filter_instructions": "expert", "respond": "exper
 PLACEHOLDER = "dry_run_placeholder"  # a row field: the row holds (or passed on) a placeholder answer
 
 
-def finished_records(store: StageStore) -> dict[str, dict[str, Any]]:
-    """Items with a final record in a stage's progress made under the current settings (read only)."""
+def finished_records(store: PhaseStore) -> dict[str, dict[str, Any]]:
+    """Items with a final record in a phase's progress made under the current settings (read only)."""
     if store.stored_signature() != store.signature:
         return {}  # the real run discards them
     latest: dict[str, dict[str, Any]] = {}
@@ -48,7 +50,7 @@ def finished_records(store: StageStore) -> dict[str, dict[str, Any]]:
 
 
 class PlaceholderTask:
-    """A step's task in a dry run: real and cached answers are read as the task reads them; a
+    """A phase's task in a dry run: real and cached answers are read as the task reads them; a
     placeholder is kept and its row marked, a placeholder verdict taken as a pass."""
 
     def __init__(self, task: Any):
@@ -65,7 +67,7 @@ class PlaceholderTask:
 
 
 def real_rows_only(make_check: Callable[[], Callable], done: set[str], dropped: list[int]) -> Callable[[], Callable]:
-    """The step's pre-check (heuristics) on real rows only; counts the rows it drops that are not done."""
+    """The phase's pre-check (heuristics) on real rows only; counts the rows it drops that are not done."""
 
     def make() -> Callable[[Mapping[str, Any]], str | None]:
         check = make_check()
@@ -83,11 +85,11 @@ def real_rows_only(make_check: Callable[[], Callable], done: set[str], dropped: 
     return make
 
 
-def stage_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
-    """Run the selected LLM stages of `run` (in its scratch out_dir) through `session`; a row each."""
-    ctx = StepContext(run.out_dir, RoleRunner(session.role), run.stores)
+def phase_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
+    """Run the selected LLM phases of `run` (in its scratch out_dir) through `session`; a row each."""
+    ctx = PhaseContext(run.out_dir, RoleRunner(session.role), run.stores)
     rows = []
-    for name in run.stages:
+    for name in run.phases:
         if name not in ROLES:
             continue  # assemble asks no model
         role, store = ROLES[name], run.stores[name]
@@ -95,23 +97,23 @@ def stage_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
         if store.is_done():
             rows.append(estimate.quiet_row(name, role, model, "finished earlier: kept"))
             continue
-        done = finished_records(store)  # read before the step opens its store
+        done = finished_records(store)  # read before the phase opens its store
         notes = [f"{len(done)} done earlier"] if done else []
-        step = run._step(name)
-        step.task = PlaceholderTask(step.task)
+        phase = run.build_phase(name)
+        phase.task = PlaceholderTask(phase.task)
         if name == "induce":
-            info = step.run(ctx)
-            note = f"{info['texts']} texts x {step.task.samples} samples" + (f", {notes[0]}" if done else "")
+            info = phase.run(ctx)
+            note = f"{info['texts']} texts x {phase.task.samples} samples" + (f", {notes[0]}" if done else "")
             rows.append(estimate.estimate_row(session, role, name, note=note))
             continue
-        assert isinstance(step, ExpertStep)
+        assert isinstance(phase, ExpertPhase)
         uncertain = any(row.get(PLACEHOLDER) for row in run.stores[UPSTREAM[name]].iter_output())
         dropped = [0]
-        if step.pre_check is not None:
-            step.pre_check = real_rows_only(step.pre_check, set(done), dropped)
-        step.run(ctx)
+        if phase.pre_check is not None:
+            phase.pre_check = real_rows_only(phase.pre_check, set(done), dropped)
+        phase.run(ctx)
         notes += [f"{dropped[0]} dropped by heuristics"] if dropped[0] else []
-        if not step.enabled:
+        if not phase.enabled:
             rows.append(estimate.quiet_row(name, role, model, "; ".join(["expert_check off: no requests", *notes])))
             continue
         notes += ["upper bound"] if uncertain else []
@@ -127,11 +129,11 @@ def estimate_construct(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     session = estimate.dry_run_session(run.roles_needed(run.pending()), cfg.cache.dir)
     try:
         with tempfile.TemporaryDirectory(prefix="dry-run-") as scratch:
-            if (out_dir / "stages").is_dir():  # a resumed run's stores, copied: out_dir stays as it is
-                shutil.copytree(out_dir / "stages", Path(scratch) / "stages")
-            rows = stage_rows(ConstructRun(cfg, scratch), session)
+            if (out_dir / STORES_DIR).is_dir():  # a resumed run's stores, copied: out_dir stays as it is
+                shutil.copytree(out_dir / STORES_DIR, Path(scratch) / STORES_DIR)
+            rows = phase_rows(ConstructRun(cfg, scratch), session)
         notes = estimate.missing_keys(session)
     finally:
         session.close()
     return estimate.report("construct", out_dir, rows, budget_usd=(cfg.get("llm") or {}).get("budget_usd"),
-                           extra={"stages": run.stages}, notes=notes)  # fmt: skip
+                           extra={"phases": run.phases}, notes=notes)  # fmt: skip

@@ -3,9 +3,9 @@
     safer-instruct construct inducer.model=outputs/reverse/model expert.model=kit:smollm2-135m \
         out_dir=outputs/construct/demo
     python -m safer_instruct.construct.main ...      # the same, without the CLI
-    safer-instruct construct ... dry_run=true        # requests and cost per stage and role; sends nothing
+    safer-instruct construct ... dry_run=true        # requests and cost per phase and role; sends nothing
 
-A thin entry point (the CLI runs this file): the stages live in `safer_instruct.construct`.
+A thin entry point (the CLI runs this file): the phases live in `safer_instruct.construct`.
 Rerun the same command (same out_dir) after an interruption to continue where it stopped.
 """
 
@@ -29,8 +29,8 @@ def main(cfg: DictConfig, out_dir: Path) -> dict:
 
     with tracking_run(cfg, "construct", out_dir) as run:
         stats = run_construct(cfg, out_dir)
-        final = stats["stages"].get("assemble") or {}
-        summary = {f"{name}/out": entry["out"] for name, entry in stats["stages"].items()}
+        final = stats["phases"].get("assemble") or {}
+        summary = {f"{name}/out": entry["out"] for name, entry in stats["phases"].items()}
         summary.update({f"split/{k}": v for k, v in (stats.get("splits") or {}).items()})
         run.summary(summary)
     print(f"construct: {final.get('out', 0)} preference rows in {out_dir} "

@@ -1,10 +1,10 @@
 """What a construction run leaves in `out_dir` besides the preference rows.
 
-* `stats.json` - the funnel: corpus rows read / quarantined, then for each stage the count in and out,
-  per category, with the reason for every drop (in == out + sum(dropped), and each stage's `in` is the
-  previous stage's `out`; an answer cut off at max_tokens is dropped as `truncated`, or counted in
-  `truncated_kept` where `on_truncated.<stage>=flag`; `inputs_cut`: corpus texts cut to the reversed
-  model's prompt budget), the held-out split, the leakage guard, and LLM usage per stage;
+* `stats.json` - the funnel: corpus rows read / quarantined, then for each phase the count in and out,
+  per category, with the reason for every drop (in == out + sum(dropped), and each phase's `in` is the
+  previous phase's `out`; an answer cut off at max_tokens is dropped as `truncated`, or counted in
+  `truncated_kept` where `on_truncated.<phase>=flag`; `inputs_cut`: corpus texts cut to the reversed
+  model's prompt budget), the held-out split, the leakage guard, and LLM usage per phase;
 * `datasets/` - a `DatasetDict` (train, test) loadable with `datasets.load_from_disk`;
 * `README.md` - the dataset card: purpose, content warning, funnel table, models and prompt versions,
   examples;
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from safer_instruct.construct.steps import STAGE_ORDER
+from safer_instruct.construct.phases import PHASE_ORDER
 from safer_instruct.errors import SaferInstructError
 from safer_instruct.io import atomic_write_json, atomic_write_text
 
@@ -31,10 +31,10 @@ TEMPLATE_NAMES = ("reverse", "filter_instructions", "respond", "filter_responses
 
 
 def build_stats(done: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, Any]) -> dict[str, Any]:
-    """stats.json from the finished stages' records (`done.json` of each stage)."""
-    stages = {}
+    """stats.json from the finished phases' records (`done.json` of each phase)."""
+    phases = {}
     llm = {}
-    for name in STAGE_ORDER:
+    for name in PHASE_ORDER:
         if name not in done:
             continue
         info = done[name]
@@ -43,12 +43,12 @@ def build_stats(done: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, An
                     "splits", "leakage"):
             if key in info:
                 entry[key] = info[key]
-        stages[name] = entry
+        phases[name] = entry
         if info.get("llm"):
             llm[name] = info["llm"]
     stats: dict[str, Any] = {
         "corpus": done.get("induce", {}).get("corpus"),
-        "stages": stages,
+        "phases": phases,
         "splits": done.get("assemble", {}).get("splits"),
         "llm": llm,
         **dict(run_info),
@@ -60,10 +60,10 @@ def build_stats(done: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, An
 def funnel_problems(stats: Mapping[str, Any]) -> list[str]:
     """Everything that does not add up in a funnel (empty when consistent)."""
     problems = []
-    stages = stats.get("stages") or {}
+    phases = stats.get("phases") or {}
     previous_out = None
-    for name in STAGE_ORDER:
-        entry = stages.get(name)
+    for name in PHASE_ORDER:
+        entry = phases.get(name)
         if entry is None:
             previous_out = None
             continue
@@ -81,7 +81,7 @@ def funnel_problems(stats: Mapping[str, Any]) -> list[str]:
             if corpus and corpus["rows"] != corpus["kept"] + corpus["quarantined"] + corpus.get("over_category_limit", 0):
                 problems.append("corpus: rows != kept + quarantined + over_category_limit")
         elif previous_out is not None and entry["in"] != previous_out:
-            problems.append(f"{name}: in {entry['in']} != previous stage's out {previous_out}")
+            problems.append(f"{name}: in {entry['in']} != previous phase's out {previous_out}")
         splits = entry.get("splits") if name == "assemble" else None
         if splits is not None and sum(splits.values()) != entry["out"]:
             problems.append("assemble: train + test != out")
@@ -101,7 +101,7 @@ def preference_features():
         "provenance": {
             "id": text, "sample_index": Value("int32"), "corpus": text, "inducer": text, "expert": text,
             "templates": {name: text for name in TEMPLATE_NAMES}, "verdict_prefill": text,
-            "truncated": [text],  # stages whose answer was cut off at max_tokens and kept (on_truncated=flag)
+            "truncated": [text],  # phases whose answer was cut off at max_tokens and kept (on_truncated=flag)
         },
     })  # fmt: skip
 
@@ -147,8 +147,8 @@ def funnel_rows(stats: Mapping[str, Any]) -> list[tuple[str, int, int, dict[str,
         if corpus.get("over_category_limit"):
             set_aside["over_category_limit"] = corpus["over_category_limit"]
         rows.append(("corpus", corpus["rows"], corpus["kept"], set_aside))
-    for name in STAGE_ORDER:
-        entry = (stats.get("stages") or {}).get(name)
+    for name in PHASE_ORDER:
+        entry = (stats.get("phases") or {}).get(name)
         if entry:
             rows.append((name, entry["in"], entry["out"], dict(entry["dropped"])))
     return rows
@@ -171,7 +171,7 @@ def write_funnel_plot(path: Path, stats: Mapping[str, Any]) -> Path | None:
     ax.barh(labels, outs, color="#3b75af", label="kept")
     for y, (n_in, n_out) in enumerate(zip(ins, outs, strict=True)):
         ax.text(max(n_in, 1) * 1.01, y, f"{n_out} / {n_in}", va="center", fontsize=9)
-    ax.set_xlabel("items (corpus: rows; induce: texts x samples; later stages: candidates)")
+    ax.set_xlabel("items (corpus: rows; induce: texts x samples; later phases: candidates)")
     ax.set_title("Safer-Instruct construction funnel")
     ax.set_xlim(0, max(ins + [1]) * 1.25)
     ax.legend(loc="lower right")
@@ -221,25 +221,25 @@ def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], c
         "",
         "## Funnel",
         "",
-        "| step | in | kept | dropped (reason: count) |",
+        "| phase | in | kept | dropped (reason: count) |",
         "|---|---|---|---|",
     ]
     for name, n_in, n_out, dropped in funnel_rows(stats):
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "-"
         lines.append(f"| {name} | {n_in} | {n_out} | {reasons} |")
-    for name, entry in (stats.get("stages") or {}).items():
+    for name, entry in (stats.get("phases") or {}).items():
         if entry.get("expert_check") is False:
             lines += ["", f"{name}: the expert check was off (`{name}.expert_check=false`); only heuristics filtered."]
     splits = stats.get("splits")
     if splits:
         lines += ["", f"Splits: train {splits['train']}, test {splits['test']} (held out by source text)."]
-    leakage = ((stats.get("stages") or {}).get("assemble") or {}).get("leakage")
+    leakage = ((stats.get("phases") or {}).get("assemble") or {}).get("leakage")
     if leakage:
         sets = ", ".join(f"{k} ({v} prompts)" for k, v in leakage.get("sets", {}).items()) or "none"
         lines += ["", f"Leakage guard: prompts matching (exactly or nearly) these evaluation sets were removed: {sets}."]
         for name, why in (leakage.get("skipped") or {}).items():
             lines.append(f"Not checked: {name} ({why}).")
-    per_category = ((stats.get("stages") or {}).get("assemble") or {}).get("by_category")
+    per_category = ((stats.get("phases") or {}).get("assemble") or {}).get("by_category")
     if per_category:
         lines += ["", "| category | final rows |", "|---|---|"]
         lines += [f"| {cat} | {block['out']} |" for cat, block in sorted(per_category.items())]
@@ -271,7 +271,7 @@ def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], c
         "- `preference.jsonl` (train) and `preference_test.jsonl` (held out): TRL preference fields `prompt`, "
         "`chosen`, `rejected`, plus `category`, `source`, `source_id` and `provenance` (models, template versions).",
         "- `datasets/`: the same as a `DatasetDict` (`datasets.load_from_disk`).",
-        "- `stats.json`: the funnel with drop reasons per stage and category; `failures.jsonl`: requests that got no answer.",
+        "- `stats.json`: the funnel with drop reasons per phase and category; `failures.jsonl`: requests that got no answer.",
         "",
     ]
     return "\n".join(lines)

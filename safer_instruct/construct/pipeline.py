@@ -1,10 +1,10 @@
-"""The construction pipeline: build the steps from config, run the selected ones, write the outputs.
+"""The construction pipeline: build the phases from config, run the selected ones, write the outputs.
 
-`run_construct(cfg, out_dir)` is everything `safer-instruct construct` does. Stages run in the fixed
-order of `STAGE_ORDER`; `stages=[...]` selects a subset, and a selected stage reads the finished
+`run_construct(cfg, out_dir)` is everything `safer-instruct construct` does. Phases run in the fixed
+order of `PHASE_ORDER`; `phases=[...]` selects a subset, and a selected phase reads the finished
 output of the one before it from `out_dir` (a ConfigError says which to run first if it is missing).
-A stage already finished under the same settings is not run again; one stopped midway continues.
-The LLM session (and any managed server behind a role) is opened only when a stage has requests
+A phase already finished under the same settings is not run again; one stopped midway continues.
+The LLM session (and any managed server behind a role) is opened only when a phase has requests
 to send.
 """
 
@@ -21,19 +21,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.construct import outputs
 from safer_instruct.construct.heuristics import InstructionHeuristics
-from safer_instruct.construct.steps import (
-    STAGE_ORDER,
+from safer_instruct.construct.phases import (
+    PHASE_ORDER,
     UPSTREAM,
+    AssemblePhase,
     AssembleSettings,
-    AssembleStep,
-    ExpertStep,
-    InduceStep,
+    ExpertPhase,
+    InducePhase,
     LeakageGuard,
+    PhaseContext,
     RoleRunner,
-    StepContext,
     instruction_pre_check,
 )
-from safer_instruct.construct.store import StageStore, signature_of
+from safer_instruct.construct.store import PhaseStore, adopt_legacy_stores, signature_of
 from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
 from safer_instruct.construct.templates import induction_prompt
 from safer_instruct.data.corpus import CorpusReader, CorpusSpec, resolve_corpus_path
@@ -42,36 +42,40 @@ from safer_instruct.llm.config import parse_role
 
 log = logging.getLogger(__name__)
 
-# Role settings that change answers (and so the stage's results); concurrency, URLs and keys do not.
+# Role settings that change answers (and so the phase's results); concurrency, URLs and keys do not.
 ANSWER_KEYS = ("model", "backend", "temperature", "max_tokens", "top_p", "seed", "stop")
-EXPERT_STAGES = ("filter_instructions", "respond", "filter_responses")
-LLM_STAGES = ("induce", *EXPERT_STAGES)
-VERDICT_STAGES = ("filter_instructions", "filter_responses")
+EXPERT_PHASES = ("filter_instructions", "respond", "filter_responses")
+LLM_PHASES = ("induce", *EXPERT_PHASES)
+VERDICT_PHASES = ("filter_instructions", "filter_responses")
 
 
 def _plain(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def selected_stages(stages: Any) -> list[str]:
-    names = [str(s) for s in (_plain(stages) or [])]
-    unknown = [s for s in names if s not in STAGE_ORDER]
+def selected_phases(cfg: DictConfig) -> list[str]:
+    """`phases=[...]`, checked, in chain order."""
+    if cfg.get("stages") is not None:  # the key's name before construct's units were called phases
+        raise ConfigError(f"stages={_plain(cfg.stages)}: construct's units are now called phases; "
+                          f"write phases=[...] (choose from {', '.join(PHASE_ORDER)})")  # fmt: skip
+    names = [str(p) for p in (_plain(cfg.phases) or [])]
+    unknown = [p for p in names if p not in PHASE_ORDER]
     if unknown:
-        raise ConfigError(f"stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_ORDER)}")
+        raise ConfigError(f"phases: unknown phase(s) {unknown}; choose from {', '.join(PHASE_ORDER)}")
     if not names:
-        raise ConfigError(f"stages is empty; choose from {', '.join(STAGE_ORDER)}")
-    return [s for s in STAGE_ORDER if s in names]
+        raise ConfigError(f"phases is empty; choose from {', '.join(PHASE_ORDER)}")
+    return [p for p in PHASE_ORDER if p in names]
 
 
 def truncation_policies(cfg: DictConfig) -> dict[str, str]:
-    """`on_truncated.<stage>` for every LLM stage: drop (default) or flag, checked."""
+    """`on_truncated.<phase>` for every LLM phase: drop (default) or flag, checked."""
     from safer_instruct.construct.tasks import check_on_truncated
 
     node = _plain(cfg.get("on_truncated")) or {}
-    unknown = sorted(set(node) - set(LLM_STAGES))
+    unknown = sorted(set(node) - set(LLM_PHASES))
     if unknown:
-        raise ConfigError(f"on_truncated: unknown stage(s) {unknown}; the stages that ask a model are {', '.join(LLM_STAGES)}")
-    return {stage: check_on_truncated(stage, str(node.get(stage) or "drop")) for stage in LLM_STAGES}
+        raise ConfigError(f"on_truncated: unknown phase(s) {unknown}; the phases that ask a model are {', '.join(LLM_PHASES)}")
+    return {phase: check_on_truncated(phase, str(node.get(phase) or "drop")) for phase in LLM_PHASES}
 
 
 def corpus_signature(spec: CorpusSpec) -> dict[str, Any]:
@@ -104,14 +108,15 @@ class ConstructRun:
 
     def __init__(self, cfg: DictConfig, out_dir: str | Path):
         self.cfg, self.out_dir = cfg, Path(out_dir)
-        self.stages = selected_stages(cfg.stages)
+        self.phases = selected_phases(cfg)
         self.corpus_spec = CorpusSpec.from_config(_plain(cfg.corpus))
         self.on_truncated = truncation_policies(cfg)
         self.induction = induction_prompt(str(cfg.inducer.model), cfg.induce.get("reverse_prompt") or None)
-        self.templates = {name: load_template(name, _plain(cfg.prompts.get(name))) for name in EXPERT_STAGES}
+        self.templates = {name: load_template(name, _plain(cfg.prompts.get(name))) for name in EXPERT_PHASES}
         self.heuristics = InstructionHeuristics.from_config(_plain(cfg.filter_instructions.heuristics))
         self.signatures = self._signatures()
-        self.stores = {name: StageStore(self.out_dir, name, self.signatures[name]) for name in STAGE_ORDER}
+        adopt_legacy_stores(self.out_dir)
+        self.stores = {name: PhaseStore(self.out_dir, name, self.signatures[name]) for name in PHASE_ORDER}
 
     # -- settings
 
@@ -133,13 +138,13 @@ class ConstructRun:
                          "tags": self.template_tags(), "models": self.models()},
         }  # fmt: skip
         signatures: dict[str, str] = {}
-        for name in STAGE_ORDER:
+        for name in PHASE_ORDER:
             payload = dict(payloads[name])
-            if name in LLM_STAGES:
+            if name in LLM_PHASES:
                 payload["on_truncated"] = self.on_truncated[name]
-            if name in EXPERT_STAGES and (name != "filter_instructions" or cfg.filter_instructions.expert_check):
+            if name in EXPERT_PHASES and (name != "filter_instructions" or cfg.filter_instructions.expert_check):
                 payload["expert"] = _role_answer_settings(cfg, "expert")
-            if name in VERDICT_STAGES and cfg[name].expert_check and self.verdict_prefill is not None:
+            if name in VERDICT_PHASES and cfg[name].expert_check and self.verdict_prefill is not None:
                 payload["verdict_prefill"] = self.verdict_prefill  # only when set: unprefilled runs keep theirs
             if name in UPSTREAM:
                 payload["upstream"] = signatures[UPSTREAM[name]]
@@ -156,7 +161,7 @@ class ConstructRun:
     def verdict_prefill(self) -> str | None:
         """The text the expert's pass/fail answers start with, as sent (None: not prefilled, or no check on).
         Worked out once: every output row's provenance records it."""
-        if not any(self.cfg[name].expert_check for name in VERDICT_STAGES):
+        if not any(self.cfg[name].expert_check for name in VERDICT_PHASES):
             return None
         return parse_role("expert", self.cfg.expert).verdict_prefill_sent
 
@@ -168,36 +173,36 @@ class ConstructRun:
                 **self.models(), "templates": self.template_tags(), "verdict_prefill": self.verdict_prefill,
                 "truncated": list(row.get("truncated") or [])}  # fmt: skip
 
-    # -- steps
+    # -- phases
 
-    def _step(self, name: str):
+    def build_phase(self, name: str):
         cfg = self.cfg
         if name == "induce":
             task = InduceTask(self.induction.render, int(cfg.induce.samples_per_text), _plain(cfg.induce.stop) or (),
                               chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"],
                               on_truncated=self.on_truncated[name])  # fmt: skip
-            return InduceStep(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
+            return InducePhase(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
         if name == "filter_instructions":
             task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill,
                                on_truncated=self.on_truncated[name])  # fmt: skip
-            return ExpertStep(name, task, enabled=bool(cfg.filter_instructions.expert_check),
+            return ExpertPhase(name, task, enabled=bool(cfg.filter_instructions.expert_check),
                               pre_check=instruction_pre_check(self.heuristics))  # fmt: skip
         if name == "respond":
-            return ExpertStep(name, RespondTask(self.templates[name], self.on_truncated[name]))
+            return ExpertPhase(name, RespondTask(self.templates[name], self.on_truncated[name]))
         if name == "filter_responses":
             task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill,
                                on_truncated=self.on_truncated[name])  # fmt: skip
-            return ExpertStep(name, task, enabled=bool(cfg.filter_responses.expert_check))
+            return ExpertPhase(name, task, enabled=bool(cfg.filter_responses.expert_check))
         leakage = cfg.assemble.get("leakage") or {}
         prompts, skipped = _load_leakage(cfg)
         guard = LeakageGuard.from_prompts(prompts, float(leakage.get("threshold", 0.7)), skipped)
         settings = AssembleSettings(test_size=float(cfg.assemble.test_size), seed=int(cfg.assemble.seed),
                                     dedup=bool(cfg.assemble.dedup),
                                     near_duplicate_threshold=float(cfg.assemble.near_duplicate_threshold))  # fmt: skip
-        return AssembleStep(settings, guard, self.provenance, source=str(cfg.dataset.source))
+        return AssemblePhase(settings, guard, self.provenance, source=str(cfg.dataset.source))
 
     def pending(self) -> list[str]:
-        return [name for name in self.stages if not self.stores[name].is_done()]
+        return [name for name in self.phases if not self.stores[name].is_done()]
 
     def roles_needed(self, pending: list[str]) -> dict[str, Any]:
         roles = {}
@@ -210,12 +215,12 @@ class ConstructRun:
         return roles
 
     def check_inputs(self) -> None:
-        for name in self.stages:
+        for name in self.phases:
             upstream = UPSTREAM.get(name)
-            if upstream and upstream not in self.stages and not self.stores[upstream].is_done():
+            if upstream and upstream not in self.phases and not self.stores[upstream].is_done():
                 raise ConfigError(
-                    f"stage '{name}' needs the finished output of '{upstream}' in {self.out_dir} (made with the "
-                    f"same settings); add {upstream} to stages or run it first"
+                    f"phase '{name}' needs the finished output of '{upstream}' in {self.out_dir} (made with the "
+                    f"same settings); add {upstream} to phases or run it first"
                 )
 
     def run(self) -> dict[str, Any]:
@@ -238,9 +243,9 @@ class ConstructRun:
     def _run(self) -> dict[str, Any]:
         self.check_inputs()
         pending = self.pending()
-        skipped = [name for name in self.stages if name not in pending]
+        skipped = [name for name in self.phases if name not in pending]
         if skipped:
-            log.info("stages already finished in %s (kept): %s", self.out_dir, ", ".join(skipped))
+            log.info("phases already finished in %s (kept): %s", self.out_dir, ", ".join(skipped))
         failures_path = self.out_dir / "failures.jsonl"
         failures_path.touch()
         with ExitStack() as stack:
@@ -256,27 +261,27 @@ class ConstructRun:
                         budget_usd=self.cfg.llm.get("budget_usd")))  # fmt: skip
                 return session_holder["session"].role(role)
 
-            ctx = StepContext(self.out_dir, RoleRunner(open_role), self.stores)
+            ctx = PhaseContext(self.out_dir, RoleRunner(open_role), self.stores)
             for name in pending:
-                log.info("stage %s", name)
-                info = self._step(name).run(ctx)
+                log.info("phase %s", name)
+                info = self.build_phase(name).run(ctx)
                 funnel = info["funnel"]
-                log.info("stage %s: %d in, %d out, dropped %s", name, funnel["in"], funnel["out"], funnel["dropped"])
+                log.info("phase %s: %d in, %d out, dropped %s", name, funnel["in"], funnel["out"], funnel["dropped"])
         return self.write_outputs(ran=pending, kept=skipped)
 
     # -- outputs
 
     def finished(self) -> dict[str, dict[str, Any]]:
-        """done.json of every stage finished under the current settings, in chain order."""
+        """done.json of every phase finished under the current settings, in chain order."""
         done = {}
-        for name in STAGE_ORDER:
+        for name in PHASE_ORDER:
             if self.stores[name].is_done():
                 done[name] = self.stores[name].done_info()
         return done
 
     def write_outputs(self, ran: list[str], kept: list[str]) -> dict[str, Any]:
         done = self.finished()
-        run_info = {"run": {"stages_run": ran, "stages_kept": kept, "out_dir": str(self.out_dir)},
+        run_info = {"run": {"phases_run": ran, "phases_kept": kept, "out_dir": str(self.out_dir)},
                     "provenance": {"models": self.models(), "templates": self.template_tags(),
                                    "reverse_prompt": {k: v for k, v in self.induction.describe().items() if k != "template"},
                                    "on_truncated": self.on_truncated,
@@ -308,5 +313,5 @@ class ConstructRun:
 
 
 def run_construct(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run the selected construction stages in out_dir; returns stats.json's content."""
+    """Run the selected construction phases in out_dir; returns stats.json's content."""
     return ConstructRun(cfg, out_dir).run()

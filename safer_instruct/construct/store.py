@@ -1,17 +1,17 @@
-"""The resumable store of one construction stage: append-only progress, atomic output.
+"""The resumable store of one construction phase: append-only progress, atomic output.
 
-Layout under `out_dir/stages/<stage>/`:
+Layout under `out_dir/phases/<phase>/`:
 
-* `meta.json` - the stage's signature (a hash of everything that decides its results: templates,
-  model names, sampling settings, the upstream stage's signature). Stored results made under another
-  signature are discarded when the stage starts (the LLM cache still answers unchanged requests).
+* `meta.json` - the phase's signature (a hash of everything that decides its results: templates,
+  model names, sampling settings, the upstream phase's signature). Stored results made under another
+  signature are discarded when the phase starts (the LLM cache still answers unchanged requests).
 * `progress.jsonl` - one JSON line per finished item (`id`, `status` kept/dropped/failed, `reason`,
   `category`, `row`), appended and flushed as each answer arrives. A process killed at any moment
   (SIGKILL included) leaves at most one half-written last line, which is cut off on reopening; every
   complete line is a finished item that is never asked for again. `failed` items (no answer after the
   LLM layer's retries) are asked again on the next run.
 * `output.jsonl` + `done.json` - written atomically when every item has a final record: the kept rows
-  sorted by id (so the result does not depend on the order answers arrived in) and the stage's funnel.
+  sorted by id (so the result does not depend on the order answers arrived in) and the phase's funnel.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 KEPT, DROPPED, FAILED = "kept", "dropped", "failed"
 FAILURE_REASON = "llm_failure"
+STORES_DIR = "phases"  # out_dir/phases/<phase>/
+LEGACY_STORES_DIR = "stages"  # before construct's units were called phases
 
 
 def signature_of(value: Any) -> str:
@@ -40,8 +42,31 @@ def signature_of(value: Any) -> str:
     return digest(value, 16)
 
 
+def adopt_legacy_stores(out_dir: str | Path) -> None:
+    """Compatibility: an out_dir written before construct's units were called phases keeps its stores in
+    `stages/<phase>/`, with a "stage" key in meta.json and done.json. Rename the keys, then move the
+    folder to `phases/`, so that a resumed run keeps its finished work. The folder moves last, in one
+    rename: a run killed midway finds `stages/` again and redoes what is left."""
+    legacy, current = Path(out_dir) / LEGACY_STORES_DIR, Path(out_dir) / STORES_DIR
+    if not legacy.is_dir() or current.exists():
+        return
+    for path in sorted(legacy.glob("*/*.json")):  # meta.json, done.json
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue  # unreadable: the store takes it as no record, as it would under the new name
+        if "stage" in record:
+            atomic_write_json(path, {"phase": record.pop("stage"), **record})
+    try:
+        legacy.rename(current)
+    except OSError:
+        if not current.is_dir():  # else another process moved it first
+            raise
+    log.info("%s: the phase stores of an earlier version moved from %s/ to %s/", out_dir, LEGACY_STORES_DIR, STORES_DIR)
+
+
 class Funnel:
-    """Counts in and out of one stage, overall and per category, with the reasons for drops.
+    """Counts in and out of one phase, overall and per category, with the reasons for drops.
 
     Invariant (checked by tests and by `to_dict`): in == out + sum(dropped), overall and per category.
     """
@@ -79,12 +104,12 @@ class Funnel:
         return result
 
 
-class StageStore:
-    """Progress and output of one stage in one run directory."""
+class PhaseStore:
+    """Progress and output of one phase in one run directory."""
 
-    def __init__(self, out_dir: str | Path, stage: str, signature: str):
-        self.stage, self.signature = stage, signature
-        self.dir = Path(out_dir) / "stages" / stage
+    def __init__(self, out_dir: str | Path, phase: str, signature: str):
+        self.phase, self.signature = phase, signature
+        self.dir = Path(out_dir) / STORES_DIR / phase
         self.progress_path = self.dir / "progress.jsonl"
         self.output_path = self.dir / "output.jsonl"
         self.done_path = self.dir / "done.json"
@@ -113,14 +138,14 @@ class StageStore:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def open(self) -> None:
-        """Start or continue the stage: discard results made under another signature, repair the tail."""
+        """Start or continue the phase: discard results made under another signature, repair the tail."""
         stored = self.stored_signature()
         if stored is not None and stored != self.signature:
-            log.warning("stage %s: settings changed since its stored results were made; starting it again", self.stage)
+            log.warning("phase %s: settings changed since its stored results were made; starting it again", self.phase)
             self.reset()
         self.dir.mkdir(parents=True, exist_ok=True)
         if stored != self.signature:
-            atomic_write_json(self.dir / "meta.json", {"stage": self.stage, "signature": self.signature})
+            atomic_write_json(self.dir / "meta.json", {"phase": self.phase, "signature": self.signature})
         self._repair_tail()
         self.done_path.unlink(missing_ok=True)
 
@@ -215,7 +240,7 @@ class StageStore:
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, self.output_path)
-        info = {"stage": self.stage, "signature": self.signature, "funnel": funnel.to_dict(), **dict(extra or {})}
+        info = {"phase": self.phase, "signature": self.signature, "funnel": funnel.to_dict(), **dict(extra or {})}
         atomic_write_json(self.done_path, info)
         return info
 
@@ -226,7 +251,7 @@ class StageStore:
 
 
 class _empty:
-    """A context manager over an empty iterable (a stage with no items)."""
+    """A context manager over an empty iterable (a phase with no items)."""
 
     def __enter__(self):
         return iter(())

@@ -1,7 +1,7 @@
-"""Tasks: a prompt template plus the parsing of its answer, for each LLM stage (distilabel's split).
+"""Tasks: a prompt template plus the parsing of its answer, for each LLM phase (distilabel's split).
 
 A task turns an item (a dict row) into `ChatRequest`s for its LLM role and reads each answer back
-into an `Outcome`: kept (with the fields the stage adds) or dropped (with the reason counted in the
+into an `Outcome`: kept (with the fields the phase adds) or dropped (with the reason counted in the
 funnel). Verdicts are read by the one parser, `safer_instruct.verdict.parse_verdict`; an answer it
 cannot read is dropped as `unparseable_verdict`, never taken as a pass.
 """
@@ -35,16 +35,16 @@ TRUNCATED = "truncated"  # the drop reason of an answer cut off at max_tokens
 ON_TRUNCATED = ("drop", "flag")
 
 
-def check_on_truncated(stage: str, policy: str) -> str:
+def check_on_truncated(phase: str, policy: str) -> str:
     if policy not in ON_TRUNCATED:
-        raise ConfigError(f"on_truncated.{stage}={policy!r}: choose drop (the answer is dropped, counted as "
+        raise ConfigError(f"on_truncated.{phase}={policy!r}: choose drop (the answer is dropped, counted as "
                           "`truncated`) or flag (kept, marked in the row's provenance)")  # fmt: skip
     return policy
 
 
-def flagged(row: Mapping[str, Any], stage: str) -> dict[str, Any]:
-    """The row with `stage` added to its `truncated` list (answers kept although cut off)."""
-    return {**row, "truncated": [*(row.get("truncated") or []), stage]}
+def flagged(row: Mapping[str, Any], phase: str) -> dict[str, Any]:
+    """The row with `phase` added to its `truncated` list (answers kept although cut off)."""
+    return {**row, "truncated": [*(row.get("truncated") or []), phase]}
 
 
 class InduceTask:
@@ -194,6 +194,6 @@ TEMPLATE_FIELDS = {
 
 
 def load_template(name: str, cfg: Mapping[str, Any] | None) -> PromptTemplate:
-    """The template of expert step `name`, from `prompts.<name>`, checked against the fields it fills."""
+    """The template of expert phase `name`, from `prompts.<name>`, checked against the fields it fills."""
     required, allowed = TEMPLATE_FIELDS[name]
     return PromptTemplate.from_config(cfg, f"prompts.{name}").expect(required, allowed)

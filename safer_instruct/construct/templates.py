@@ -50,7 +50,7 @@ class InductionPrompt:
         return self.template.tag
 
     def describe(self) -> dict[str, Any]:
-        """As recorded in stats.json and in the induce stage's settings."""
+        """As recorded in stats.json and in the induce phase's settings."""
         cut = None
         if self.encoder is not None:
             cut = {"max_prompt_tokens": self.max_prompt_tokens, "tokenizer": self.model_dir, "cut": "response_end"}

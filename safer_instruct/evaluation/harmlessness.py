@@ -109,7 +109,7 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
     settings = decoding_settings(policy_cfg, fmt, model_cfg)
     by_request = {f"answer/{item.id}": item for item in items}
     rows: dict[str, dict[str, Any]] = {}
-    for result in session.role("policy").generate(answer_requests(items, fmt), stage="generate_answers"):
+    for result in session.role("policy").generate(answer_requests(items, fmt), phase="generate_answers"):
         item = by_request[result.request_id]
         if result.ok and result.text.strip():
             item.response = result.text

@@ -112,12 +112,12 @@ def read_result(result: Completion | Failure, allowed: Iterable[str]) -> Judgeme
 
 
 def judge_all(
-    role: Any, requests: Iterable[ChatRequest], allowed: Iterable[str], stage: str
+    role: Any, requests: Iterable[ChatRequest], allowed: Iterable[str], phase: str
 ) -> dict[str, Judgement]:
     """Send judge requests through an LLM role (its concurrency, cache, retries); request id -> Judgement."""
     allowed = tuple(allowed)
     out: dict[str, Judgement] = {}
-    for result in role.generate(requests, stage=stage):
+    for result in role.generate(requests, phase=phase):
         out[result.request_id] = read_result(result, allowed)
     return out
 

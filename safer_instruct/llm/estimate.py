@@ -4,11 +4,11 @@ A stage's dry run (`safer-instruct construct ... dry_run=true`, `safer-instruct 
 dry_run=true`) runs the stage's own code against a dry-run `LLMSession`: cached
 answers come back as always; every other request is counted (`LLMRole.estimate`) and answered with a
 placeholder (`is_placeholder`) of the role's `max_tokens` length. This module holds what the stages
-share: that session (no budget, no server, no weights), the placeholder text, a row per stage and
-role, the terminal table and `estimate.json`.
+share: that session (no budget, no server, no weights), the placeholder text, a row per phase (the
+session's usage bucket: a construct phase, or eval's judge) and role, the terminal table and `estimate.json`.
 
 Completion tokens are each request's `max_tokens` (an upper bound). Prompt tokens are estimated at
-~4 characters a token. A stage whose input depends on answers not known yet (placeholders) is marked
+~4 characters a token. A phase whose input depends on answers not known yet (placeholders) is marked
 "upper bound".
 """
 
@@ -64,21 +64,21 @@ def missing_keys(session: Any) -> list[str]:
             session.roles_config.items() if cfg.api_key_env and not os.environ.get(cfg.api_key_env)]  # fmt: skip
 
 
-def estimate_row(session: Any, role_name: str, stage: str, upper_bound: bool = False, note: str = "") -> dict[str, Any]:
-    """One table row: what `role_name` was asked in `stage` of a dry run. A row with nothing to send costs 0."""
-    estimate = session.role(role_name).estimate(stage)
+def estimate_row(session: Any, role_name: str, phase: str, upper_bound: bool = False, note: str = "") -> dict[str, Any]:
+    """One table row: what `role_name` was asked in `phase` of a dry run. A row with nothing to send costs 0."""
+    estimate = session.role(role_name).estimate(phase)
     cost = estimate["est_cost_usd"] if estimate["price_known"] else None
     if estimate["to_send"] == 0:
         cost = 0.0
-    return {"stage": stage, "role": role_name, "model": estimate["model"],
+    return {"phase": phase, "role": role_name, "model": estimate["model"],
             **{key: estimate[key] for key in COUNT_KEYS}, "est_cost_usd": cost,
             "price_known": estimate["price_known"], "upper_bound": bool(upper_bound and estimate["requests"]),
             "note": note}  # fmt: skip
 
 
-def quiet_row(stage: str, role_name: str, model: str, note: str) -> dict[str, Any]:
-    """A stage that sends nothing (finished earlier, or its expert check is off)."""
-    return {"stage": stage, "role": role_name, "model": model, **dict.fromkeys(COUNT_KEYS, 0), "est_cost_usd": 0.0,
+def quiet_row(phase: str, role_name: str, model: str, note: str) -> dict[str, Any]:
+    """A phase that sends nothing (finished earlier, or its expert check is off)."""
+    return {"phase": phase, "role": role_name, "model": model, **dict.fromkeys(COUNT_KEYS, 0), "est_cost_usd": 0.0,
             "price_known": True, "upper_bound": False, "note": note}  # fmt: skip
 
 
@@ -105,9 +105,9 @@ def _short(model: str, width: int = 32) -> str:
 
 def render_table(title: str, rows: Sequence[Mapping[str, Any]], total: Mapping[str, Any]) -> str:
     """The estimate as plain aligned text (the terminal's table)."""
-    header = ("stage", "role", "model", "requests", "cached", "to send", "est. prompt tok",
+    header = ("phase", "role", "model", "requests", "cached", "to send", "est. prompt tok",
               "est. completion tok (max)", "est. cost USD", "note")  # fmt: skip
-    body = [(row["stage"], row["role"], _short(str(row["model"])), row["requests"], row["cached"], row["to_send"],
+    body = [(row["phase"], row["role"], _short(str(row["model"])), row["requests"], row["cached"], row["to_send"],
              row["est_prompt_tokens"], row["est_completion_tokens"], _cost(row["est_cost_usd"]), row["note"])
             for row in rows]  # fmt: skip
     body.append(("total", "", "", total["requests"], total["cached"], total["to_send"], total["est_prompt_tokens"],

@@ -2,8 +2,11 @@
 
     with LLMSession(roles={"expert": cfg.expert}, cache_dir=cfg.cache.dir,
                     failures_path=out_dir / "failures.jsonl", budget_usd=cfg.llm.budget_usd) as session:
-        for result in session.role("expert").generate(requests, stage="filter_instructions"):
+        for result in session.role("expert").generate(requests, phase="filter_instructions"):
             ...  # Completion or Failure, in completion order; match by result.request_id
+
+`phase` names the part of the caller's work that a role's counters and failures are filed under: a
+construct phase (induce, filter_instructions, ...) or a part of an eval (generate_answers, judge).
 
 How a request travels: the caller's thread pulls requests from the iterable a chunk at a time,
 answers what the cache holds at once, reserves the worst-case cost against the budget, and hands the
@@ -208,11 +211,11 @@ class LLMSession:
     def secrets(self) -> list[str]:
         return [os.environ[c.api_key_env] for c in self.roles_config.values() if os.environ.get(c.api_key_env or "")]
 
-    def record_failure(self, failure: Failure, role: str, stage: str) -> None:
+    def record_failure(self, failure: Failure, role: str, phase: str) -> None:
         if self.failures_path is None:
             return
         record = {
-            "request_id": failure.request_id, "role": role, "stage": stage, "model": failure.model,
+            "request_id": failure.request_id, "role": role, "phase": phase, "model": failure.model,
             "reason": failure.reason, "attempts": failure.attempts,
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "metadata": failure.metadata,
         }  # fmt: skip
@@ -225,7 +228,7 @@ class LLMSession:
             self._failures_file.flush()
 
     def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """{role: {stage: counters}} for every role used so far."""
+        """{role: {phase: counters}} for every role used so far."""
         return {name: role.stats() for name, role in self._roles.items()}
 
     @property
@@ -298,20 +301,20 @@ class LLMRole:
                             "silence this", self.name, self.cfg.model, self.name)  # fmt: skip
         return dataclasses.replace(request, prefill=None)
 
-    def _counters(self, stage: str) -> dict[str, Any]:
-        if stage not in self._stats:
-            self._stats[stage] = dict.fromkeys(STAT_KEYS, 0)
-            self._stats[stage]["cost_usd"] = 0.0
-            self._stats[stage]["elapsed_s"] = 0.0
+    def _counters(self, phase: str) -> dict[str, Any]:
+        if phase not in self._stats:
+            self._stats[phase] = dict.fromkeys(STAT_KEYS, 0)
+            self._stats[phase]["cost_usd"] = 0.0
+            self._stats[phase]["elapsed_s"] = 0.0
             if self.session.dry_run:
-                self._stats[stage].update(dict.fromkeys(DRY_RUN_KEYS, 0))
-        return self._stats[stage]
+                self._stats[phase].update(dict.fromkeys(DRY_RUN_KEYS, 0))
+        return self._stats[phase]
 
-    def stats(self, stage: str | None = None) -> dict[str, Any]:
-        """Counters of one stage, or {stage: counters} of all stages."""
+    def stats(self, phase: str | None = None) -> dict[str, Any]:
+        """Counters of one phase, or {phase: counters} of all phases."""
         with self._lock:
-            if stage is not None:
-                return dict(self._counters(stage))
+            if phase is not None:
+                return dict(self._counters(phase))
             return {name: dict(values) for name, values in self._stats.items()}
 
     # --- the backend, made ready on the first request that needs sending ---
@@ -325,11 +328,11 @@ class LLMRole:
             return self.backend
 
     # --- dry run ---
-    def estimate(self, stage: str = "default") -> dict[str, Any]:
-        """What the requests of `stage` made so far in a dry run would send and cost (completion
+    def estimate(self, phase: str = "default") -> dict[str, Any]:
+        """What the requests of `phase` made so far in a dry run would send and cost (completion
         tokens: `max_tokens`, an upper bound; prompt tokens: ~4 characters a token)."""
         with self._lock:
-            counters = self._counters(stage)
+            counters = self._counters(phase)
             counts = {"requests": counters["requests"], "cached": counters["cache_hits"],
                       **{key: counters.get(key, 0) for key in DRY_RUN_KEYS}}  # fmt: skip
         cost = self.price.cost(counts["est_prompt_tokens"], counts["est_completion_tokens"]) if self.price else None
@@ -348,13 +351,13 @@ class LLMRole:
                           metadata=request.metadata)  # fmt: skip
 
     # --- the hot path ---
-    def generate(self, requests: Iterable[ChatRequest], stage: str = "default", progress: bool | None = None,
+    def generate(self, requests: Iterable[ChatRequest], phase: str = "default", progress: bool | None = None,
                  ) -> Iterator[Result]:  # fmt: skip
         """Yield one Completion or Failure per request, in completion order (match by `request_id`)."""
         session = self.session
-        counters = self._counters(stage)
+        counters = self._counters(phase)
         total = len(requests) if hasattr(requests, "__len__") else None  # type: ignore[arg-type]
-        bar = _progress_bar(f"{self.name}/{stage}", total, session.progress if progress is None else progress)
+        bar = _progress_bar(f"{self.name}/{phase}", total, session.progress if progress is None else progress)
         window = max(2, 2 * self.cfg.max_concurrency)
         iterator = iter(requests)
         inflight: dict[concurrent.futures.Future, _Pending] = {}
@@ -414,13 +417,13 @@ class LLMRole:
                     if not session.budget.try_reserve(reserved):
                         if not warned_budget:
                             log.warning("%s/%s: budget_usd=%s reached (spent %.4f USD): requests not sent are "
-                                        "listed in the failures file", self.name, stage, session.budget.limit_usd,
+                                        "listed in the failures file", self.name, phase, session.budget.limit_usd,
                                         session.budget.spent_usd)  # fmt: skip
                             warned_budget = True
                         failure = Failure(request.id, BUDGET_REASON, self.cfg.model, 0, request.metadata)
                         with self._lock:
                             counters["budget_skipped"] += 1
-                        session.record_failure(failure, self.name, stage)
+                        session.record_failure(failure, self.name, phase)
                         count(failure, key)
                         yield failure
                         continue
@@ -433,7 +436,7 @@ class LLMRole:
                     continue
                 future = _get(done)
                 pending = inflight.pop(future)
-                result = self._finish(future, pending, stage, counters)
+                result = self._finish(future, pending, phase, counters)
                 count(result, pending.key)
                 yield result
         finally:
@@ -441,7 +444,7 @@ class LLMRole:
             # (cached, or listed as failures), the rest is cancelled. Nothing paid for is thrown away.
             for future, pending in inflight.items():
                 if future.done() and not future.cancelled():
-                    self._finish(future, pending, stage, counters)
+                    self._finish(future, pending, phase, counters)
                 else:
                     future.cancel()
                     session.budget.settle(pending.reserved_usd, 0.0)
@@ -452,7 +455,7 @@ class LLMRole:
             bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=True)
             bar.close()
             if counters["requests"]:
-                log.info("%s/%s: %d requests, %d cached, %d failed, %d retries, %.4f USD", self.name, stage,
+                log.info("%s/%s: %d requests, %d cached, %d failed, %d retries, %.4f USD", self.name, phase,
                          counters["requests"], counters["cache_hits"], counters["failures"], counters["retries"],
                          counters["cost_usd"])  # fmt: skip
 
@@ -462,7 +465,7 @@ class LLMRole:
         prompt = estimate_prompt_tokens(request, CONSERVATIVE_CHARS_PER_TOKEN)
         return self.price.cost(prompt, params["max_tokens"])
 
-    def _finish(self, future: concurrent.futures.Future, pending: _Pending, stage: str, counters: dict) -> Result:
+    def _finish(self, future: concurrent.futures.Future, pending: _Pending, phase: str, counters: dict) -> Result:
         request = pending.request
         try:
             result, attempts = future.result()
@@ -482,7 +485,7 @@ class LLMRole:
             if self.session.cache is not None:
                 self.session.cache.put(pending.key, result)
         else:
-            self.session.record_failure(result, self.name, stage)
+            self.session.record_failure(result, self.name, phase)
         return result
 
     async def _call(self, backend, request: ChatRequest, params: dict[str, Any]) -> tuple[Result, int]:

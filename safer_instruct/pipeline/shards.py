@@ -5,7 +5,7 @@ that grows with the corpus. On Slurm, a construct step with `shards: N` becomes
 
 1. an array job of N tasks (`slurm/induce_array.sbatch`): task i reads the corpus exactly as
    `construct` would (same reader, limit, bad-row policy), keeps every N-th text from the i-th, and
-   runs `construct stages=[induce]` on that shard with its own answer cache `<out_dir>/shards/i/llm`;
+   runs `construct phases=[induce]` on that shard with its own answer cache `<out_dir>/shards/i/llm`;
 2. the construct job itself, after the whole array succeeded: it merges the shards' answer caches
    into the experiment's `cache.dir`, then runs the whole of construct over the whole corpus. Its induce finds
    each answer in the cache (keys are model + prompt + sampling settings + sample index, not the
@@ -74,7 +74,7 @@ def shard_config(cfg: DictConfig, corpus_path: Path, shard_dir: Path) -> DictCon
     from safer_instruct.config import to_plain
 
     shard = OmegaConf.create(to_plain(cfg))
-    shard.stages = ["induce"]
+    shard.phases = ["induce"]
     shard.corpus.merge_with({"path": str(corpus_path), "text_field": "text", "category_field": "category",
                              "id_field": "id", "limit": None})  # fmt: skip
     shard.cache.dir = str(shard_dir / "llm")

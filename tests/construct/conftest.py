@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from tests.construct.scripted import ScriptedModels
@@ -12,3 +14,14 @@ from tests.helpers.servers import FaultServer
 def server():
     with FaultServer(responder=ScriptedModels()) as srv:
         yield srv
+
+
+@pytest.fixture(autouse=True)
+def root_log_handlers_restored():
+    """A construct run through the CLI in this process lets Hydra attach handlers to the root logger that
+    write to this test's captured stderr; a later test's log records would go to that closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

@@ -1,7 +1,7 @@
 """The whole construct chain against a SCRIPTED inducer and expert served on loopback (see scripted.py).
 
 The answers are scripted so that every drop reason, the leakage guard and the split can be asserted
-exactly; everything else (HTTP client, retries, cache, stages, store, outputs) is the real code.
+exactly; everything else (HTTP client, retries, cache, phases, store, outputs) is the real code.
 """
 
 import difflib
@@ -48,17 +48,17 @@ def rows(path: Path) -> list[dict]:
 
 def test_funnel_counts_every_drop_with_its_reason(full_run):
     _, stats, requests = full_run
-    stages = stats["stages"]
+    phases = stats["phases"]
     assert stats["corpus"]["rows"] == stats["corpus"]["kept"] == 12
-    assert (stages["induce"]["texts"], stages["induce"]["in"], stages["induce"]["out"]) == (12, 24, 24)
-    assert stages["filter_instructions"]["dropped"] == {"duplicate": 1, "non_language": 1, "expert_fail": 1,
+    assert (phases["induce"]["texts"], phases["induce"]["in"], phases["induce"]["out"]) == (12, 24, 24)
+    assert phases["filter_instructions"]["dropped"] == {"duplicate": 1, "non_language": 1, "expert_fail": 1,
                                                         "unparseable_verdict": 1}  # fmt: skip
-    assert stages["respond"]["dropped"] == {"empty_response": 1}
-    assert stages["filter_responses"]["dropped"] == {"expert_fail": 1}
-    assert stages["assemble"]["dropped"] == {"eval_leak_exact": 1, "eval_leak_near": 1}
-    assert [stages[s]["out"] for s in ("filter_instructions", "respond", "filter_responses", "assemble")] == [20, 19, 18, 16]
+    assert phases["respond"]["dropped"] == {"empty_response": 1}
+    assert phases["filter_responses"]["dropped"] == {"expert_fail": 1}
+    assert phases["assemble"]["dropped"] == {"eval_leak_exact": 1, "eval_leak_near": 1}
+    assert [phases[s]["out"] for s in ("filter_instructions", "respond", "filter_responses", "assemble")] == [20, 19, 18, 16]
     assert stats["splits"]["train"] + stats["splits"]["test"] == 16 and stats["problems"] == []
-    assert stages["filter_instructions"]["by_category"]["hate"] == {"in": 4, "out": 2,
+    assert phases["filter_instructions"]["by_category"]["hate"] == {"in": 4, "out": 2,
                                                                     "dropped": {"duplicate": 1, "non_language": 1}}
     # One request per item that needed the model: 24 induce, 22 instruction checks (2 dropped by
     # heuristics first), 20 responses, 19 response checks.
@@ -126,7 +126,7 @@ def test_no_evaluation_or_held_out_prompt_in_the_training_output(full_run):
     assert not any("manipulate or trick people" in p for p in all_prompts)
     assert {r["source_id"] for r in train}.isdisjoint({r["source_id"] for r in test})
     assert {normalize(r["prompt"]) for r in train}.isdisjoint({normalize(r["prompt"]) for r in test})
-    assert stats["stages"]["assemble"]["leakage"]["sets"]["advbench"] == 520
+    assert stats["phases"]["assemble"]["leakage"]["sets"]["advbench"] == 520
 
 
 def test_rerun_in_the_same_out_dir_sends_nothing_and_changes_nothing(server, workspace, full_run):
@@ -134,31 +134,55 @@ def test_rerun_in_the_same_out_dir_sends_nothing_and_changes_nothing(server, wor
     before = (out / "preference.jsonl").read_bytes()
     _, stats, requests = construct(server, workspace, "full")
     assert requests == 0
-    assert stats["run"]["stages_run"] == [] and len(stats["run"]["stages_kept"]) == 5
+    assert stats["run"]["phases_run"] == [] and len(stats["run"]["phases_kept"]) == 5
     assert (out / "preference.jsonl").read_bytes() == before
 
 
-def test_stage_subsets_read_earlier_outputs(server, workspace, full_run):
+def test_an_out_dir_written_before_the_rename_to_phases_resumes_with_its_finished_work(server, workspace, full_run):
+    root, _ = workspace
+    legacy = root / "legacy"
+    shutil.copytree(full_run[0], legacy)
+    # The layout before construct's units were called phases: stages/<name>/, with a "stage" key.
+    (legacy / "phases").rename(legacy / "stages")
+    for path in (legacy / "stages").glob("*/*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({"stage": record.pop("phase"), **record}))
+    before = (legacy / "preference.jsonl").read_bytes()
+    _, stats, requests = construct(server, workspace, "legacy")
+    assert requests == 0 and stats["run"]["phases_run"] == [] and len(stats["run"]["phases_kept"]) == 5
+    assert stats["phases"] == full_run[1]["phases"] and stats["llm"] == full_run[1]["llm"]
+    assert (legacy / "preference.jsonl").read_bytes() == before
+    assert not (legacy / "stages").exists()  # moved, with the new key names
+    records = [json.loads(path.read_text()) for path in (legacy / "phases").glob("*/*.json")]
+    assert len(records) == 10 and all("phase" in r and "stage" not in r for r in records)
+
+
+def test_the_old_stages_key_is_a_config_error_that_says_phases(server, workspace):
+    with pytest.raises(ConfigError, match=r"stages=\['induce'\]: construct's units are now called phases; write phases="):
+        construct(server, workspace, "old-key", "stages=[induce]")
+
+
+def test_phase_subsets_read_earlier_outputs(server, workspace, full_run):
     full_out, _, _ = full_run
-    out, stats, _ = construct(server, workspace, "subset", "stages=[induce]")
-    assert list(stats["stages"]) == ["induce"] and not (out / "preference.jsonl").exists()
+    out, stats, _ = construct(server, workspace, "subset", "phases=[induce]")
+    assert list(stats["phases"]) == ["induce"] and not (out / "preference.jsonl").exists()
     with pytest.raises(ConfigError, match="needs the finished output of 'filter_instructions'"):
-        construct(server, workspace, "subset", "stages=[respond]")
-    _, stats, requests = construct(server, workspace, "subset", "stages=[filter_instructions,respond]")
-    assert stats["run"]["stages_run"] == ["filter_instructions", "respond"] and requests == 0  # cached answers
-    _, stats, _ = construct(server, workspace, "subset", "stages=[filter_responses,assemble]")
-    assert list(stats["stages"]) == ["induce", "filter_instructions", "respond", "filter_responses", "assemble"]
+        construct(server, workspace, "subset", "phases=[respond]")
+    _, stats, requests = construct(server, workspace, "subset", "phases=[filter_instructions,respond]")
+    assert stats["run"]["phases_run"] == ["filter_instructions", "respond"] and requests == 0  # cached answers
+    _, stats, _ = construct(server, workspace, "subset", "phases=[filter_responses,assemble]")
+    assert list(stats["phases"]) == ["induce", "filter_instructions", "respond", "filter_responses", "assemble"]
     assert (out / "preference.jsonl").read_bytes() == (full_out / "preference.jsonl").read_bytes()
-    with pytest.raises(ConfigError, match="unknown stage"):
-        construct(server, workspace, "subset", "stages=[induce,judge]")
+    with pytest.raises(ConfigError, match="unknown phase"):
+        construct(server, workspace, "subset", "phases=[induce,judge]")
 
 
-def test_a_new_template_version_reruns_only_the_stages_after_it(server, workspace, full_run):
+def test_a_new_template_version_reruns_only_the_phases_after_it(server, workspace, full_run):
     root, _ = workspace
     shutil.copytree(full_run[0], root / "changed")
     _, stats, requests = construct(server, workspace, "changed", "prompts.respond.version=2")
-    assert stats["run"]["stages_run"] == ["respond", "filter_responses", "assemble"]
-    assert stats["run"]["stages_kept"] == ["induce", "filter_instructions"]
+    assert stats["run"]["phases_run"] == ["respond", "filter_responses", "assemble"]
+    assert stats["run"]["phases_kept"] == ["induce", "filter_instructions"]
     assert requests == 0  # the respond prompt text did not change: its answers come from the cache
     assert rows(root / "changed" / "preference.jsonl")[0]["provenance"]["templates"]["respond"] == "safety-respond@v2"
 
@@ -166,10 +190,10 @@ def test_a_new_template_version_reruns_only_the_stages_after_it(server, workspac
 def test_assemble_dedups_prompts_that_reach_it_and_an_expert_check_can_be_off(server, workspace):
     out, stats, _ = construct(server, workspace, "nodedup", "filter_instructions.heuristics.dedup=false",
                               "filter_responses.expert_check=false")
-    assert stats["stages"]["filter_instructions"]["dropped"].get("duplicate") is None
-    assert stats["stages"]["assemble"]["dropped"]["duplicate_prompt"] == 1
+    assert stats["phases"]["filter_instructions"]["dropped"].get("duplicate") is None
+    assert stats["phases"]["assemble"]["dropped"]["duplicate_prompt"] == 1
     # With the response check off, the BAD chosen response (t06) is no longer dropped, and no check is asked.
-    assert stats["stages"]["filter_responses"]["dropped"] == {} and "filter_responses" not in stats["llm"]
+    assert stats["phases"]["filter_responses"]["dropped"] == {} and "filter_responses" not in stats["llm"]
     assert "filter_responses: the expert check was off" in (out / "README.md").read_text()
 
 
@@ -179,7 +203,7 @@ def test_bad_corpus_rows_in_a_run_error_or_quarantine(server, workspace):
     bad.write_bytes(corpus.read_bytes() + b'{"category": "hate"}\n{"text": "  "}\n')
     with pytest.raises(DataError, match=r"bad.jsonl, row 13, field 'text': is missing"):
         construct(server, workspace, "bad-error", f"corpus.path={bad}", "corpus.on_bad_row=error")
-    assert not (root / "bad-error" / "stages" / "induce" / "progress.jsonl").exists()  # nothing was sent
+    assert not (root / "bad-error" / "phases" / "induce" / "progress.jsonl").exists()  # nothing was sent
     out, stats, _ = construct(server, workspace, "bad-quarantine", f"corpus.path={bad}", "corpus.on_bad_row=quarantine")
     assert stats["corpus"]["quarantined_by_reason"] == {"missing_field": 1, "empty_text": 1}
     assert stats["corpus"]["rows"] == 14 and stats["corpus"]["kept"] == 12 and stats["problems"] == []

@@ -2,7 +2,7 @@
 (the LLM layer's managed server), as both the inducer and the expert, on the customer-support domain.
 
 A random tiny model writes garbage: its instructions are mostly not language and its verdicts do not
-parse. What this run checks is that real answers flow through every stage and that every item is
+parse. What this run checks is that real answers flow through every phase and that every item is
 accounted for: the funnel adds up, nothing parses as a pass by accident, every output file exists.
 """
 
@@ -28,42 +28,42 @@ def test_chain_with_the_tiny_model_served_for_real(tmp_path):
         # Let the tiny model's garbage reach the expert, so that real verdicts are asked for and parsed.
         "filter_instructions.heuristics.function_words=[]", "filter_instructions.heuristics.min_letter_ratio=0",
         "filter_instructions.heuristics.min_words=1", "filter_instructions.heuristics.max_paste_ratio=1.0",
-        # Its answers mostly run to max_tokens: keep them, flagged, so that every stage gets work.
-        *(f"on_truncated.{stage}=flag" for stage in ("induce", "filter_instructions", "respond", "filter_responses")),
+        # Its answers mostly run to max_tokens: keep them, flagged, so that every phase gets work.
+        *(f"on_truncated.{phase}=flag" for phase in ("induce", "filter_instructions", "respond", "filter_responses")),
     ]  # fmt: skip
     stats = run_construct(compose("construct", overrides), out)
-    stages = stats["stages"]
+    phases = stats["phases"]
     assert stats["problems"] == []
-    assert stats["corpus"]["kept"] == 6 and stages["induce"]["in"] == 12
-    assert stages["induce"]["in"] == stages["induce"]["out"] + sum(stages["induce"]["dropped"].values())
+    assert stats["corpus"]["kept"] == 6 and phases["induce"]["in"] == 12
+    assert phases["induce"]["in"] == phases["induce"]["out"] + sum(phases["induce"]["dropped"].values())
     assert stats["llm"]["induce"]["requests"] == 12 and stats["llm"]["induce"]["failures"] == 0
-    checked = stages["filter_instructions"]
+    checked = phases["filter_instructions"]
     asked = checked["in"] - sum(n for reason, n in checked["dropped"].items()
                                 if reason in ("duplicate", "near_duplicate", "too_short", "too_long"))  # fmt: skip
     assert asked > 0 and stats["llm"]["filter_instructions"]["requests"] == asked
     # Every verdict of a random model is unreadable: counted as such, never taken as a pass.
     assert checked["dropped"].get("unparseable_verdict", 0) + checked["out"] == asked
-    for stage in ("respond", "filter_responses", "assemble"):
-        assert stages[stage]["in"] == stages[prev(stage)]["out"]
+    for phase in ("respond", "filter_responses", "assemble"):
+        assert phases[phase]["in"] == phases[prev(phase)]["out"]
     rows = [json.loads(line) for line in (out / "preference.jsonl").read_text().splitlines()]
     assert len(rows) == stats["splits"]["train"]
     for name in ("stats.json", "README.md", "funnel.png", "failures.jsonl", "preference_test.jsonl"):
         assert (out / name).is_file()
     assert (out / "datasets" / "dataset_dict.json").is_file()
-    induced = [json.loads(line) for line in (out / "stages" / "induce" / "output.jsonl").read_text().splitlines()]
+    induced = [json.loads(line) for line in (out / "phases" / "induce" / "output.jsonl").read_text().splitlines()]
     assert induced and all(row["inducer_model"] for row in induced)  # answers really came from the server
     # A real server's finish_reason: the instructions that ran to inducer.max_tokens are flagged, and
     # the flags are counted.
     flagged = sum("induce" in (row.get("truncated") or []) for row in induced)
-    assert flagged == stages["induce"]["truncated_kept"] and stages["induce"]["on_truncated"] == "flag"
+    assert flagged == phases["induce"]["truncated_kept"] and phases["induce"]["on_truncated"] == "flag"
     assert all(row["provenance"]["truncated"] == sorted(row["provenance"]["truncated"], key=prev_order)
                for row in rows)  # fmt: skip
 
 
-def prev_order(stage: str) -> int:
-    return ["induce", "filter_instructions", "respond", "filter_responses"].index(stage)
+def prev_order(phase: str) -> int:
+    return ["induce", "filter_instructions", "respond", "filter_responses"].index(phase)
 
 
-def prev(stage: str) -> str:
+def prev(phase: str) -> str:
     order = ["induce", "filter_instructions", "respond", "filter_responses", "assemble"]
-    return order[order.index(stage) - 1]
+    return order[order.index(phase) - 1]

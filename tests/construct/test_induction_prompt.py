@@ -1,5 +1,5 @@
 """The reversed model's prompt travels with it: `train reverse` saves its template and prompt budget, and
-`construct`'s induce step prompts the model with that template, each corpus text cut exactly as
+`construct`'s induce phase prompts the model with that template, each corpus text cut exactly as
 training cut its responses (the real tiny model trained a few steps; the induce requests go to the
 tests' loopback server, which records them).
 """
@@ -47,7 +47,7 @@ def induce(root, model, name, *extra):
     out = root / name
     with FaultServer() as server:
         cfg = compose("construct", [f"out_dir={out}", f"cache.dir={root / name / 'cache'}", "tracking.mode=disabled",
-                                    "stages=[induce]", "corpus=file", f"corpus.path={corpus}", f"inducer.model={model}",
+                                    "phases=[induce]", "corpus=file", f"corpus.path={corpus}", f"inducer.model={model}",
                                     f"inducer.base_url={server.base_url}", "inducer.max_retries=0",
                                     "induce.samples_per_text=1", "expert.model=unused", *extra])  # fmt: skip
         stats = run_construct(cfg, out)
@@ -82,7 +82,7 @@ def test_induction_uses_the_template_and_the_cut_saved_with_the_model(reversed_m
     assert len(train_prompt_ids) <= MAX_PROMPT and encoder.stats.prompts_truncated == 1
     assert tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m][:-1]) == "Question 0?"
 
-    assert stats["stages"]["induce"]["inputs_cut"] == 1
+    assert stats["phases"]["induce"]["inputs_cut"] == 1
     recorded = stats["provenance"]["reverse_prompt"]
     assert (recorded["tag"], recorded["source"], recorded["model"]) == ("custom-reverse@v7", "model", str(model))
     assert recorded["truncation"]["max_prompt_tokens"] == MAX_PROMPT

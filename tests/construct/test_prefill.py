@@ -33,8 +33,8 @@ def test_expert_checks_are_prefilled_decide_the_same_and_say_so(tmp_path):
     assert not [b for b in plain_bodies if "prompt" in b and b["prompt"].endswith(VERDICT_PREFILL)]
 
     # The same decisions, drop reasons included (unparseable answers stay unparseable).
-    assert stats["stages"] == plain_stats["stages"]
-    assert stats["stages"]["filter_instructions"]["dropped"]["unparseable_verdict"] == 1
+    assert stats["phases"] == plain_stats["phases"]
+    assert stats["phases"]["filter_instructions"]["dropped"]["unparseable_verdict"] == 1
     assert stats["provenance"]["verdict_prefill"] == VERDICT_PREFILL
     assert plain_stats["provenance"]["verdict_prefill"] is None
     row = json.loads((out / "preference.jsonl").read_text().splitlines()[0])

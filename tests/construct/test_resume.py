@@ -1,4 +1,4 @@
-"""Kill -9 in the middle of a stage, rerun the same command: same dataset, no answered request repeated.
+"""Kill -9 in the middle of a phase, rerun the same command: same dataset, no answered request repeated.
 
 The construct run is a real `safer-instruct construct` process; the inducer and expert are SCRIPTED
 (tests/construct/scripted.py) so that both runs produce identical answers and the server can count
@@ -31,14 +31,14 @@ def cli(overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "safer_instruct.cli", "construct", *overrides]
 
 
-def progress_lines(out: Path, stage: str) -> list[dict]:
-    path = out / "stages" / stage / "progress.jsonl"
+def progress_lines(out: Path, phase: str) -> list[dict]:
+    path = out / "phases" / phase / "progress.jsonl"
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def test_sigkill_mid_stage_then_rerun_gives_the_same_dataset_without_repeating_answers(tmp_path):
+def test_sigkill_mid_phase_then_rerun_gives_the_same_dataset_without_repeating_answers(tmp_path):
     corpus = write_corpus(tmp_path / "corpus.jsonl")
     # The uninterrupted reference run.
     reference_models = ScriptedModels()
@@ -72,8 +72,8 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_dataset_without_repeating_a
                 proc.wait(30)
             first_models.release()
     assert proc.returncode == -signal.SIGKILL
-    assert (out / "stages" / "induce" / "done.json").is_file()
-    assert not (out / "stages" / "filter_instructions" / "done.json").exists()
+    assert (out / "phases" / "induce" / "done.json").is_file()
+    assert not (out / "phases" / "filter_instructions" / "done.json").exists()
     assert not (out / "preference.jsonl").exists()
 
     # The same command again (a fresh server: only the URL differs).
@@ -92,9 +92,9 @@ def test_sigkill_mid_stage_then_rerun_gives_the_same_dataset_without_repeating_a
     assert first + second == reference  # together: exactly the requests of the uninterrupted run
     stats = json.loads((out / "stats.json").read_text())
     reference_stats = json.loads((tmp_path / "reference" / "stats.json").read_text())
-    for stage in stats["stages"]:
-        assert stats["stages"][stage]["dropped"] == reference_stats["stages"][stage]["dropped"]
-    assert stats["run"]["stages_kept"] == ["induce"]
+    for phase in stats["phases"]:
+        assert stats["phases"][phase]["dropped"] == reference_stats["phases"][phase]["dropped"]
+    assert stats["run"]["phases_kept"] == ["induce"]
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Answers cut off at the token limit, in every LLM stage of construct: never kept as if complete.
+"""Answers cut off at the token limit, in every LLM phase of construct: never kept as if complete.
 
 The scripted models (scripted.py) answer through the real LLM layer from the tests' loopback server;
 the server's `[[fault:length]]` directive marks an answer as stopped on the token limit
@@ -19,7 +19,7 @@ from safer_instruct.llm import LLMSession
 from safer_instruct.llm.types import ChatRequest
 from tests.construct.scripted import scripted_overrides, write_truncation_corpus
 
-STAGES = ("induce", "filter_instructions", "respond", "filter_responses")
+PHASES = ("induce", "filter_instructions", "respond", "filter_responses")
 
 
 @pytest.fixture(scope="module")
@@ -41,45 +41,45 @@ def rows(out: Path) -> list[dict]:
 
 
 def truncated_drops(stats: dict) -> dict[str, int]:
-    return {stage: stats["stages"][stage]["dropped"].get("truncated", 0) for stage in STAGES}
+    return {phase: stats["phases"][phase]["dropped"].get("truncated", 0) for phase in PHASES}
 
 
-def test_cut_off_answers_are_dropped_and_counted_per_stage_by_default(server, workspace):
+def test_cut_off_answers_are_dropped_and_counted_per_phase_by_default(server, workspace):
     out, stats = construct(server, workspace, "drop")
     assert stats["problems"] == []
     # t13: both induced instructions cut off; t14: both instruction checks cut off. Nothing else is.
     assert truncated_drops(stats) == {"induce": 2, "filter_instructions": 2, "respond": 0, "filter_responses": 0}
-    assert stats["stages"]["induce"]["by_category"]["hate"]["dropped"]["truncated"] == 2
-    assert all(stats["stages"][stage]["on_truncated"] == "drop" for stage in STAGES)
-    assert stats["provenance"]["on_truncated"] == dict.fromkeys(STAGES, "drop")
+    assert stats["phases"]["induce"]["by_category"]["hate"]["dropped"]["truncated"] == 2
+    assert all(stats["phases"][phase]["on_truncated"] == "drop" for phase in PHASES)
+    assert stats["provenance"]["on_truncated"] == dict.fromkeys(PHASES, "drop")
     final = rows(out)
     assert final and not {"t13", "t14"} & {row["rejected"][1:4] for row in final}
     assert not any("[[fault" in row["prompt"] + row["chosen"] + row["rejected"] for row in final)
     assert all(row["provenance"]["truncated"] == [] for row in final)
 
 
-def test_each_stage_has_its_own_policy(server, workspace):
-    # Kept and flagged in the first two stages: the cut-off answers reach respond and filter_responses,
+def test_each_phase_has_its_own_policy(server, workspace):
+    # Kept and flagged in the first two phases: the cut-off answers reach respond and filter_responses,
     # which drop them.
     out, stats = construct(server, workspace, "mixed", "on_truncated.induce=flag", "on_truncated.filter_instructions=flag")
     assert stats["problems"] == []
     assert truncated_drops(stats) == {"induce": 0, "filter_instructions": 0, "respond": 2, "filter_responses": 2}
-    assert stats["stages"]["induce"]["truncated_kept"] == 2  # t13
-    assert stats["stages"]["filter_instructions"]["truncated_kept"] == 4  # t13 (text) and t14 (instruction)
-    assert "truncated_kept" not in stats["stages"]["respond"]
+    assert stats["phases"]["induce"]["truncated_kept"] == 2  # t13
+    assert stats["phases"]["filter_instructions"]["truncated_kept"] == 4  # t13 (text) and t14 (instruction)
+    assert "truncated_kept" not in stats["phases"]["respond"]
     final = rows(out)
     assert not any("[[fault" in row["prompt"] + row["chosen"] + row["rejected"] for row in final)
-    # t14 stopped at respond, t13 at filter_responses: neither is in that stage's output.
-    kept = [json.loads(line) for line in (out / "stages" / "filter_responses" / "output.jsonl").read_text().splitlines()]
-    assert len(kept) == stats["stages"]["filter_responses"]["out"] > 0
+    # t14 stopped at respond, t13 at filter_responses: neither is in that phase's output.
+    kept = [json.loads(line) for line in (out / "phases" / "filter_responses" / "output.jsonl").read_text().splitlines()]
+    assert len(kept) == stats["phases"]["filter_responses"]["out"] > 0
     assert not {"t13", "t14"} & {row["text"][1:4] for row in kept}
 
 
 def test_flagged_answers_reach_the_rows_provenance(server, workspace):
-    flags = [f"on_truncated.{stage}=flag" for stage in STAGES]
+    flags = [f"on_truncated.{phase}=flag" for phase in PHASES]
     out, stats = construct(server, workspace, "flag", *flags)
-    assert truncated_drops(stats) == dict.fromkeys(STAGES, 0)
-    assert [stats["stages"][s]["truncated_kept"] for s in STAGES] == [2, 4, 2, 4]
+    assert truncated_drops(stats) == dict.fromkeys(PHASES, 0)
+    assert [stats["phases"][s]["truncated_kept"] for s in PHASES] == [2, 4, 2, 4]
     by_tag = {}
     for row in rows(out):
         by_tag.setdefault(row["rejected"][1:4], set()).add(tuple(row["provenance"]["truncated"]))
@@ -93,10 +93,10 @@ def test_flagged_answers_reach_the_rows_provenance(server, workspace):
     assert len(flagged) == 4 and ["filter_instructions", "respond", "filter_responses"] in flagged
 
 
-def test_an_unknown_policy_or_stage_is_a_config_error(server, workspace):
+def test_an_unknown_policy_or_phase_is_a_config_error(server, workspace):
     with pytest.raises(ConfigError, match=r"on_truncated.respond='keep'"):
         construct(server, workspace, "bad", "on_truncated.respond=keep")
-    with pytest.raises(ConfigError, match="unknown stage"):
+    with pytest.raises(ConfigError, match="unknown phase"):
         construct(server, workspace, "bad", "+on_truncated.assemble=flag")
 
 

@@ -32,7 +32,7 @@ def dry_run(args: list[str], capsys, out: Path, via_cli: bool = False) -> tuple[
     else:
         estimate_harmlessness(compose("eval_harmlessness", [*args, f"out_dir={out}", "dry_run=true"]), out)
     estimate = json.loads((out / "estimate.json").read_text())
-    return {row["stage"]: row for row in estimate["rows"]}, estimate, capsys.readouterr().out
+    return {row["phase"]: row for row in estimate["rows"]}, estimate, capsys.readouterr().out
 
 
 def test_pregenerated_answers_two_judges_and_pairwise(tmp_path, capsys, no_server_no_weights):

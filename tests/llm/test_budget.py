@@ -35,7 +35,7 @@ def test_budget_stops_new_requests_before_it_is_exceeded(server, tmp_path):
     failures_path = tmp_path / "failures.jsonl"
     with LLMSession(roles={"expert": role}, cache_dir=tmp_path / "cache", failures_path=failures_path,
                     budget_usd=10.5) as session:  # fmt: skip
-        results = list(session.role("expert").generate(requests, stage="respond"))
+        results = list(session.role("expert").generate(requests, phase="respond"))
         stats = session.role("expert").stats("respond")
         spent = session.budget.spent_usd
         assert session.budget_exhausted
@@ -52,7 +52,7 @@ def test_budget_stops_new_requests_before_it_is_exceeded(server, tmp_path):
 
     # Work done is kept: a later run with more budget pays only for what is missing.
     with LLMSession(roles={"expert": role}, cache_dir=tmp_path / "cache", budget_usd=100) as session:
-        rerun = list(session.role("expert").generate(requests, stage="respond"))
+        rerun = list(session.role("expert").generate(requests, phase="respond"))
         assert session.budget.spent_usd == pytest.approx(32.0)
     assert all(r.ok for r in rerun) and sum(r.cached for r in rerun) == 2
     assert server.stats()["requests"] == 10
@@ -78,7 +78,7 @@ def test_dry_run_estimate_counts_cached_tokens_and_cost_and_sends_nothing(server
         list(session.role("r").generate(requests[:3]))
         sent = server.stats()["requests"]
     with LLMSession(roles={"r": role}, cache_dir=tmp_path, dry_run=True) as session:
-        results = {r.request_id: r for r in session.role("r").generate(requests, stage="s")}
+        results = {r.request_id: r for r in session.role("r").generate(requests, phase="s")}
         estimate = session.role("r").estimate("s")
     assert server.stats()["requests"] == sent == 3  # the estimate sent nothing
     assert estimate["requests"] == 10 and estimate["cached"] == 3 and estimate["to_send"] == 7

@@ -39,7 +39,7 @@ def test_every_request_is_answered_or_listed_in_failures(server, tmp_path):
     role = server.role(timeout_s=0.5, max_retries=2, max_concurrency=4)
     failures_path = tmp_path / "failures.jsonl"
     with LLMSession(roles={"expert": role}, cache_dir=tmp_path / "cache", failures_path=failures_path) as session:
-        results = list(session.role("expert").generate(good + faulty, stage="filter"))
+        results = list(session.role("expert").generate(good + faulty, phase="filter"))
         stats = session.role("expert").stats("filter")
 
     by_id = {r.request_id: r for r in results}
@@ -55,7 +55,7 @@ def test_every_request_is_answered_or_listed_in_failures(server, tmp_path):
 
     listed = {f["request_id"]: f for f in read_failures(failures_path)}
     assert set(listed) == set(failed)
-    assert listed["hang"]["attempts"] == 3 and listed["hang"]["stage"] == "filter" and listed["hang"]["role"] == "expert"
+    assert listed["hang"]["attempts"] == 3 and listed["hang"]["phase"] == "filter" and listed["hang"]["role"] == "expert"
     # retries: flaky500 2, always500 2, hang 2, malformed 2, raw 1 (empty is not retried)
     assert stats["retries"] == 9
     assert stats["failures"] == 4 and stats["requests"] == 18 and stats["cache_misses"] == 18
@@ -80,10 +80,10 @@ def test_rerun_makes_zero_requests_and_counts_hits(server, tmp_path):
     requests += [chat(f"s{k}", "same question", sample_index=k) for k in range(3)]  # k samples: k entries
     role = server.role()
     with LLMSession(roles={"r": role}, cache_dir=tmp_path / "cache") as session:
-        first = {r.request_id: r for r in session.role("r").generate(requests, stage="induce")}
+        first = {r.request_id: r for r in session.role("r").generate(requests, phase="induce")}
     assert server.stats()["requests"] == 23
     with LLMSession(roles={"r": role}, cache_dir=tmp_path / "cache") as session:
-        second = {r.request_id: r for r in session.role("r").generate(requests, stage="induce")}
+        second = {r.request_id: r for r in session.role("r").generate(requests, phase="induce")}
         stats = session.role("r").stats("induce")
     assert server.stats()["requests"] == 23  # nothing new reached the server
     assert stats["cache_hits"] == 23 and stats["cache_misses"] == 0
@@ -189,8 +189,8 @@ def test_progress_bar_shows_rate_cached_and_failed(server, tmp_path, monkeypatch
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     requests = [chat(f"q{i}", f"question {i}") for i in range(6)] + [chat("bad", "[[fault:500]]")]
     with LLMSession(roles={"expert": server.role(max_retries=0)}, cache_dir=tmp_path) as session:
-        list(session.role("expert").generate(requests[:3], stage="filter"))
-        list(session.role("expert").generate(requests, stage="filter", progress=True))
+        list(session.role("expert").generate(requests[:3], phase="filter"))
+        list(session.role("expert").generate(requests, phase="filter", progress=True))
     err = capsys.readouterr().err
     final = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "expert/filter" in final and "7/7" in final and "req/s" in final

@@ -50,7 +50,7 @@ def session(tmp_path_factory):
 
 def test_managed_server_answers_chat_and_raw_prompts(session):
     requests = [chat(f"c{i}", f"Write about topic {i}") for i in range(5)] + [ChatRequest(id="raw", prompt="Below is")]
-    results = {r.request_id: r for r in session.role("expert").generate(requests, stage="s1")}
+    results = {r.request_id: r for r in session.role("expert").generate(requests, phase="s1")}
     assert set(results) == {r.id for r in requests}
     (server,) = session.resources
     assert server.running and server.url.startswith("http://127.0.0.1:") and server.port > 0
@@ -66,29 +66,29 @@ def test_managed_server_answers_chat_and_raw_prompts(session):
 
 def test_roles_with_the_same_model_share_one_server_and_cache_makes_no_requests(session, tmp_path):
     requests = [chat(f"j{i}", f"Judge answer {i}") for i in range(4)]
-    list(session.role("judge").generate(requests, stage="judge"))
+    list(session.role("judge").generate(requests, phase="judge"))
     assert len(session.resources) == 1  # expert and judge: one model, one server
     server = session.resources[0]
     before = posts(server)
-    again = list(session.role("judge").generate(requests, stage="judge"))
+    again = list(session.role("judge").generate(requests, phase="judge"))
     assert posts(server) == before  # counted at the server: nothing new
     assert all(r.cached for r in again if r.ok) and session.role("judge").stats("judge")["cache_hits"] == sum(
         r.ok for r in again)
 
-    # A fresh session over the same cache needs no server at all for a fully cached stage.
+    # A fresh session over the same cache needs no server at all for a fully cached phase.
     answered = [r for r in requests if any(a.ok and a.request_id == r.id for a in again)]
     with LLMSession(roles={"judge": {**LOCAL_ROLE, "max_tokens": 6}}, cache_dir=session.cache.path.parent) as fresh:
-        rerun = list(fresh.role("judge").generate(answered, stage="judge"))
+        rerun = list(fresh.role("judge").generate(answered, phase="judge"))
         assert fresh.resources == []
     assert all(r.cached for r in rerun) and len(rerun) == len(answered)
 
 
 def test_temperature_samples_differ_by_sample_index(session):
     samples = [chat(f"s{k}", "Write a story", sample_index=k) for k in range(4)]
-    texts = {r.text for r in session.role("sampler").generate(samples, stage="induce") if r.ok}
+    texts = {r.text for r in session.role("sampler").generate(samples, phase="induce") if r.ok}
     assert len(texts) >= 2  # transformers serve samples only because we send do_sample
     greedy = {r.text for r in session.role("expert").generate(
-        [chat(f"g{k}", "Write a story", sample_index=k) for k in range(3)], stage="greedy") if r.ok}  # fmt: skip
+        [chat(f"g{k}", "Write a story", sample_index=k) for k in range(3)], phase="greedy") if r.ok}  # fmt: skip
     assert len(greedy) == 1
 
 

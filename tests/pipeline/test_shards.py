@@ -34,7 +34,7 @@ def test_shards_split_the_corpus_the_step_reads_and_keep_its_other_settings(tmp_
         shard_dir = tmp_path / "exp" / "construct" / "shards" / str(index)
         shard = shards.shard_config(cfg, path, shard_dir)
         # Induction only, over the shard's texts, with its own cache, everything else as the step's.
-        assert list(shard.stages) == ["induce"] and shard.out_dir == str(shard_dir)
+        assert list(shard.phases) == ["induce"] and shard.out_dir == str(shard_dir)
         assert shard.cache.dir == str(shard_dir / "llm")
         assert [t.text for t in read_corpus(OmegaConf.to_container(shard.corpus))] == parts[-1]
         assert shard.inducer == to_plain(cfg)["inducer"] and shard.induce == to_plain(cfg)["induce"]

@@ -1,6 +1,6 @@
-"""The construction stages as steps: rows in (the previous stage's output), rows out (this stage's).
+"""The construction phases: rows in (the previous phase's output), rows out (this phase's).
 
-Each step writes every item's fate into its `StageStore` as soon as it is known, and asks its LLM role
+Each phase writes every item's fate into its `PhaseStore` as soon as it is known, and asks its LLM role
 only for the items that have no final record yet, so a rerun after a kill continues where it stopped
 and never repeats an answered request. Items flow in id order and every output is sorted by id, so
 the result does not depend on the order in which answers arrived.
@@ -25,7 +25,7 @@ from typing import Any
 
 from safer_instruct.construct.dedup import NearDuplicateIndex
 from safer_instruct.construct.heuristics import InstructionHeuristics
-from safer_instruct.construct.store import DROPPED, KEPT, StageStore
+from safer_instruct.construct.store import DROPPED, KEPT, PhaseStore
 from safer_instruct.construct.tasks import InduceTask, Outcome, RespondTask, VerdictTask
 from safer_instruct.data.corpus import CorpusReader
 from safer_instruct.data.leakage import LeakageGuard  # shared with training (re-exported here)
@@ -35,14 +35,14 @@ from safer_instruct.llm.types import ChatRequest
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("induce", "filter_instructions", "respond", "filter_responses", "assemble")
-UPSTREAM = dict(zip(STAGE_ORDER[1:], STAGE_ORDER[:-1], strict=True))
+PHASE_ORDER = ("induce", "filter_instructions", "respond", "filter_responses", "assemble")
+UPSTREAM = dict(zip(PHASE_ORDER[1:], PHASE_ORDER[:-1], strict=True))
 
 
 class RoleRunner:
     """Sends requests to a role of the LLM session, opening the session only when there is work.
 
-    `generate(role, requests, stage)` yields one result per request; with no requests at all the
+    `generate(role, requests, phase)` yields one result per request; with no requests at all the
     session (and any managed server behind it) is never started.
     """
 
@@ -50,37 +50,37 @@ class RoleRunner:
         self._open_role = open_role
         self.stats: dict[str, dict[str, Any]] = {}
 
-    def generate(self, role_name: str, requests: Iterable[ChatRequest], stage: str) -> Iterator[Any]:
+    def generate(self, role_name: str, requests: Iterable[ChatRequest], phase: str) -> Iterator[Any]:
         requests = iter(requests)
         first = next(requests, None)
         if first is None:
             return
         role = self._open_role(role_name)
-        yield from role.generate(itertools.chain([first], requests), stage=stage)
-        self.stats[stage] = dict(role.stats(stage))
+        yield from role.generate(itertools.chain([first], requests), phase=phase)
+        self.stats[phase] = dict(role.stats(phase))
 
 
 @dataclass
-class StepContext:
+class PhaseContext:
     out_dir: Path
     runner: RoleRunner
-    stores: dict[str, StageStore]
+    stores: dict[str, PhaseStore]
 
 
-def _record(store: StageStore, outcome: Outcome) -> None:
+def _record(store: PhaseStore, outcome: Outcome) -> None:
     store.append(outcome.row["id"], outcome.status, outcome.row, reason=outcome.reason,
                  category=outcome.row.get("category", ""))  # fmt: skip
 
 
 @dataclass
-class InduceStep:
+class InducePhase:
     """Sample k instructions per corpus text with the reversed model."""
 
     task: InduceTask
     corpus: CorpusReader
     name: str = "induce"
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: PhaseContext) -> dict[str, Any]:
         store = ctx.stores[self.name]
         store.open()
         done = store.final_ids()
@@ -105,7 +105,7 @@ class InduceStep:
 
 
 @dataclass
-class ExpertStep:
+class ExpertPhase:
     """Ask the expert about each upstream row; an optional pre-check drops rows first (no request)."""
 
     name: str
@@ -113,7 +113,7 @@ class ExpertStep:
     enabled: bool = True
     pre_check: Callable[[], Callable[[Mapping[str, Any]], str | None]] | None = None
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: PhaseContext) -> dict[str, Any]:
         store = ctx.stores[self.name]
         store.open()
         done = store.final_ids()
@@ -139,11 +139,11 @@ class ExpertStep:
         return _count_flagged(store, info, self.task.on_truncated)
 
 
-def _count_flagged(store: StageStore, info: dict[str, Any], on_truncated: str) -> dict[str, Any]:
-    """Record the stage's truncation policy and, when cut-off answers are kept, how many were."""
+def _count_flagged(store: PhaseStore, info: dict[str, Any], on_truncated: str) -> dict[str, Any]:
+    """Record the phase's truncation policy and, when cut-off answers are kept, how many were."""
     info["on_truncated"] = on_truncated
     if on_truncated == "flag":
-        info["truncated_kept"] = sum(store.stage in (row.get("truncated") or ()) for row in store.iter_output())
+        info["truncated_kept"] = sum(store.phase in (row.get("truncated") or ()) for row in store.iter_output())
     atomic_write_json(store.done_path, info)
     return info
 
@@ -174,7 +174,7 @@ class AssembleSettings:
 
 
 @dataclass
-class AssembleStep:
+class AssemblePhase:
     """Dedup prompts, drop evaluation-set leaks, hold out a test split, write the preference rows."""
 
     settings: AssembleSettings
@@ -183,7 +183,7 @@ class AssembleStep:
     source: str
     name: str = "assemble"
 
-    def run(self, ctx: StepContext) -> dict[str, Any]:
+    def run(self, ctx: PhaseContext) -> dict[str, Any]:
         store = ctx.stores[self.name]
         store.reset()  # cheap and deterministic: always rebuilt from the upstream output
         store.open()
@@ -200,7 +200,7 @@ class AssembleStep:
         atomic_write_json(store.done_path, info)
         return info
 
-    def test_sources(self, store: StageStore) -> set[str]:
+    def test_sources(self, store: PhaseStore) -> set[str]:
         """Held-out source texts: all samples of one text land in the same split (no near-twins across)."""
         sources = sorted({row["source_id"] for row in store.iter_output()})
         random.Random(self.settings.seed).shuffle(sources)
@@ -209,7 +209,7 @@ class AssembleStep:
             n_test = 1
         return set(sources[:n_test])
 
-    def _write_splits(self, out_dir: Path, store: StageStore) -> dict[str, int]:
+    def _write_splits(self, out_dir: Path, store: PhaseStore) -> dict[str, int]:
         test_sources = self.test_sources(store)
         counts = {"train": 0, "test": 0}
         paths = {"train": out_dir / "preference.jsonl", "test": out_dir / "preference_test.jsonl"}
