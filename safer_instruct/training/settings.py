@@ -10,11 +10,10 @@
   world size, so a recipe trains identically on 1 GPU or 8), DeepSpeed by name, resume, the merged
   adapter, the held-out split, and where reference log-probs are kept.
 
-Every preset builds on `train/schema_sft` or `train/schema_dpo` (registered with Hydra below), which holds
-our fields at their dataclass defaults and the TRL fields a recipe tunes (`TUNED_TRL_FIELDS`) as
-`${trl_default:<config>,<field>}`: TRL's own default, read from the installed TRL (composing a training
-config imports TRL: Hydra's merge reads each value a preset overrides). So a preset sets only what its
-recipe changes, every default has one source, and `train.max_steps=10` still overrides without a `+`.
+Every preset builds on `train/schema_sft` or `train/schema_dpo` (registered with Hydra below): our fields at
+their dataclass defaults, and the TRL fields a recipe tunes at TRL's defaults (`TUNED_TRL_DEFAULTS`). So a
+preset sets only what its recipe changes, and `train.max_steps=10` still overrides by name, its type checked
+before TRL (and torch) is imported.
 
 `peft.*` (`conf/peft/*.yaml`) is ours entirely (`PeftSettings`).
 """
@@ -22,7 +21,6 @@ recipe changes, every default has one source, and `train.max_steps=10` still ove
 from __future__ import annotations
 
 import dataclasses
-import enum
 import os
 import re
 from dataclasses import dataclass, field
@@ -60,22 +58,22 @@ def _trl_default(config_name: str, name: str) -> Any:
     return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
 
 
-def _trl_default_value(config_name: str, name: str) -> Any:
-    """TRL's default as a config value: enums (optim, lr_scheduler_type) by their names."""
-    default = _trl_default(config_name, name)
-    return default.value if isinstance(default, enum.Enum) else default
-
-
-# The TRL fields the presets tune (each at TRL's default in a stage's schema node, so that a preset or an
-# override sets it by name); any other TRL field is set with `+train.<field>=...`.
-TUNED_TRL_FIELDS = {
-    "SFTConfig": ("per_device_train_batch_size", "learning_rate", "optim", "lr_scheduler_type", "warmup_steps",
-                  "num_train_epochs", "max_steps", "weight_decay", "max_grad_norm", "bf16", "gradient_checkpointing",
-                  "logging_steps", "save_strategy", "save_steps", "save_total_limit", "eval_steps",
-                  "dataloader_num_workers"),
+# The TRL fields the presets tune, at the installed TRL's (1.16) defaults: composing a config must not import
+# TRL (it imports torch), and Hydra overrides by name only a key the node has. Enums by their names.
+# tests/training/test_presets.py fails as soon as TRL's own defaults differ from these.
+TUNED_TRL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "SFTConfig": {
+        "per_device_train_batch_size": 8, "learning_rate": 2e-5, "optim": "adamw_torch_fused",
+        "lr_scheduler_type": "linear", "warmup_steps": 0, "num_train_epochs": 3.0, "max_steps": -1,
+        "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": None, "gradient_checkpointing": True, "logging_steps": 10,
+        "save_strategy": "steps", "save_steps": 500, "save_total_limit": None, "eval_steps": None,
+        "dataloader_num_workers": 0,
+    },
 }  # fmt: skip
-TUNED_TRL_FIELDS["DPOConfig"] = (*TUNED_TRL_FIELDS["SFTConfig"], "beta", "loss_type", "loss_weights", "label_smoothing",
-                                 "precompute_ref_log_probs", "precompute_ref_batch_size")  # fmt: skip
+TUNED_TRL_DEFAULTS["DPOConfig"] = {
+    **TUNED_TRL_DEFAULTS["SFTConfig"], "learning_rate": 1e-6, "beta": 0.1, "loss_type": ["sigmoid"],
+    "loss_weights": None, "label_smoothing": 0.0, "precompute_ref_log_probs": False, "precompute_ref_batch_size": None,
+}  # fmt: skip
 
 
 @dataclass
@@ -227,21 +225,15 @@ SCHEMA_NAMES = {"SFTConfig": "schema_sft", "DPOConfig": "schema_dpo"}
 
 
 def schema_node(settings_cls: type[TrainSettings]) -> dict[str, Any]:
-    """`train/schema_<stage>`: our fields at their defaults, then the tuned TRL fields at TRL's (an interpolation,
-    so that the node itself is built without importing TRL)."""
+    """`train/schema_<stage>`: our fields at their defaults, then the TRL fields the presets tune at TRL's."""
     ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
-    config = settings_cls.TRL_CONFIG
-    return {**ours, **{name: f"${{trl_default:{config},{name}}}" for name in TUNED_TRL_FIELDS[config]}}
+    return {**ours, **TUNED_TRL_DEFAULTS[settings_cls.TRL_CONFIG]}
 
 
 def register_train_schema() -> None:
-    """Give Hydra `train/schema_sft` and `train/schema_dpo` (every conf/train preset's first default) and the
-    `trl_default` resolver their TRL fields use."""
+    """Give Hydra `train/schema_sft` and `train/schema_dpo`, every conf/train preset's first default."""
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("trl_default"):
-        OmegaConf.register_new_resolver("trl_default", _trl_default_value)
     store = ConfigStore.instance()
     for settings_cls in (SFTSettings, DPOSettings):
         store.store(group="train", name=SCHEMA_NAMES[settings_cls.TRL_CONFIG], node=schema_node(settings_cls))

@@ -14,8 +14,16 @@ from safer_instruct.config import compose, validate_overrides
 from safer_instruct.errors import ConfigError
 from safer_instruct.paths import CONF_DIR
 from safer_instruct.training.settings import (
-    DERIVED, SCHEMA_NAMES, TUNED_TRL_FIELDS, DPOSettings, SFTSettings, _trl_default, _trl_fields, settings_from,
-)  # fmt: skip
+    DERIVED,
+    SCHEMA_NAMES,
+    TUNED_TRL_DEFAULTS,
+    DPOSettings,
+    SFTSettings,
+    _trl_default,
+    _trl_fields,
+    schema_node,
+    settings_from,
+)
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "train").glob("*.yaml"))
 STAGES = {"sft": ("train_sft", SFTSettings), "reverse": ("train_reverse", SFTSettings), "dpo": ("train_dpo", DPOSettings)}
@@ -26,8 +34,9 @@ def _stage(preset: str) -> tuple[str, type]:
 
 
 def _schema_default(settings_cls: type, key: str):
-    ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
-    return ours[key] if key in ours else _trl_default(settings_cls.TRL_CONFIG, key)
+    """The stage schema's value (ours, and the TRL fields the presets tune), else TRL's own default."""
+    node = schema_node(settings_cls)
+    return node[key] if key in node else _trl_default(settings_cls.TRL_CONFIG, key)
 
 
 def test_every_stage_has_presets():
@@ -49,16 +58,18 @@ def test_every_preset_key_is_a_field_and_none_restates_its_default(preset):
 
 
 @pytest.mark.parametrize("config_name", sorted(SCHEMA_NAMES))
-def test_the_schema_node_holds_our_defaults_and_trl_defaults_read_from_trl(config_name):
+def test_the_schema_node_holds_our_defaults_and_the_installed_trls(config_name):
+    """TUNED_TRL_DEFAULTS mirrors TRL's defaults so that composing imports no TRL: a TRL upgrade that changes
+    one fails here (then update the table, and check the recipes' effective values below)."""
     settings_cls = SFTSettings if config_name == "SFTConfig" else DPOSettings
-    assert not set(TUNED_TRL_FIELDS[config_name]) & set(DERIVED)
-    train = compose(_stage("dpo" if settings_cls is DPOSettings else "sft")[0],
-                    ["model=tiny", f"train={SCHEMA_NAMES[config_name]}"]).train  # fmt: skip
-    resolved = OmegaConf.to_container(train, resolve=True)
-    expected = {key: _schema_default(settings_cls, key) for key in resolved}
-    expected.update(optim="adamw_torch_fused", lr_scheduler_type="linear")  # TRL's enums, by their names
-    assert resolved == expected and resolved["num_train_epochs"] == 3.0 and resolved["resume"] == "auto"
-    assert resolved["learning_rate"] == (1e-6 if settings_cls is DPOSettings else 2e-5)
+    trl_defaults = {name: _trl_default(config_name, name) for name in TUNED_TRL_DEFAULTS[config_name]}
+    assert TUNED_TRL_DEFAULTS[config_name] == {k: getattr(v, "value", v) for k, v in trl_defaults.items()}
+    assert not set(TUNED_TRL_DEFAULTS[config_name]) & set(DERIVED)
+    ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
+    stage = "train_dpo" if settings_cls is DPOSettings else "train_sft"
+    train = compose(stage, ["model=tiny", f"train={SCHEMA_NAMES[config_name]}"]).train
+    assert OmegaConf.to_container(train) == {**ours, **TUNED_TRL_DEFAULTS[config_name]}
+    assert (train.num_train_epochs, train.resume) == (3.0, "auto")
 
 
 # What each recipe trains with, whatever the preset writes out or leaves to a default (world size 1).
