@@ -41,6 +41,7 @@ for name, resolver in {"release": release_file, "if_release_readable": if_releas
 # `llm/schema` and `llm/options/<backend>`, which the conf/llm presets build on, are registered with Hydra
 # by the role schema itself (safer_instruct/llm/config.py).
 import safer_instruct.llm.config  # noqa: E402, F401
+
 # `train/schema_sft` and `train/schema_dpo`, which the conf/train presets build on (safer_instruct/training/settings.py).
 import safer_instruct.training.settings  # noqa: E402, F401
 
