@@ -72,7 +72,8 @@ def load_constructed(spec: ConstructedSpec, stats: LoadStats) -> list[Preference
 
 @dataclass
 class MixtureSpec(SampleSpec):
-    """Several preference sources mixed by weight (`data=mixture_*`)."""
+    """Several sources mixed by weight (`data=mixture_*`): preference sources for DPO; for SFT, instruction
+    sources may sit beside them (their rows as they are, the preference rows' chosen responses)."""
 
     source: str = _help("mixture", "Always 'mixture'.")
     components: list[Any] = _help(None, "Sources to mix: each a data config (source, path, ...) plus `weight`, the "
@@ -93,12 +94,17 @@ class MixtureSpec(SampleSpec):
 
 
 def load_mixture(spec: MixtureSpec, stats: LoadStats) -> list[PreferenceRecord]:
+    return _mix(spec, stats, load_preferences)
+
+
+def _mix(spec: MixtureSpec, stats: LoadStats, load: Callable[[dict], tuple[list, LoadStats]]) -> list:
+    """The components' rows (each loaded by `load`), each source's share drawn by its weight, shuffled."""
     rng = random.Random(spec.seed)
-    mixed: list[PreferenceRecord] = []
+    mixed: list = []
     for component in spec.components:
         component = dict(component)
         weight = float(component.pop("weight", 1.0))
-        records, part = load_preferences(component)
+        records, part = load(component)
         whole, fraction = divmod(weight, 1.0)
         chosen = records * int(whole) + rng.sample(records, round(fraction * len(records)))
         part.notes["mixture_weight"] = weight
@@ -169,8 +175,16 @@ def load_preferences(node: Any, guard: LeakageGuard | None = None,
 
 
 def load_sft_examples(node: Any, guard: LeakageGuard | None = None) -> tuple[list[InstructionRecord], LoadStats]:
-    """(instruction, response) examples for SFT: instruction datasets as they are, preference data's chosen."""
+    """(instruction, response) examples for SFT: instruction datasets as they are, preference data's chosen,
+    and a mixture of both kinds (benign instructions beside safety pairs, as in an Alpaca-style SFT)."""
     spec = spec_from(node)
+    if spec.source == "mixture":
+        stats = LoadStats(source=spec.source)
+        records = _mix(spec, stats, load_sft_examples)
+        if guard is not None:
+            records = guard.filter(records, instruction_texts, stats)
+        records = _draw(records, spec, stats)
+        return _finish(records, spec, stats)
     if spec.source in INSTRUCTION_SOURCES:
         stats = LoadStats(source=spec.source)
         records = INSTRUCTION_SOURCES[spec.source][1](spec, stats)

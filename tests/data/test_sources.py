@@ -210,6 +210,29 @@ def test_mixture_takes_a_weighted_share_of_each_source(tmp_path):
         load_preferences({**spec, "components": [spec["components"][0], {**spec["components"][1], "weight": 0}]})
 
 
+def test_sft_mixture_sets_benign_instructions_beside_the_pairs_chosen(tmp_path):
+    """SFT on a mixture: instruction rows as they are (their input kept), preference rows' chosen; DPO refuses
+    the instruction component by name."""
+    pairs = jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"harm{i}", "chosen": f"no{i}", "rejected": f"yes{i}"}
+                                              for i in range(6)])  # fmt: skip
+    benign = jsonl(tmp_path / "benign.jsonl", [{"instruction": f"task{i}", "input": "ctx" if i == 0 else "",
+                                                "output": f"done{i}"} for i in range(10)])  # fmt: skip
+    spec = {"source": "mixture", "seed": 3, "components": [
+        {"source": "instructions", "path": str(benign), "format": "alpaca", "weight": 0.5},
+        {"source": "constructed", "path": str(pairs)},
+    ]}  # fmt: skip
+    examples, stats = load_sft_examples(spec)
+    assert len(examples) == 11 and stats.kept == 11 and [p.notes["mixture_rows"] for p in stats.parts] == [5, 6]
+    by_instruction = {e.instruction: e for e in examples}
+    assert sum(i.startswith("task") for i in by_instruction) == 5
+    assert all(by_instruction[f"harm{i}"].output == f"no{i}" for i in range(6))  # the chosen response
+    assert all(e.output == f"done{e.instruction[4:]}" for e in examples if e.instruction.startswith("task"))
+    again, _ = load_sft_examples(spec)
+    assert [e.instruction for e in again] == [e.instruction for e in examples]  # seeded
+    with pytest.raises(ConfigError, match="gives instructions, not preference pairs"):
+        load_preferences(spec)
+
+
 # --- instruction datasets ---------------------------------------------------------------------------
 
 
