@@ -1,7 +1,8 @@
 """`safer-instruct run`: run the steps of an experiment, locally or as Slurm jobs.
 
 Words: a *stage* is a command of the CLI (`train dpo`, `eval harmlessness`: `safer_instruct.stages`); a
-*step* is a node of an experiment's graph, which runs one stage with its own config and out_dir.
+*step* is a node of an experiment's graph, which runs one stage with its own config and out_dir; a
+*phase* is a unit inside a stage (construct's induce ... assemble; eval's generate_answers, judge).
 
 * `plan` turns an experiment preset (`conf/experiment/*.yaml`) into steps: each with its stage, its
   resolved config (saved as `<step dir>/config.yaml`, what the step's process reads), its dependencies
