@@ -197,5 +197,5 @@ def _release_copy_now(location: str, offline: bool) -> ReleaseCopy:
     if copy.readable:
         log.info(copy.line)
     else:
-        log.warning(f"{copy.line}: going on without it (the demo: DPO without its release slice)")
+        log.warning(f"{copy.line}: going on without it (the demo: SFT and DPO without its release slice)")
     return copy

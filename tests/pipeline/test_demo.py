@@ -1,5 +1,6 @@
-"""The demo's plan: its DPO data adds a slice of the published release where the release can be read, and
-goes on without it, saying so in one line, where it cannot (no local copy, none in the cache, offline)."""
+"""The demo's plan: its SFT and DPO data add a slice of the published release where the release can be read,
+and go on without it, saying so in one line, where it cannot (no local copy, none in the cache, offline);
+SFT also trains on the bundled benign instructions."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from safer_instruct import paths
 from safer_instruct.config import compose
 from safer_instruct.data.sources import spec_from
 from safer_instruct.pipeline.plan import build_plan, step_config
+
+
+BENIGN_INSTRUCTIONS = {"source": "instructions", "path": "demo", "weight": 1.0}
 
 
 def demo_plan(tmp_path):
@@ -31,7 +35,13 @@ def test_demo_dpo_trains_on_the_constructed_pairs_and_a_release_slice(tmp_path, 
     spec = spec_from(dpo.data)  # a valid mixture: every component's keys known
     assert spec.source == "mixture" and len(spec.components) == 2
     assert (dpo.model.max_length, dpo.model.max_prompt_length, dpo.train.max_steps) == (96, 48, 10)
-    assert evaluation.training_data == "constructed (demo) + 32 release pairs (hate, self-harm)"
+    assert dpo.train.learning_rate == 5e-4 and dpo.model.path == str(plan.exp_dir / "sft" / "model")
+    sft = step_config(plan, "sft")
+    assert [dict(c) for c in sft.data.components] == [BENIGN_INSTRUCTIONS, *components]
+    assert spec_from(sft.data).source == "mixture"
+    assert (sft.model.max_length, sft.train.max_steps, sft.train.learning_rate) == (96, 34, 1e-3)
+    assert evaluation.training_data == ("constructed (demo) + 32 release pairs (hate, self-harm); SFT also on benign "
+                                        "instructions")  # fmt: skip
     assert (evaluation.prompts.name, evaluation.prompts.limit) == ("harmbench", 24)
     benign = step_config(plan, "answer_dpo_benign")
     assert (benign.prompts.name, benign.prompts.limit, benign.label) == ("benign_v1", 24, evaluation.label)
@@ -46,12 +56,14 @@ def test_demo_without_the_release_says_so_once_and_plans_no_slice(tmp_path, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     caplog.set_level(logging.INFO, logger="safer_instruct.paths")
     plan, dpo, evaluation = demo_plan(tmp_path)
-    assert [dict(c) for c in dpo.data.components] == [{"source": "constructed", "path": str(plan.exp_dir / "construct")}]
-    assert evaluation.training_data == "constructed (demo)"
+    constructed = {"source": "constructed", "path": str(plan.exp_dir / "construct")}
+    assert [dict(c) for c in dpo.data.components] == [constructed]
+    assert [dict(c) for c in step_config(plan, "sft").data.components] == [BENIGN_INSTRUCTIONS, constructed]
+    assert evaluation.training_data == "constructed (demo); SFT also on benign instructions"
     said = [r.getMessage() for r in caplog.records]
     assert said == [f"Safer-Instruct release not found: $SAFER_INSTRUCT_RELEASE names {missing}, which has no "
-                    "safer_instruct_<category>.csv files: going on without it (the demo: DPO without its release "
-                    "slice)"]  # fmt: skip
+                    "safer_instruct_<category>.csv files: going on without it (the demo: SFT and DPO without its "
+                    "release slice)"]  # fmt: skip
 
     groups = {name: step.group for name, step in plan.steps.items() if step.stage == ("eval", "harmlessness")}
     assert groups == {"harmless_base": "base_model", "answer_base_benign": "base_model",
