@@ -96,8 +96,8 @@ def test_a_missing_named_folder_is_one_line_and_the_no_release_branch(tmp_path, 
                           "no safer_instruct_<category>.csv files")  # fmt: skip
     caplog.set_level("INFO", logger="safer_instruct.paths")
     assert [paths.if_release_readable("with", "without") for _ in range(3)] == ["without"] * 3
-    assert [r.getMessage() for r in caplog.records] == [f"{found.line}: going on without it (the demo: DPO without "
-                                                        "its release slice)"]  # fmt: skip
+    assert [r.getMessage() for r in caplog.records] == [f"{found.line}: going on without it (the demo: SFT and DPO "
+                                                        "without its release slice)"]  # fmt: skip
     other = _release_folder(tmp_path / "other")  # another location is looked at afresh
     monkeypatch.setenv(paths.RELEASE_ENV, str(other))
     assert paths.if_release_readable("with", "without") == "with"
