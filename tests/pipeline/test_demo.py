@@ -15,6 +15,10 @@ from safer_instruct.pipeline.plan import build_plan, step_config
 BENIGN_INSTRUCTIONS = {"source": "instructions", "path": "demo", "weight": 1.0}
 
 
+def plan_seed(plan):
+    return step_config(plan, "construct").seed
+
+
 def demo_plan(tmp_path):
     plan = build_plan(compose("run", ["experiment=demo"]), tmp_path / "demo")
     return plan, step_config(plan, "dpo"), step_config(plan, "harmless_dpo")
@@ -35,11 +39,13 @@ def test_demo_dpo_trains_on_the_constructed_pairs_and_a_release_slice(tmp_path, 
     spec = spec_from(dpo.data)  # a valid mixture: every component's keys known
     assert spec.source == "mixture" and len(spec.components) == 2
     assert (dpo.model.max_length, dpo.model.max_prompt_length, dpo.train.max_steps) == (96, 48, 10)
-    assert dpo.train.learning_rate == 5e-4 and dpo.model.path == str(plan.exp_dir / "sft" / "model")
+    assert dpo.train.learning_rate == 1e-3 and dpo.model.path == str(plan.exp_dir / "sft" / "model")
     sft = step_config(plan, "sft")
     assert [dict(c) for c in sft.data.components] == [BENIGN_INSTRUCTIONS, *components]
     assert spec_from(sft.data).source == "mixture"
     assert (sft.model.max_length, sft.train.max_steps, sft.train.learning_rate) == (96, 34, 1e-3)
+    inducer = step_config(plan, "construct").inducer  # seeded, one request at a time: the same pairs every run
+    assert (inducer.seed, inducer.max_concurrency, inducer.temperature > 0) == (plan_seed(plan), 1, True)
     assert evaluation.training_data == ("constructed (demo) + 32 release pairs (hate, self-harm); SFT also on benign "
                                         "instructions")  # fmt: skip
     assert (evaluation.prompts.name, evaluation.prompts.limit) == ("harmbench", 24)
