@@ -59,6 +59,18 @@ def test_presets_have_the_contract_keys_and_parse(composed):
     assert not OpenAIBackend.sends_generation_config(big)
 
 
+def test_seeded_samples_on_transformers_serve_need_one_request_at_a_time(composed):
+    """transformers serve seeds one global generator per request: seeded samples repeat only one at a time."""
+    node = OmegaConf.to_container(composed.inducer)
+    seeded = parse_role("inducer", {**node, "seed": 42, "temperature": 0.8, "max_concurrency": 4})
+    assert "inducer.max_concurrency=1" in OpenAIBackend.unreproducible_samples(seeded)
+    for change in ({"max_concurrency": 1}, {"seed": None}, {"temperature": 0.0}, {"base_url": "http://127.0.0.1:9"}):
+        assert OpenAIBackend.unreproducible_samples(parse_role("inducer", {**node, "seed": 42, "temperature": 0.8,
+                                                                            "max_concurrency": 4, **change})) is None
+    big = parse_role("big", {**OmegaConf.to_container(composed.big), "seed": 1, "temperature": 0.8})
+    assert OpenAIBackend.unreproducible_samples(big) is None  # vLLM seeds each request
+
+
 def test_local_preset_requires_a_model(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR / "llm", conf / "llm")

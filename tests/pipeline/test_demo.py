@@ -11,7 +11,6 @@ from safer_instruct.config import compose
 from safer_instruct.data.sources import spec_from
 from safer_instruct.pipeline.plan import build_plan, step_config
 
-
 BENIGN_INSTRUCTIONS = {"source": "instructions", "path": "demo", "weight": 1.0}
 
 

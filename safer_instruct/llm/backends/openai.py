@@ -72,12 +72,25 @@ class OpenAIBackend(SDKClientBackend):
         return options.hf_generation_config == "true"
 
     @classmethod
+    def unreproducible_samples(cls, role) -> str | None:
+        """Why seeded samples would differ run to run, or None: transformers serve seeds its one global torch
+        generator per request, so with several requests in flight the draws interleave (vLLM seeds each)."""
+        kind = role.options.server.kind if not role.base_url else None
+        if kind == "transformers" and role.seed is not None and role.temperature > 0 and role.max_concurrency > 1:
+            return (f"{role.name}: seed={role.seed} with max_concurrency={role.max_concurrency} on transformers serve: "
+                    "its samples differ run to run (one global generator per server); set "
+                    f"{role.name}.max_concurrency=1 to repeat them (the server runs requests in turn anyway)")
+        return None
+
+    @classmethod
     def transient_errors(cls):
         import openai
 
         return {"timeout": (openai.APITimeoutError,), "connection error": (openai.APIConnectionError,)}
 
     def prepare(self) -> None:
+        if why := self.unreproducible_samples(self.role):
+            log.warning(why)
         if not self.role.base_url:
             self.server = self.managed_server()
             self.base_url, self.served_model, self.report_model = (
