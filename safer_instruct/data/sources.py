@@ -178,19 +178,15 @@ def load_sft_examples(node: Any, guard: LeakageGuard | None = None) -> tuple[lis
     """(instruction, response) examples for SFT: instruction datasets as they are, preference data's chosen,
     and a mixture of both kinds (benign instructions beside safety pairs, as in an Alpaca-style SFT)."""
     spec = spec_from(node)
-    if spec.source == "mixture":
+    if spec.source == "mixture" or spec.source in INSTRUCTION_SOURCES:
         stats = LoadStats(source=spec.source)
-        records = _mix(spec, stats, load_sft_examples)
+        if spec.source == "mixture":  # each component (instruction or preference source) loaded as SFT examples
+            records = _mix(spec, stats, load_sft_examples)
+        else:
+            records = INSTRUCTION_SOURCES[spec.source][1](spec, stats)
         if guard is not None:
             records = guard.filter(records, instruction_texts, stats)
-        records = _draw(records, spec, stats)
-        return _finish(records, spec, stats)
-    if spec.source in INSTRUCTION_SOURCES:
-        stats = LoadStats(source=spec.source)
-        records = INSTRUCTION_SOURCES[spec.source][1](spec, stats)
-        if guard is not None:
-            records = guard.filter(records, instruction_texts, stats)
-        records = _dedupe(records, spec.dedupe, stats, key=_instruction_key)
+        records = _dedupe(records, getattr(spec, "dedupe", "none"), stats, key=_instruction_key)
         records = _draw(records, spec, stats)
         return _finish(records, spec, stats)
     preferences, stats = load_preferences(node, guard)

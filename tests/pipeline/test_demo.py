@@ -14,10 +14,6 @@ from safer_instruct.pipeline.plan import build_plan, step_config
 BENIGN_INSTRUCTIONS = {"source": "instructions", "path": "demo", "weight": 1.0}
 
 
-def plan_seed(plan):
-    return step_config(plan, "construct").seed
-
-
 def demo_plan(tmp_path):
     plan = build_plan(compose("run", ["experiment=demo"]), tmp_path / "demo")
     return plan, step_config(plan, "dpo"), step_config(plan, "harmless_dpo")
@@ -43,8 +39,9 @@ def test_demo_dpo_trains_on_the_constructed_pairs_and_a_release_slice(tmp_path, 
     assert [dict(c) for c in sft.data.components] == [BENIGN_INSTRUCTIONS, *components]
     assert spec_from(sft.data).source == "mixture"
     assert (sft.model.max_length, sft.train.max_steps, sft.train.learning_rate) == (96, 34, 1e-3)
-    inducer = step_config(plan, "construct").inducer  # seeded, one request at a time: the same pairs every run
-    assert (inducer.seed, inducer.max_concurrency, inducer.temperature > 0) == (plan_seed(plan), 1, True)
+    construct = step_config(plan, "construct")  # induction seeded, one request at a time: the same pairs every run
+    assert (construct.inducer.seed, construct.inducer.max_concurrency, construct.inducer.temperature > 0) == (
+        construct.seed, 1, True)  # fmt: skip
     assert evaluation.training_data == ("constructed (demo) + 32 release pairs (hate, self-harm); SFT also on benign "
                                         "instructions")  # fmt: skip
     assert (evaluation.prompts.name, evaluation.prompts.limit) == ("harmbench", 24)
