@@ -117,15 +117,12 @@ def settings_of(exp_dir: Path) -> dict:
 
 
 def sweep_points(sweep_dir: Path) -> list[tuple[str, Path]]:
-    """(swept values, experiment dir) of each finished point of a `run -m` sweep (its `sweep_point.json`)."""
-    root = sweep_dir / "sweep" if (sweep_dir / "sweep").is_dir() else sweep_dir
-    points = []
-    for point_file in sorted(root.glob("*/sweep_point.json"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0):
-        overrides = json.loads(point_file.read_text()).get("overrides") or []
-        points.append((overrides, point_file.parent))
-    common_overrides = set.intersection(*(set(o) for o, _ in points)) if points else set()
-    return [(",".join(o for o in overrides if o not in common_overrides) or point.name, point)
-            for overrides, point in points]  # fmt: skip
+    """(swept values, experiment dir) of each point of a `run -m` sweep, labelled as the sweep's own report does."""
+    from safer_instruct.pipeline.sweep import point_files, point_labels
+
+    files = point_files(sweep_dir / "sweep" if (sweep_dir / "sweep").is_dir() else sweep_dir)
+    labels = point_labels([json.loads(f.read_text()).get("overrides") or [] for f in files])
+    return [(label, f.parent) for label, f in zip(labels, files, strict=True)]
 
 
 def tradeoff_rows(sweep_dir: Path) -> list[dict]:

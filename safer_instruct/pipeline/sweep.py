@@ -25,6 +25,7 @@ from safer_instruct.errors import SaferInstructError
 from safer_instruct.io import atomic_write_text
 from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
+from safer_instruct.pipeline.runner import SWEEP_POINT_FILE
 from safer_instruct.pipeline.summary import REPORT_TABLE, _markdown, short_table
 from safer_instruct.stages import CONFIG_FILE, config_file_args
 
@@ -32,7 +33,12 @@ POINTS_DIR = "points"  # labelled links to each point's own runs, so the report'
 REPORT_DIR = "report"
 
 
-def _point_labels(overrides: list[list[str]]) -> list[str]:
+def point_files(sweep_dir: Path) -> list[Path]:
+    """The `sweep_point.json` of each point of a sweep, in point order (0, 1, ..., 10)."""
+    return sorted(sweep_dir.glob(f"*/{SWEEP_POINT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name))
+
+
+def point_labels(overrides: list[list[str]]) -> list[str]:
     """Each point's label: the overrides that differ between points (the swept values)."""
     common = set.intersection(*(set(o) for o in overrides)) if len(overrides) > 1 else set()
     labels = []
@@ -45,7 +51,7 @@ def _point_labels(overrides: list[list[str]]) -> list[str]:
 def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Finished points ({label, exp_dir, report_config}) and the problems of unfinished ones."""
     points, problems = [], []
-    for point_file in sorted(sweep_dir.glob("*/sweep_point.json"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for point_file in point_files(sweep_dir):
         exp_dir = point_file.parent
         point = json.loads(point_file.read_text())
         plan = json.loads((exp_dir / "experiment.json").read_text())
@@ -58,7 +64,7 @@ def collect_points(sweep_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             problems.append(f"{exp_dir}: step '{report_step}' is not complete")
             continue
         points.append({"overrides": point["overrides"], "exp_dir": exp_dir, "report_config": Path(step["dir"]) / CONFIG_FILE})
-    for point, label in zip(points, _point_labels([p["overrides"] for p in points]), strict=True):
+    for point, label in zip(points, point_labels([p["overrides"] for p in points]), strict=True):
         point["label"] = label
     return points, problems
 
