@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from safer_instruct.identity import digest
@@ -97,9 +97,6 @@ class AnswerCache:
                     usage=Usage(p_tok, c_tok), latency_s=0.0, cached=True,
                 )  # fmt: skip
         return found
-
-    def contains_many(self, keys: Iterable[str]) -> set[str]:
-        return set(self.get_many(list(keys)))
 
     def put(self, key: str, completion: Completion) -> None:
         """Store an answer. Commits are grouped (every `COMMIT_EVERY` answers or `COMMIT_INTERVAL_S`):

@@ -109,9 +109,3 @@ class Budget:
             if self.limit_usd is not None and reserved > 0:
                 self.reserved_usd = max(0.0, self.reserved_usd - reserved)
             self.spent_usd += actual
-
-    @property
-    def remaining_usd(self) -> float | None:
-        if self.limit_usd is None:
-            return None
-        return self.limit_usd - self.spent_usd

@@ -227,10 +227,6 @@ class LLMSession:
             self._failures_file.write(line + "\n")
             self._failures_file.flush()
 
-    def stats(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """{role: {phase: counters}} for every role used so far."""
-        return {name: role.stats() for name, role in self._roles.items()}
-
     @property
     def budget_exhausted(self) -> bool:
         return self.budget.exhausted
@@ -310,12 +306,10 @@ class LLMRole:
                 self._stats[phase].update(dict.fromkeys(DRY_RUN_KEYS, 0))
         return self._stats[phase]
 
-    def stats(self, phase: str | None = None) -> dict[str, Any]:
-        """Counters of one phase, or {phase: counters} of all phases."""
+    def stats(self, phase: str = "default") -> dict[str, Any]:
+        """The counters of one phase (a copy)."""
         with self._lock:
-            if phase is not None:
-                return dict(self._counters(phase))
-            return {name: dict(values) for name, values in self._stats.items()}
+            return dict(self._counters(phase))
 
     # --- the backend, made ready on the first request that needs sending ---
     def ready(self) -> Backend:
