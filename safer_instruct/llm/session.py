@@ -528,19 +528,11 @@ def _get(done: queue.SimpleQueue):
             continue
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None: ...
-
-    def set_postfix_str(self, s: str, refresh: bool = True) -> None: ...
-
-    def close(self) -> None: ...
-
-
 def _progress_bar(desc: str, total: int | None, enabled: bool):
-    """tqdm: rate and ETA (with a known total); cached and failed counts in the postfix.
-    `TQDM_DISABLE=1` turns every bar off (tests, CI logs)."""
-    if not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
-        return _NoBar()
+    """tqdm: rate and ETA (with a known total); cached and failed counts in the postfix. A disabled
+    bar does nothing. `TQDM_DISABLE=1` turns every bar off (tests, CI logs)."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True, disable=False)
+    disabled = not enabled or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    return tqdm(total=total, desc=desc, unit="req", mininterval=0.5, file=sys.stderr, dynamic_ncols=True,
+                disable=disabled)  # fmt: skip
