@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
-import random
 import re
 import time
 from collections.abc import Iterable, Mapping
+
+from tenacity import wait_exponential_jitter
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
 # Secret-looking strings redacted from every reason even when we do not know the value (a server may
@@ -64,39 +66,30 @@ def is_retryable(exc: BaseException, transient: Transient | None = None) -> bool
 
 def retry_after_s(exc: BaseException) -> float | None:
     """Seconds the server asked us to wait (`retry-after-ms`, `Retry-After` seconds or HTTP date)."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if not headers:
-        return None
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    with contextlib.suppress(TypeError, ValueError):  # absent or not a number: try Retry-After
+        return max(0.0, float(headers.get("retry-after-ms")) / 1000.0)
     value = headers.get("retry-after")
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
 
 
-class BackoffWait:
-    """A tenacity wait: the server's Retry-After when given (capped), else exponential with jitter."""
+class BackoffWait(wait_exponential_jitter):
+    """A tenacity wait: the server's Retry-After when given (capped), else tenacity's exponential
+    backoff (`initial_s * 2**(attempt - 1)`, at most `max_s`) plus up to `initial_s` of jitter."""
 
     def __init__(self, initial_s: float, max_s: float, max_retry_after_s: float):
-        self.initial_s, self.max_s, self.max_retry_after_s = initial_s, max_s, max_retry_after_s
+        super().__init__(multiplier=initial_s, max=max_s, jitter=initial_s)
+        self.max_retry_after_s = max_retry_after_s
 
     def __call__(self, retry_state) -> float:
         exc = retry_state.outcome.exception() if retry_state.outcome else None
         asked = retry_after_s(exc) if exc is not None else None
-        if asked is not None:
-            return min(asked, self.max_retry_after_s)
-        exponential = self.initial_s * 2 ** (retry_state.attempt_number - 1)
-        return min(self.max_s, exponential + random.uniform(0, self.initial_s))
+        return min(asked, self.max_retry_after_s) if asked is not None else super().__call__(retry_state)
 
 
 def describe(exc: BaseException, transient: Transient | None = None) -> str:
