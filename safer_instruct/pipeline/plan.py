@@ -32,7 +32,7 @@ share steps).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,13 +105,7 @@ class Plan:
 
     def resolve(self, value: Any) -> Any:
         """Replace `@{step}` / `@{group}` references (in strings, lists, mappings) by their folder."""
-        if isinstance(value, str):
-            return REF.sub(lambda m: str(self.ref_dir(m.group(1))), value)
-        if isinstance(value, (list, tuple)):
-            return [self.resolve(v) for v in value]
-        if isinstance(value, Mapping):
-            return {k: self.resolve(v) for k, v in value.items()}
-        return value
+        return map_strings(value, lambda text: REF.sub(lambda m: str(self.ref_dir(m.group(1))), text))
 
     def settings(self, name: str) -> list[tuple[str, Any]]:
         """The step's own settings, references resolved: forwarded ones, its args, its out_dir."""
@@ -129,9 +123,6 @@ class Plan:
     def command(self, name: str) -> list[str]:
         """`safer-instruct` arguments of a step: its stage, reading the step's saved config."""
         return [*self.steps[name].stage, *config_file_args(self.config_path(name))]
-
-    def dependents(self, name: str) -> list[str]:
-        return [s.name for s in self.steps.values() if name in s.deps]
 
     def edges(self) -> list[tuple[str, str]]:
         """(upstream, downstream) pairs in plan order."""
@@ -198,14 +189,15 @@ def flatten_args(args: Mapping[str, Any], prefix: str = "") -> list[tuple[str, A
     return pairs
 
 
-def _strings(value: Any) -> list[str]:
+def map_strings(value: Any, change: Callable[[str], Any]) -> Any:
+    """`value` with every string in it (in lists and mappings too) replaced by `change(string)`."""
     if isinstance(value, str):
-        return [value]
+        return change(value)
     if isinstance(value, (list, tuple)):
-        return [s for v in value for s in _strings(v)]
+        return [map_strings(v, change) for v in value]
     if isinstance(value, Mapping):
-        return [s for v in value.values() for s in _strings(v)]
-    return []
+        return {k: map_strings(v, change) for k, v in value.items()}
+    return value
 
 
 # --- building the plan ----------------------------------------------------------------------------
@@ -245,13 +237,11 @@ def _topological(steps: dict[str, Step], experiment: str) -> dict[str, Step]:
     return ordered
 
 
-def _refs(values: Iterable[str]) -> list[str]:
+def _refs(value: Any) -> list[str]:
+    """The names of the `@{name}` references in a value's strings, each once, in order of appearance."""
     found: list[str] = []
-    for value in values:
-        for match in REF.finditer(value):
-            if match.group(1) not in found:
-                found.append(match.group(1))
-    return found
+    map_strings(value, lambda text: found.extend(REF.findall(text)))
+    return list(dict.fromkeys(found))
 
 
 def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
@@ -292,7 +282,7 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
         args = [*flatten_args(spec.get("args") or {}), *flatten_args(step_args.get(step_name) or {})]
         raw = [str(o) for o in spec.get("overrides") or []]
         deps = []
-        for ref in [*_refs([*(s for _, value in args for s in _strings(value)), *raw]), *(str(a) for a in spec.get("after") or [])]:
+        for ref in [*_refs([[value for _, value in args], raw]), *(str(a) for a in spec.get("after") or [])]:
             if ref in groups:  # a group stands for all of its steps (but not for the step itself)
                 deps += [m for m in groups[ref] if m not in deps and m != step_name]
             elif ref not in deps:
@@ -332,7 +322,9 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
         step.fingerprint = fingerprint(
             {
                 "stage": step.stage,
-                "config": _relocated(plan, fingerprinted_config(plan.configs[step.name])),
+                # the experiment dir written as @{experiment}: the same step anywhere, the same fingerprint
+                "config": map_strings(fingerprinted_config(plan.configs[step.name]),
+                                      lambda text: text.replace(str(plan.exp_dir), EXPERIMENT_DIR)),
                 "outputs": step.outputs,
                 "group": step.group,
                 "deps": {dep: plan.steps[dep].fingerprint for dep in step.deps},
@@ -357,17 +349,6 @@ def fingerprinted_config(cfg: DictConfig) -> dict[str, Any]:
     from safer_instruct.config import to_plain
 
     return {k: v for k, v in to_plain(cfg).items() if k not in UNFINGERPRINTED}
-
-
-def _relocated(plan: Plan, value: Any) -> Any:
-    """`value` with the experiment dir written as @{experiment}: the same step anywhere, the same fingerprint."""
-    if isinstance(value, str):
-        return value.replace(str(plan.exp_dir), EXPERIMENT_DIR)
-    if isinstance(value, list):
-        return [_relocated(plan, v) for v in value]
-    if isinstance(value, dict):
-        return {k: _relocated(plan, v) for k, v in value.items()}
-    return value
 
 
 # --- each step's config ---------------------------------------------------------------------------
