@@ -37,11 +37,15 @@ def missing_outputs(step_dir: Path, outputs: tuple[str, ...] | list[str]) -> lis
     return [pattern for pattern in outputs if not glob(str(step_dir / pattern))]
 
 
-def read_marker(step_dir: Path) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((step_dir / MARKER).read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_marker(step_dir: Path) -> dict[str, Any] | None:
+    return _read_json(step_dir / MARKER)
 
 
 def is_complete(step_dir: Path, fingerprint: str, outputs: tuple[str, ...]) -> bool:
@@ -60,10 +64,6 @@ def write_marker(step_dir: Path, fingerprint: str, **info: Any) -> dict[str, Any
     }
     atomic_write_json(step_dir / MARKER, marker)
     return marker
-
-
-def clear_marker(step_dir: Path) -> None:
-    (step_dir / MARKER).unlink(missing_ok=True)
 
 
 def move_aside(step_dir: Path, exp_dir: Path) -> Path | None:
@@ -95,17 +95,10 @@ def prepare_step_dir(step_dir: Path, fingerprint: str, exp_dir: Path) -> Path | 
         unknown = not started and any(step_dir.iterdir())
         if foreign or unknown:
             moved = move_aside(step_dir, exp_dir)
-    clear_marker(step_dir)
+    (step_dir / MARKER).unlink(missing_ok=True)
     step_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(step_dir / STARTED, {"fingerprint": fingerprint, "started": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return moved
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def link_reused(step_dir: Path, shared: Path) -> None:
