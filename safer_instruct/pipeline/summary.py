@@ -24,26 +24,22 @@ def results_from_states(plan: Plan, submission, states: dict[str, str]) -> list[
     results = []
     for name in plan.steps:
         step_dir = plan.step_dir(name)
+        marker = state.read_marker(step_dir) or {}
         if name in submission.jobs:
-            marker = state.read_marker(step_dir) or {}
             status = "ran" if states.get(name) == "COMPLETED" else states.get(name, "UNKNOWN").lower()
             results.append(StepResult(name, status, marker.get("wall_s"), step_dir, f"job {submission.jobs[name]}"))
         else:
-            marker = state.read_marker(step_dir) or {}
             results.append(StepResult(name, "skipped", marker.get("wall_s"), step_dir, "complete"))
     return results
 
 
-def report_table(plan: Plan) -> list[list[str]]:
-    """A short table from the report's CSV (header first): model, harmlessness with CI, scores."""
-    if not plan.report_step:
-        return []
-    path = plan.step_dir(plan.report_step) / REPORT_TABLE
+def report_table(report_dir: Path) -> list[list[str]]:
+    """A short table from a report's CSV (header first): model, harmlessness with CI, scores; [] without one."""
+    path = report_dir / REPORT_TABLE
     if not path.exists():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
-        records = list(csv.DictReader(handle))
-    return short_table(records)
+        return short_table(list(csv.DictReader(handle)))
 
 
 def _pct(value: str) -> str:
@@ -83,7 +79,7 @@ def _short(value: str) -> str:
         return value
 
 
-def _markdown(rows: list[list[str]]) -> list[str]:
+def markdown_table(rows: list[list[str]]) -> list[str]:
     if not rows:
         return []
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
@@ -96,9 +92,9 @@ def render(plan: Plan, results: list[StepResult]) -> str:
     path = report_path(plan)
     if path is not None:
         lines.append(f"Report: {path}")
-    table = report_table(plan)
-    if table:
-        lines += ["", *_markdown(table)]
+        table = report_table(path.parent)
+        if table:
+            lines += ["", *markdown_table(table)]
     lines += ["", "| step | stage | status | wall s |", "|---|---|---|---|"]
     for result in results:
         wall = f"{result.wall_s:.1f}" if isinstance(result.wall_s, (int, float)) else ""

@@ -26,7 +26,7 @@ from safer_instruct.io import atomic_write_text
 from safer_instruct.paths import PROJECT_ROOT
 from safer_instruct.pipeline import state
 from safer_instruct.pipeline.runner import SWEEP_POINT_FILE
-from safer_instruct.pipeline.summary import REPORT_TABLE, _markdown, short_table
+from safer_instruct.pipeline.summary import markdown_table, report_table
 from safer_instruct.stages import CONFIG_FILE, config_file_args
 
 POINTS_DIR = "points"  # labelled links to each point's own runs, so the report's rows say which point
@@ -113,11 +113,8 @@ def build_sweep_report(sweep_dir: Path) -> Path:
     (report_dir / "stage.log").write_text(out.stdout + out.stderr)
     if out.returncode != 0:
         raise SaferInstructError(f"sweep report failed (exit {out.returncode}); log: {report_dir / 'stage.log'}")
-    import csv
-
-    with open(report_dir / REPORT_TABLE, newline="", encoding="utf-8") as handle:
-        table = short_table(list(csv.DictReader(handle)))
-    print(f"\nsweep of {len(points)} points: {report_dir / 'report.md'}\n" + "\n".join(_markdown(table)), flush=True)
+    table = markdown_table(report_table(report_dir))
+    print(f"\nsweep of {len(points)} points: {report_dir / 'report.md'}\n" + "\n".join(table), flush=True)
     return report_dir / "report.md"
 
 
