@@ -11,9 +11,9 @@
   adapter, the held-out split, and where reference log-probs are kept.
 
 Every preset builds on `train/schema_sft` or `train/schema_dpo` (registered with Hydra below): our fields at
-their dataclass defaults, and the TRL fields a recipe tunes at TRL's defaults (`TUNED_TRL_DEFAULTS`). So a
-preset sets only what its recipe changes, and `train.max_steps=10` still overrides by name, its type checked
-before TRL (and torch) is imported.
+their dataclass defaults, and the TRL fields a recipe tunes (`TUNED_TRL_FIELDS`) at the installed TRL's own
+defaults. So a preset sets only what its recipe changes, and `train.max_steps=10` still overrides by name, its
+type checked before TRL (and torch) is imported in the process.
 
 `peft.*` (`conf/peft/*.yaml`) is ours entirely (`PeftSettings`).
 """
@@ -21,15 +21,21 @@ before TRL (and torch) is imported.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import re
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from safer_instruct.errors import ConfigError
-from safer_instruct.paths import conf_dir
+from safer_instruct.paths import cache_root, conf_dir
 
 T = TypeVar("T")
 
@@ -53,27 +59,54 @@ def _trl_fields(config_name: str) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(getattr(trl, config_name))}
 
 
-def _trl_default(config_name: str, name: str) -> Any:
-    spec = _trl_fields(config_name)[name]
-    return spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+# The TRL fields the presets tune: the stage schema holds them (at TRL's defaults, read below) so that Hydra
+# overrides them by name (`train.max_steps=10`) and checks the type of a new value before anything heavy loads.
+TUNED_TRL_FIELDS: dict[str, tuple[str, ...]] = {
+    "SFTConfig": (
+        "per_device_train_batch_size", "learning_rate", "optim", "lr_scheduler_type", "warmup_steps", "num_train_epochs",
+        "max_steps", "weight_decay", "max_grad_norm", "bf16", "gradient_checkpointing", "logging_steps", "save_strategy",
+        "save_steps", "save_total_limit", "eval_steps", "dataloader_num_workers",
+    ),
+}  # fmt: skip
+TUNED_TRL_FIELDS["DPOConfig"] = (*TUNED_TRL_FIELDS["SFTConfig"], "beta", "loss_type", "loss_weights", "label_smoothing",
+                                 "precompute_ref_log_probs", "precompute_ref_batch_size")  # fmt: skip
+
+# Run in a child process: importing TRL imports torch, which composing a config (and the CLI's early errors) must not.
+_READ_TRL_DEFAULTS = """
+import dataclasses, json, sys
+import trl
+out = {}
+for config_name, names in json.loads(sys.argv[1]).items():
+    fields = {f.name: f for f in dataclasses.fields(getattr(trl, config_name))}
+    values = {n: fields[n].default_factory() if fields[n].default_factory is not dataclasses.MISSING else fields[n].default
+              for n in names}
+    out[config_name] = {n: getattr(v, "value", v) for n, v in values.items()}  # enums by their names
+with open(sys.argv[2], "w", encoding="utf-8") as handle:
+    json.dump(out, handle)
+"""
 
 
-# The TRL fields the presets tune, at the installed TRL's (1.16) defaults: composing a config must not import
-# TRL (it imports torch), and Hydra overrides by name only a key the node has. Enums by their names.
-# tests/training/test_presets.py fails as soon as TRL's own defaults differ from these.
-TUNED_TRL_DEFAULTS: dict[str, dict[str, Any]] = {
-    "SFTConfig": {
-        "per_device_train_batch_size": 8, "learning_rate": 2e-5, "optim": "adamw_torch_fused",
-        "lr_scheduler_type": "linear", "warmup_steps": 0, "num_train_epochs": 3.0, "max_steps": -1,
-        "weight_decay": 0.0, "max_grad_norm": 1.0, "bf16": None, "gradient_checkpointing": True, "logging_steps": 10,
-        "save_strategy": "steps", "save_steps": 500, "save_total_limit": None, "eval_steps": None,
-        "dataloader_num_workers": 0,
-    },
-}  # fmt: skip
-TUNED_TRL_DEFAULTS["DPOConfig"] = {
-    **TUNED_TRL_DEFAULTS["SFTConfig"], "learning_rate": 1e-6, "beta": 0.1, "loss_type": ["sigmoid"],
-    "loss_weights": None, "label_smoothing": 0.0, "precompute_ref_log_probs": False, "precompute_ref_batch_size": None,
-}  # fmt: skip
+@cache
+def trl_defaults() -> dict[str, dict[str, Any]]:
+    """TRL's own defaults of `TUNED_TRL_FIELDS`, read once per installed TRL/transformers version and kept under
+    the cache root, so that TRL stays their only source and a TRL upgrade that changes one is picked up."""
+    versions = "-".join(f"{name}{metadata.version(name)}" for name in ("trl", "transformers"))
+    path = cache_root() / "trl_defaults" / f"{versions}-{_fields_digest()}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+            written = Path(scratch) / "defaults.json"
+            proc = subprocess.run([sys.executable, "-c", _READ_TRL_DEFAULTS, json.dumps(TUNED_TRL_FIELDS), str(written)],
+                                  capture_output=True, text=True)  # fmt: skip
+            if proc.returncode:
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ConfigError(f"could not read TRL's config defaults from the installed trl: {last}")
+            os.replace(written, path)
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _fields_digest() -> str:
+    return hashlib.sha256(json.dumps(TUNED_TRL_FIELDS, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -136,8 +169,8 @@ class TrainSettings:
             self.trl["warmup_steps"] = int(warmup)
 
     def _trl_value(self, name: str) -> Any:
-        """A TRL field as TRL will see it: set in train.*, else TRL's default."""
-        return self.trl[name] if name in self.trl else _trl_default(self.TRL_CONFIG, name)
+        """A tuned TRL field as TRL will see it: set in train.*, else TRL's default."""
+        return self.trl[name] if name in self.trl else trl_defaults()[self.TRL_CONFIG][name]
 
     @property
     def per_device_batch_size(self) -> int:
@@ -227,7 +260,7 @@ SCHEMA_NAMES = {"SFTConfig": "schema_sft", "DPOConfig": "schema_dpo"}
 def schema_node(settings_cls: type[TrainSettings]) -> dict[str, Any]:
     """`train/schema_<stage>`: our fields at their defaults, then the TRL fields the presets tune at TRL's."""
     ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
-    return {**ours, **TUNED_TRL_DEFAULTS[settings_cls.TRL_CONFIG]}
+    return {**ours, **trl_defaults()[settings_cls.TRL_CONFIG]}
 
 
 def register_train_schema() -> None:

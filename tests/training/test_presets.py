@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,13 @@ from safer_instruct.paths import CONF_DIR
 from safer_instruct.training.settings import (
     DERIVED,
     SCHEMA_NAMES,
-    TUNED_TRL_DEFAULTS,
+    TUNED_TRL_FIELDS,
     DPOSettings,
     SFTSettings,
-    _trl_default,
     _trl_fields,
     schema_node,
     settings_from,
+    trl_defaults,
 )
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "train").glob("*.yaml"))
@@ -33,10 +34,17 @@ def _stage(preset: str) -> tuple[str, type]:
     return STAGES[preset.split("_")[0]]
 
 
+def _installed_trl_default(config_name: str, name: str):
+    """Read here, in this process, from the installed TRL (enums by their names)."""
+    spec = _trl_fields(config_name)[name]
+    value = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+    return getattr(value, "value", value)
+
+
 def _schema_default(settings_cls: type, key: str):
     """The stage schema's value (ours, and the TRL fields the presets tune), else TRL's own default."""
     node = schema_node(settings_cls)
-    return node[key] if key in node else _trl_default(settings_cls.TRL_CONFIG, key)
+    return node[key] if key in node else _installed_trl_default(settings_cls.TRL_CONFIG, key)
 
 
 def test_every_stage_has_presets():
@@ -59,17 +67,33 @@ def test_every_preset_key_is_a_field_and_none_restates_its_default(preset):
 
 @pytest.mark.parametrize("config_name", sorted(SCHEMA_NAMES))
 def test_the_schema_node_holds_our_defaults_and_the_installed_trls(config_name):
-    """TUNED_TRL_DEFAULTS mirrors TRL's defaults so that composing imports no TRL: a TRL upgrade that changes
-    one fails here (then update the table, and check the recipes' effective values below)."""
+    """The TRL defaults in the schema are the installed TRL's, read in a child process (composing imports no torch)."""
     settings_cls = SFTSettings if config_name == "SFTConfig" else DPOSettings
-    trl_defaults = {name: _trl_default(config_name, name) for name in TUNED_TRL_DEFAULTS[config_name]}
-    assert TUNED_TRL_DEFAULTS[config_name] == {k: getattr(v, "value", v) for k, v in trl_defaults.items()}
-    assert not set(TUNED_TRL_DEFAULTS[config_name]) & set(DERIVED)
+    installed = {name: _installed_trl_default(config_name, name) for name in TUNED_TRL_FIELDS[config_name]}
+    assert trl_defaults()[config_name] == installed
+    assert not set(TUNED_TRL_FIELDS[config_name]) & set(DERIVED)
     ours = {f.name: f.default for f in dataclasses.fields(settings_cls) if f.name != "trl"}
     stage = "train_dpo" if settings_cls is DPOSettings else "train_sft"
     train = compose(stage, ["model=tiny", f"train={SCHEMA_NAMES[config_name]}"]).train
-    assert OmegaConf.to_container(train) == {**ours, **TUNED_TRL_DEFAULTS[config_name]}
+    assert OmegaConf.to_container(train) == {**ours, **installed}
     assert (train.num_train_epochs, train.resume) == (3.0, "auto")
+    if config_name == "DPOConfig":  # values TRL documents, so that the check above is not vacuous
+        assert (train.beta, train.loss_type, train.learning_rate) == (0.1, ["sigmoid"], 1e-6)
+
+
+def test_trl_defaults_are_read_once_per_trl_version_and_kept(tmp_path, monkeypatch):
+    """A fresh cache root gets one file named by the TRL and transformers versions; a second read uses it."""
+    monkeypatch.setenv("SAFER_INSTRUCT_CACHE", str(tmp_path))
+    trl_defaults.cache_clear()
+    try:
+        first = trl_defaults()
+        (kept,) = (tmp_path / "trl_defaults").glob("*.json")
+        assert kept.name.startswith(f"trl{metadata.version('trl')}-transformers{metadata.version('transformers')}-")
+        kept.write_text(kept.read_text().replace('"beta": 0.1', '"beta": 0.25'))  # the kept file is what is read
+        trl_defaults.cache_clear()
+        assert trl_defaults()["DPOConfig"]["beta"] == 0.25 and first["DPOConfig"]["beta"] == 0.1
+    finally:
+        trl_defaults.cache_clear()
 
 
 # What each recipe trains with, whatever the preset writes out or leaves to a default (world size 1).
