@@ -179,8 +179,7 @@ class ConstructRun:
         cfg = self.cfg
         if name == "induce":
             task = InduceTask(self.induction.render, int(cfg.induce.samples_per_text), _plain(cfg.induce.stop) or (),
-                              chat=bool(cfg.induce.chat), template_tag=self.template_tags()["reverse"],
-                              on_truncated=self.on_truncated[name])  # fmt: skip
+                              chat=bool(cfg.induce.chat), on_truncated=self.on_truncated[name])  # fmt: skip
             return InducePhase(task, CorpusReader(self.corpus_spec, self.out_dir / "quarantine.jsonl"))
         if name == "filter_instructions":
             task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill,

@@ -66,28 +66,19 @@ class InduceTask:
     role = "inducer"
 
     def __init__(self, render_prompt: Callable[[str], tuple[str, bool]], samples: int,
-                 stop_markers: Sequence[str] = (), chat: bool = False, template_tag: str = "",
-                 on_truncated: str = "drop"):  # fmt: skip
+                 stop_markers: Sequence[str] = (), chat: bool = False, on_truncated: str = "drop"):  # fmt: skip
         if samples < 1:
             raise ValueError("induce.samples_per_text must be at least 1")
         self.render_prompt, self.samples, self.chat = render_prompt, samples, chat
         self.stop_markers = tuple(stop_markers)
-        self.template_tag = template_tag
         self.on_truncated = check_on_truncated(self.name, on_truncated)
         self.inputs_cut = 0  # corpus texts cut to the prompt budget, in the last pass over the corpus
-
-    @staticmethod
-    def item_id(source_id: str, sample_index: int) -> str:
-        return f"{source_id}#{sample_index:02d}"
-
-    def item_ids(self, row: Mapping[str, Any]) -> list[str]:
-        return [self.item_id(row["source_id"], i) for i in range(self.samples)]
 
     def requests(self, row: Mapping[str, Any], skip: set[str] = frozenset()) -> Iterable[ChatRequest]:
         prompt, cut = self.render_prompt(row["text"])
         self.inputs_cut += int(cut)
         for index in range(self.samples):
-            request_id = self.item_id(row["source_id"], index)
+            request_id = f"{row['source_id']}#{index:02d}"
             if request_id in skip:
                 continue
             kwargs = {"messages": ({"role": "user", "content": prompt},)} if self.chat else {"prompt": prompt}
