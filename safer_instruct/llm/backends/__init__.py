@@ -19,6 +19,7 @@ client is first needed, never stored in config or logged.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from safer_instruct.llm.session import LLMSession
 
 _REGISTRY: dict[str, type[Backend]] = {}
-_discovered = False
 
 
 @dataclass(frozen=True)
@@ -105,12 +105,10 @@ class Backend:
         """Release what `prepare` and `complete` opened (clients, threads)."""
 
 
+@functools.cache
 def _discover() -> None:
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(__path__):
-            importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
 
 
 def backend_names() -> tuple[str, ...]:
@@ -138,7 +136,7 @@ def read_api_key(role: RoleConfig) -> str | None:
 
 
 def check_text(text: Any) -> str:
-    if text is None or not isinstance(text, str):
+    if not isinstance(text, str):
         raise EmptyCompletion("no text in the completion")
     if text == "":
         raise EmptyCompletion("the completion text is empty")
