@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 
-def has_local_tokenizer(model: str) -> bool:
+def has_local_weights(model: str) -> bool:
     """Whether a model reference names weights on this machine (a kit model or a folder)."""
     return model.startswith("kit:") or Path(model).expanduser().is_dir()
 

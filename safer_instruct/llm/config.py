@@ -20,9 +20,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm import schema
 from safer_instruct.llm.backends import backend_class, backend_names
+from safer_instruct.llm.chat import has_local_weights
 from safer_instruct.llm.schema import setting
 from safer_instruct.paths import CONF_DIR
 
@@ -137,24 +140,13 @@ class RoleConfig:
         return self.verdict_prefill if self.prefill_support != "none" else None
 
 
-def _plain(node: Any) -> dict[str, Any]:
-    if node is None:
-        return {}
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(node, DictConfig):
-            return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-    except ImportError:  # pragma: no cover - omegaconf is a dependency
-        pass
-    if isinstance(node, Mapping):
-        return dict(node)
-    raise ConfigError(f"a role config must be a mapping, got {type(node).__name__}")
-
-
 def parse_role(name: str, node: Any) -> RoleConfig:
     """A RoleConfig from a role's config node (its keys and its backend's), with a ConfigError naming the bad key."""
-    raw = _plain(node)
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if node is not None and not isinstance(node, Mapping):
+        raise ConfigError(f"a role config must be a mapping, got {type(node).__name__}")
+    raw = dict(node or {})
     backend = str(raw.get("backend") or "openai")
     if backend not in backend_names():  # before its options are read: their class depends on it
         raise ConfigError(f"{name}.backend must be one of {', '.join(backend_names())}, got '{backend}'")
@@ -201,11 +193,9 @@ def load_price_table(path: Path = PRICE_TABLE) -> dict[str, Price]:
         return {}
     import yaml
 
-    data = yaml.safe_load(path.read_text()) or {}
-    table = {}
-    for model, entry in (data.get("models") or {}).items():
-        table[str(model)] = Price(float(entry.get("input_per_mtok", 0)), float(entry.get("output_per_mtok", 0)))
-    return table
+    models = (yaml.safe_load(path.read_text()) or {}).get("models") or {}
+    return {str(model): Price(float(entry.get("input_per_mtok", 0)), float(entry.get("output_per_mtok", 0)))
+            for model, entry in models.items()}  # fmt: skip
 
 
 def price_for(role: RoleConfig, table: Mapping[str, Price] | None = None) -> Price | None:
@@ -219,6 +209,6 @@ def price_for(role: RoleConfig, table: Mapping[str, Price] | None = None) -> Pri
     prefixes = [name for name in table if role.model.startswith(name)]
     if prefixes:
         return table[max(prefixes, key=len)]
-    if role.managed or role.model.startswith("kit:") or Path(role.model).expanduser().is_dir():
+    if role.managed or has_local_weights(role.model):
         return Price()  # weights on this machine, served by us or by a server the user started
     return None

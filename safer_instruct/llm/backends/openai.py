@@ -16,7 +16,7 @@ from typing import Any
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm.backends import Answer, RequestOptions, SDKClientBackend, check_text
-from safer_instruct.llm.chat import ChatRenderer, has_local_tokenizer
+from safer_instruct.llm.chat import ChatRenderer, has_local_weights
 from safer_instruct.llm.faults import MalformedResponse
 from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, ServerConfig
@@ -61,7 +61,7 @@ class OpenAIBackend(SDKClientBackend):
 
     @classmethod
     def prefill_support(cls, role) -> str:
-        return "template" if cls.runs_locally(role) or has_local_tokenizer(role.model) else "none"
+        return "template" if cls.runs_locally(role) or has_local_weights(role.model) else "none"
 
     @classmethod
     def sends_generation_config(cls, role) -> bool:
@@ -137,11 +137,9 @@ class OpenAIBackend(SDKClientBackend):
         return self.renderer.completion_prompt(request.messages, request.prefill)
 
     def body(self, request: ChatRequest, params: dict[str, Any], prompt: str | None = None) -> dict[str, Any]:
-        """The JSON body of a chat (`prompt` None) or text completion request."""
+        """The JSON body of a chat (`prompt` None) or text completion request (`prompt`: `completion_text`)."""
         body: dict[str, Any] = {"model": self.served_model, "max_tokens": params["max_tokens"],
                                 "temperature": params["temperature"]}  # fmt: skip
-        if prompt is None and request.prompt is not None:
-            prompt = request.prompt
         if prompt is not None:
             body["prompt"] = prompt
         else:
