@@ -54,7 +54,7 @@ def dry_run_session(roles: Mapping[str, Any], cache_dir: str | Path | None):
     for name, cfg in session.roles_config.items():
         if cfg.model.startswith("kit:") and built_kit_model(cfg.model) is None:
             # The cache names local weights by a hash of their files, which would build the model first.
-            session.role(name)._identity = f"{cfg.model} (not built yet)"
+            session.role(name).identity = f"{cfg.model} (not built yet)"
     return session
 
 

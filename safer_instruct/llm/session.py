@@ -33,6 +33,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -253,7 +254,6 @@ class LLMRole:
         self.price = price
         self.backend: Backend | None = None
         self._transient: Transient = {}
-        self._identity: str | None = None
         self._warned_prefill = False
         self._stats: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -262,11 +262,10 @@ class LLMRole:
         self._wait = BackoffWait(cfg.backoff.initial_s, cfg.backoff.max_s, cfg.backoff.max_retry_after_s)
 
     # --- identity, parameters, keys ---
-    @property
+    @functools.cached_property
     def identity(self) -> str:
-        if self._identity is None:
-            self._identity = model_identity(self.cfg.model)
-        return self._identity
+        """The model's name in cache keys: a content hash of local weights (`model_identity`)."""
+        return model_identity(self.cfg.model)
 
     def params(self, request: ChatRequest) -> dict[str, Any]:
         """The sampling parameters a request is sent (and cached) with."""
