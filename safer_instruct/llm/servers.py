@@ -299,10 +299,6 @@ class ManagedServer:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:]) or "(empty log)"
 
-    def close(self) -> None:
-        """Stop the server (the session closes what its roles share this way)."""
-        self.stop()
-
     def stop(self, grace_s: float = 15.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -317,3 +313,5 @@ class ManagedServer:
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(10.0)
+
+    close = stop  # the session closes what its roles share (`LLMSession.shared`) this way

@@ -103,10 +103,7 @@ class InProcessBackend(Backend):
                     try:
                         answers = await loop.run_in_executor(self._executor, self._generate, live)
                     except Exception as err:  # noqa: BLE001 - the session records it per request
-                        for _, _, future in live:
-                            if not future.done():
-                                future.set_exception(err)
-                        continue
+                        answers = [err] * len(live)
                     for (_, _, future), answer in zip(live, answers, strict=True):
                         if future.done():
                             continue
