@@ -291,27 +291,21 @@ def collect(runs: Sequence[str | Path]) -> tuple[list[Row], list[Curve]]:
             raise ConfigError(f"runs: {base} is not a folder (give finished run folders: runs=[DIR,...])")
         found = 0
         by_key: dict[tuple[str, str], Row] = {}
-        for path in sorted(base.rglob("harmlessness.json")):
-            data = _load_json(path)
-            label = str(data.get("label") or path.parent.name)
-            row = Row(_run_name(base, path.parent), label, data.get("training_data"), harmlessness=data,
-                      paths=[str(path)], model_path=evaluated_model(path))  # fmt: skip
-            rows.append(row)
-            by_key.setdefault((base.name, label), row)
-            found += 1
-        for path in sorted(base.rglob("downstream.json")):
-            data = _load_json(path)
-            label = str(data.get("label") or path.parent.name)
-            row = by_key.get((base.name, label))
-            if row is None or row.downstream is not None:
-                row = Row(_run_name(base, path.parent), label, data.get("training_data"), paths=[])
-                rows.append(row)
-                by_key.setdefault((base.name, label), row)
-            row.downstream = data
-            row.training_data = row.training_data or data.get("training_data")
-            row.model_path = row.model_path or evaluated_model(path)
-            row.paths.append(str(path))
-            found += 1
+        # A downstream result joins the first row of its label; a second result of a kind starts a new row.
+        for kind in ("harmlessness", "downstream"):
+            for path in sorted(base.rglob(f"{kind}.json")):
+                data = _load_json(path)
+                label = str(data.get("label") or path.parent.name)
+                row = by_key.get((base.name, label))
+                if row is None or getattr(row, kind) is not None:
+                    row = Row(_run_name(base, path.parent), label)
+                    rows.append(row)
+                    by_key.setdefault((base.name, label), row)
+                setattr(row, kind, data)
+                row.training_data = row.training_data or data.get("training_data")
+                row.model_path = row.model_path or evaluated_model(path)
+                row.paths.append(str(path))
+                found += 1
         for path in sorted(base.rglob("metrics.jsonl")):
             curves.append(read_curve(path, _run_name(base, path.parent)))
             found += 1
@@ -490,14 +484,12 @@ def markdown_table(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str
 
 
 def csv_text(records: Sequence[Mapping[str, Any]]) -> str:
-    keys: list[str] = []
-    for record in records:
-        keys += [k for k in record if k not in keys]
+    """One column per key of any record, in order of appearance; a missing key or None is an empty cell."""
+    keys = list(dict.fromkeys(key for record in records for key in record))
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")  # csv writes None as ""
     writer.writeheader()
-    for record in records:
-        writer.writerow({k: "" if record.get(k) is None else record.get(k) for k in keys})
+    writer.writerows(records)
     return buffer.getvalue()
 
 
@@ -513,16 +505,26 @@ def _pyplot():
     return plt
 
 
-def _grouped_bars(plt, groups: int, series: int) -> tuple[Any, Any, float]:
-    """(figure, axes, bar width) of a chart with `series` bars side by side in each of `groups` groups."""
-    width = 0.8 / series
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * groups + 0.5 * series), 4.5))
-    return fig, ax, width
-
-
-def _bar_x(group: int, index: int, series: int, width: float) -> float:
-    """Where bar `index` of the `series` in a group stands (group `group` is centred on x = group)."""
-    return group + (index - (series - 1) / 2) * width
+def _grouped_bar_chart(path: Path, groups: Sequence[str], series: Sequence[tuple[str, Sequence[Any]]], *,
+                       ylim: float, ylabel: str, title: str, tick_size: str | int = "medium",
+                       legend_loc: str = "best") -> None:  # fmt: skip
+    """Bars of each series side by side in every group (group `i` centred on x = i). `series`: (legend
+    label, per group (height, lower error, upper error) or None for no bar)."""
+    plt = _pyplot()
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 0.5 * len(series)), 4.5))
+    for index, (label, bars) in enumerate(series):
+        offset = (index - (len(series) - 1) / 2) * width
+        xs = [group + offset for group, bar in enumerate(bars) if bar]
+        shown = [bar for bar in bars if bar]
+        ax.bar(xs, [b[0] for b in shown], width, yerr=[[b[1] for b in shown], [b[2] for b in shown]], capsize=3,
+               label=label)  # fmt: skip
+    ax.set_xticks(range(len(groups)), groups, fontsize=tick_size)
+    ax.set_ylim(0, ylim)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc=legend_loc)
+    _save_chart(plt, fig, path)
 
 
 def _save_chart(plt, fig: Any, path: Path) -> None:
@@ -531,8 +533,10 @@ def _save_chart(plt, fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def _rate_bar(summary: Mapping[str, Any]) -> tuple[float, float, float]:
-    """(rate, lower error, upper error) in % of a summary with a rate."""
+def _rate_bar(summary: Mapping[str, Any] | None) -> tuple[float, float, float] | None:
+    """(rate, lower error, upper error) in % of a summary with a rate; None without one."""
+    if not summary or summary.get("rate") is None:
+        return None
     rate = 100 * summary["rate"]
     ci = summary.get("ci95") or [summary["rate"], summary["rate"]]
     return rate, rate - 100 * ci[0], 100 * ci[1] - rate
@@ -543,30 +547,15 @@ def harmlessness_chart(rows: Sequence[Row], path: Path) -> bool:
     rows = [r for r in rows if r.harmlessness]
     if not rows:
         return False
-    plt = _pyplot()
-    groups = ["overall", *sources_of(rows)]
-    fig, ax, width = _grouped_bars(plt, len(groups), len(rows))
-    for index, row in enumerate(rows):
-        summaries = [
-            row.harmlessness,
-            *[(row.harmlessness.get("by_source") or {}).get(g) for g in groups[1:]],
-        ]
-        xs, heights, low, high = [], [], [], []
-        for gi, summary in enumerate(summaries):
-            if not summary or summary.get("rate") is None:
-                continue
-            rate, below, above = _rate_bar(summary)
-            xs.append(_bar_x(gi, index, len(rows), width))
-            heights.append(rate)
-            low.append(below)
-            high.append(above)
-        ax.bar(xs, heights, width, yerr=[low, high], capsize=3, label=f"{row.label} ({row.run}): {row.judge}")
-    ax.set_xticks(range(len(groups)), groups)
-    ax.set_ylim(0, 105)
-    ax.set_ylabel("harmless responses (%)")
-    ax.set_title("Harmlessness rate, first judge (error bars: 95% bootstrap CI; unjudged items excluded)")
-    ax.legend(fontsize=7, loc="lower right")
-    _save_chart(plt, fig, path)
+    sources = sources_of(rows)
+    series = []
+    for row in rows:
+        by_source = row.harmlessness.get("by_source") or {}
+        series.append((f"{row.label} ({row.run}): {row.judge}",
+                       [_rate_bar(row.harmlessness), *[_rate_bar(by_source.get(s)) for s in sources]]))  # fmt: skip
+    _grouped_bar_chart(path, ["overall", *sources], series, ylim=105, ylabel="harmless responses (%)",
+                       title="Harmlessness rate, first judge (error bars: 95% bootstrap CI; unjudged items excluded)",
+                       legend_loc="lower right")  # fmt: skip
     return True
 
 
@@ -598,25 +587,16 @@ def downstream_chart(rows: Sequence[Row], path: Path) -> bool:
     tasks = tasks_of(rows)
     if not rows or not tasks:
         return False
-    plt = _pyplot()
-    fig, ax, width = _grouped_bars(plt, len(tasks), len(rows))
-    for index, row in enumerate(rows):
-        scores = row.downstream.get("scores") or {}
-        xs, heights, errs = [], [], []
-        for ti, (task, _) in enumerate(tasks):
-            score = scores.get(task) or {}
-            if score.get("value") is None:
-                continue
-            xs.append(_bar_x(ti, index, len(rows), width))
-            heights.append(score["value"])
-            errs.append(1.96 * (score.get("stderr") or 0.0))
-        ax.bar(xs, heights, width, yerr=errs, capsize=3, label=f"{row.label} ({row.run})")
-    ax.set_xticks(range(len(tasks)), [f"{t}\n({m})" for t, m in tasks], fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("score")
-    ax.set_title("Downstream tasks (lm-eval; error bars: ±1.96 standard error)")
-    ax.legend(fontsize=7)
-    _save_chart(plt, fig, path)
+    series = []
+    for row in rows:
+        bars = []
+        for task, _ in tasks:
+            score = (row.downstream.get("scores") or {}).get(task) or {}
+            err = 1.96 * (score.get("stderr") or 0.0)
+            bars.append(None if score.get("value") is None else (score["value"], err, err))
+        series.append((f"{row.label} ({row.run})", bars))
+    _grouped_bar_chart(path, [f"{t}\n({m})" for t, m in tasks], series, ylim=1.05, ylabel="score", tick_size=8,
+                       title="Downstream tasks (lm-eval; error bars: ±1.96 standard error)")  # fmt: skip
     return True
 
 
