@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 from collections import Counter
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -118,18 +120,13 @@ class PhaseStore:
     # -- state
 
     def stored_signature(self) -> str | None:
-        meta = self.dir / "meta.json"
-        if not meta.is_file():
-            return None
         try:
-            return json.loads(meta.read_text(encoding="utf-8")).get("signature")
+            return json.loads((self.dir / "meta.json").read_text(encoding="utf-8")).get("signature")
         except (OSError, json.JSONDecodeError):
             return None
 
     def is_done(self) -> bool:
-        if not self.done_path.is_file() or self.stored_signature() != self.signature:
-            return False
-        return self.output_path.is_file()
+        return self.done_path.is_file() and self.output_path.is_file() and self.stored_signature() == self.signature
 
     def done_info(self) -> dict[str, Any]:
         return json.loads(self.done_path.read_text(encoding="utf-8"))
@@ -151,29 +148,12 @@ class PhaseStore:
 
     def _repair_tail(self) -> None:
         """Cut a half-written last line left by a killed process."""
-        if not self.progress_path.is_file():
+        if not self.progress_path.is_file() or self.progress_path.stat().st_size == 0:
             return
         with self.progress_path.open("rb+") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            if size == 0:
-                return
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
-                return
-            # Find the last newline and truncate after it.
-            position = size - 1
-            chunk = 4096
-            while position > 0:
-                start = max(0, position - chunk)
-                handle.seek(start)
-                block = handle.read(position - start)
-                index = block.rfind(b"\n")
-                if index != -1:
-                    handle.truncate(start + index + 1)
-                    return
-                position = start
-            handle.truncate(0)
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                end = view.rfind(b"\n") + 1  # just after the last complete line (0: none is complete)
+            handle.truncate(end)
 
     # -- progress
 
@@ -219,7 +199,7 @@ class PhaseStore:
         self.close()
         offsets: dict[str, int] = {}
         funnel_records: dict[str, tuple[str, str | None, str]] = {}
-        with self.progress_path.open("rb") if self.progress_path.is_file() else _empty() as handle:
+        with self.progress_path.open("rb") if self.progress_path.is_file() else nullcontext(()) as handle:
             offset = 0
             for line in handle:
                 record = json.loads(line)
@@ -232,7 +212,7 @@ class PhaseStore:
             funnel.add(category, status, reason)
         kept = sorted(i for i, (status, _, _) in funnel_records.items() if status == KEPT)
         tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as out, (self.progress_path.open("rb") if kept else _empty()) as src:
+        with tmp.open("w", encoding="utf-8") as out, (self.progress_path.open("rb") if kept else nullcontext(())) as src:
             for record_id in kept:
                 src.seek(offsets[record_id])
                 row = json.loads(src.readline())["row"]
@@ -249,12 +229,3 @@ class PhaseStore:
             for line in handle:
                 yield json.loads(line)
 
-
-class _empty:
-    """A context manager over an empty iterable (a phase with no items)."""
-
-    def __enter__(self):
-        return iter(())
-
-    def __exit__(self, *exc):
-        return False
