@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,6 @@ from transformers import TrainerCallback
 from trl import DPOTrainer
 
 log = logging.getLogger(__name__)
-
-# Metrics we promise in metrics.jsonl whenever the trainer reports them (TRL names).
-DPO_METRICS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
-               "logps/rejected", "learning_rate", "grad_norm")  # fmt: skip
-
 
 class MetricsJsonlCallback(TrainerCallback):
     """Write every log event as one JSON line: {"step", "epoch", ...metrics} (rank 0 only)."""
@@ -115,7 +109,3 @@ class PretokenizedDPOTrainer(DPOTrainer):
             engine.destroy()
             self._precompute_engine = None
         return super().train(*args, **kwargs)
-
-
-def local_rank_zero() -> bool:
-    return os.environ.get("LOCAL_RANK", "0") == "0"
