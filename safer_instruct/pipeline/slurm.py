@@ -12,6 +12,7 @@ the step's own `resources`. Cluster facts (partition, account, qos, setup lines)
 
 from __future__ import annotations
 
+import itertools
 import json
 import shlex
 import shutil
@@ -47,10 +48,6 @@ class SlurmError(SaferInstructError):
     pass
 
 
-def template_for(step: Step) -> Path:
-    return TEMPLATES["train" if step.stage[0] == "train" else "stage"]
-
-
 def step_resources(step: Step, launcher: DictConfig, experiment: DictConfig) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     profiles = OmegaConf.to_container(experiment.get("resources") or {}, resolve=True) or {}
@@ -69,10 +66,7 @@ def step_resources(step: Step, launcher: DictConfig, experiment: DictConfig) -> 
 def _template_body(template: Path) -> str:
     """The template without its leading comment block and #SBATCH defaults."""
     lines = template.read_text().splitlines()
-    start = 0
-    while start < len(lines) and (lines[start].startswith("#") or not lines[start].strip()):
-        start += 1
-    return "\n".join(lines[start:]) + "\n"
+    return "\n".join(itertools.dropwhile(lambda line: line.startswith("#") or not line.strip(), lines)) + "\n"
 
 
 def shard_count(step: Step, resources: Mapping[str, Any]) -> int:
@@ -100,12 +94,8 @@ def sbatch_directives(plan: Plan, step: Step, launcher: DictConfig, resources: M
         options.append("--ntasks-per-node=1")  # one accelerate launcher per node
     else:
         options.append("--ntasks=1")
-    if resources.get("cpus_per_task"):
-        options.append(f"--cpus-per-task={resources['cpus_per_task']}")
-    if resources.get("gpus_per_node"):
-        options.append(f"--gpus-per-node={resources['gpus_per_node']}")
-    if resources.get("mem"):
-        options.append(f"--mem={resources['mem']}")
+    options += [f"--{key.replace('_', '-')}={resources[key]}" for key in ("cpus_per_task", "gpus_per_node", "mem")
+                if resources.get(key)]  # fmt: skip
     options.append(f"--time={resources.get('time') or launcher.time}")
     for key in ("partition", "account", "qos"):
         if launcher.get(key):
@@ -122,7 +112,7 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
                       array: bool = False) -> str:  # fmt: skip
     """The job script of a step (or, with array=True, of its sharded induction)."""
     resources = step_resources(step, launcher, experiment)
-    template = TEMPLATES["induce"] if array else template_for(step)
+    template = TEMPLATES["induce" if array else "train" if step.stage[0] == "train" else "stage"]
     env = {
         "SAFER_INSTRUCT_ROOT": str(PROJECT_ROOT),
         "SAFER_INSTRUCT_VENV": str(launcher.get("venv") or sys.prefix),
@@ -179,11 +169,6 @@ def script_path(plan: Plan, name: str, array: bool = False) -> Path:
     return plan.exp_dir / "slurm" / f"{name}{INDUCE_SUFFIX if array else ''}.sbatch"
 
 
-def is_sharded(plan: Plan, name: str, launcher: DictConfig, experiment: DictConfig) -> bool:
-    step = plan.steps[name]
-    return shard_count(step, step_resources(step, launcher, experiment)) > 1
-
-
 @dataclass
 class Submission:
     jobs: dict[str, str]  # step -> Slurm job id, for the steps submitted
@@ -226,6 +211,7 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
     jobs: dict[str, str] = {}
     arrays: dict[str, str] = {}
     skipped: list[str] = []
+    (plan.exp_dir / "slurm").mkdir(parents=True, exist_ok=True)  # the job scripts, and the job ids at the end
 
     def sbatch(label: str, script: Path, deps: list[str]) -> str:
         out = subprocess.run(["sbatch", *sbatch_args(script, deps)], capture_output=True, text=True)
@@ -251,15 +237,13 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
             state.prepare_step_dir(plan.step_dir(name), step.fingerprint, plan.exp_dir)
             write_config(plan, name)
             deps = [jobs[dep] for dep in step.deps if dep in jobs]
-            if is_sharded(plan, name, launcher, experiment):
+            if shard_count(step, step_resources(step, launcher, experiment)) > 1:
                 array_script = script_path(plan, name, array=True)
-                array_script.parent.mkdir(parents=True, exist_ok=True)
                 array_script.write_text(render_job_script(plan, step, launcher, experiment, array=True))
                 (plan.step_dir(name) / "shards").mkdir(parents=True, exist_ok=True)  # Slurm writes logs there
                 arrays[name] = sbatch(f"{name}{INDUCE_SUFFIX} (array)", array_script, deps)
                 deps = [*deps, arrays[name]]
             script = script_path(plan, name)
-            script.parent.mkdir(parents=True, exist_ok=True)
             script.write_text(render_job_script(plan, step, launcher, experiment))
             jobs[name] = sbatch(name, script, deps)
     except BaseException:
@@ -368,7 +352,7 @@ def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: Dict
             lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
                       *config_heredoc(plan, name)]  # fmt: skip
             jobs = [(False, name)]
-            if is_sharded(plan, name, launcher, experiment):
+            if sharded[name] > 1:
                 jobs.insert(0, (True, f"{name}_induce"))
                 lines.append(f"mkdir -p {shlex.quote(str(plan.step_dir(name) / 'shards'))}")
             for array, var in jobs:
