@@ -44,15 +44,11 @@ DEFAULT_PRIMARY_METRICS = {
 
 def use_chat_template(setting: Any, prompt_format: str) -> bool:
     """`auto` follows the model preset (chat -> on, alpaca -> off); true/false force it."""
-    if isinstance(setting, bool):
-        return setting
-    if str(setting).lower() == "auto":
-        return prompt_format == "chat"
-    if str(setting).lower() in {"true", "on"}:
-        return True
-    if str(setting).lower() in {"false", "off"}:
-        return False
-    raise ConfigError(f"harness.chat_template must be auto, true or false, got '{setting}'")
+    choices = {"auto": prompt_format == "chat", "true": True, "on": True, "false": False, "off": False}
+    choice = setting if isinstance(setting, bool) else choices.get(str(setting).lower())
+    if choice is None:
+        raise ConfigError(f"harness.chat_template must be auto, true or false, got '{setting}'")
+    return choice
 
 
 def task_manager(include_path: str | None, include_defaults: bool):
@@ -175,12 +171,6 @@ def primary_metric(
     return metric, metrics[chosen], stderr if isinstance(stderr, (int, float)) else None
 
 
-def settings_served(harness: Mapping[str, Any]) -> str | None:
-    if str(harness.get("backend") or "hf") != "api":
-        return None
-    return str(harness.get("base_url") or "managed loopback server")
-
-
 def run_downstream(
     model_cfg: Mapping[str, Any], tasks: list[str], harness: Mapping[str, Any], seed: int = 0
 ) -> dict[str, Any]:
@@ -188,6 +178,7 @@ def run_downstream(
 
     The raw harness results (without per-sample logs) are under the key `lm_eval`.
     """
+    import lm_eval
 
     if not tasks:
         raise ConfigError("tasks: give at least one lm-eval task, e.g. tasks=[arc_challenge,hellaswag]")
@@ -197,9 +188,10 @@ def run_downstream(
         harness.get("chat_template", "auto"), str(model_cfg.get("prompt_format") or "chat")
     )
     system = harness.get("system_instruction") or (model_cfg.get("system_prompt") if chat else None)
+    backend = str(harness.get("backend") or "hf")
     settings = {
         "tasks": list(tasks),
-        "backend": str(harness.get("backend") or "hf"),
+        "backend": backend,
         "num_fewshot": harness.get("num_fewshot"),
         "limit": harness.get("limit"),
         "batch_size": harness.get("batch_size"),
@@ -207,7 +199,7 @@ def run_downstream(
         "fewshot_as_multiturn": bool(chat and harness.get("fewshot_as_multiturn", True)),
         "system_instruction": system,
         "bootstrap_iters": int(harness.get("bootstrap_iters") or 0),
-        "served": settings_served(harness),
+        "served": str(harness.get("base_url") or "managed loopback server") if backend == "api" else None,
         "gen_kwargs": dict(harness.get("gen_kwargs") or {}) or None,
         "seed": seed,
         "include_path": harness.get("include_path"),
@@ -217,11 +209,27 @@ def run_downstream(
         lm = build_lm(model_cfg, harness_run, chat)
         # The context the harness truncates to: HFLM's (given or read from the model config); for a
         # server, what was passed (null: lm-eval's own default).
-        settings["max_length"] = int(lm.max_length) if settings["backend"] == "hf" else harness.get("max_length")
+        settings["max_length"] = int(lm.max_length) if backend == "hf" else harness.get("max_length")
         try:
-            results = _evaluate(lm, manager, tasks, settings, chat, system, seed)
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=list(tasks),
+                num_fewshot=settings["num_fewshot"],
+                limit=settings["limit"],
+                bootstrap_iters=settings["bootstrap_iters"],
+                apply_chat_template=chat,
+                fewshot_as_multiturn=settings["fewshot_as_multiturn"],
+                system_instruction=system,
+                gen_kwargs=settings["gen_kwargs"],
+                task_manager=manager,
+                log_samples=False,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
         except (KeyError, TypeError, NotImplementedError) as err:
-            if settings["backend"] != "api":
+            if backend != "api":
                 raise
             raise ConfigError(
                 f"the server cannot score these tasks ({type(err).__name__}: {err}): multiple-choice tasks need "
@@ -231,38 +239,6 @@ def run_downstream(
     elapsed = time.perf_counter() - started
     if not results:  # simple_evaluate returns None on non-zero ranks
         return {}
-    return _summary(results, harness, settings, elapsed)
-
-
-def _evaluate(
-    lm, manager, tasks: list[str], settings: Mapping[str, Any], chat: bool, system: str | None, seed: int
-):
-    import lm_eval
-
-    return lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        num_fewshot=settings["num_fewshot"],
-        limit=settings["limit"],
-        bootstrap_iters=settings["bootstrap_iters"],
-        apply_chat_template=chat,
-        fewshot_as_multiturn=settings["fewshot_as_multiturn"],
-        system_instruction=system,
-        gen_kwargs=settings["gen_kwargs"],
-        task_manager=manager,
-        log_samples=False,
-        random_seed=seed,
-        numpy_random_seed=seed,
-        torch_random_seed=seed,
-        fewshot_random_seed=seed,
-    )
-
-
-def _summary(
-    results: Mapping[str, Any], harness: Mapping[str, Any], settings: Mapping[str, Any], elapsed: float
-):
-    import lm_eval
-
     overrides = dict(harness.get("primary_metrics") or {})
     scores: dict[str, Any] = {}
     for task, metrics in results["results"].items():
