@@ -30,23 +30,13 @@ from omegaconf import DictConfig
 
 from safer_instruct.construct.phases import UPSTREAM, ExpertPhase, PhaseContext, RoleRunner
 from safer_instruct.construct.pipeline import ConstructRun
-from safer_instruct.construct.store import FAILED, KEPT, STORES_DIR, PhaseStore
+from safer_instruct.construct.store import KEPT, STORES_DIR
 from safer_instruct.construct.tasks import Outcome, VerdictTask
 from safer_instruct.llm import estimate
 from safer_instruct.llm.types import Result
 
 ROLES = {"induce": "inducer", "filter_instructions": "expert", "respond": "expert", "filter_responses": "expert"}
 PLACEHOLDER = "dry_run_placeholder"  # a row field: the row holds (or passed on) a placeholder answer
-
-
-def finished_records(store: PhaseStore) -> dict[str, dict[str, Any]]:
-    """Items with a final record in a phase's progress made under the current settings (read only)."""
-    if store.stored_signature() != store.signature:
-        return {}  # the real run discards them
-    latest: dict[str, dict[str, Any]] = {}
-    for record in store.iter_progress():
-        latest[record["id"]] = record
-    return {item: record for item, record in latest.items() if record["status"] != FAILED}
 
 
 class PlaceholderTask:
@@ -97,7 +87,8 @@ def phase_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
         if store.is_done():
             rows.append(estimate.quiet_row(name, role, model, "finished earlier: kept"))
             continue
-        done = finished_records(store)  # read before the phase opens its store
+        # Read before the phase opens its store; records made under other settings the real run discards.
+        done = store.final_ids() if store.stored_signature() == store.signature else set()
         notes = [f"{len(done)} done earlier"] if done else []
         phase = run.build_phase(name)
         phase.task = PlaceholderTask(phase.task)
@@ -110,7 +101,7 @@ def phase_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
         uncertain = any(row.get(PLACEHOLDER) for row in run.stores[UPSTREAM[name]].iter_output())
         dropped = [0]
         if phase.pre_check is not None:
-            phase.pre_check = real_rows_only(phase.pre_check, set(done), dropped)
+            phase.pre_check = real_rows_only(phase.pre_check, done, dropped)
         phase.run(ctx)
         notes += [f"{dropped[0]} dropped by heuristics"] if dropped[0] else []
         if not phase.enabled:
