@@ -323,62 +323,50 @@ def graph_comment(plan: Plan, reasons: Mapping[str, str | None], sharded: Mappin
     return lines
 
 
-def config_heredoc(plan: Plan, name: str) -> list[str]:
-    """Shell lines that write the step's config where its process reads it."""
-    return [f"cat > {shlex.quote(str(plan.config_path(name)))} <<'SAFER_INSTRUCT_CONFIG'",
-            config_text(plan, name).rstrip("\n"), "SAFER_INSTRUCT_CONFIG"]  # fmt: skip
+def _heredoc(path: Path, text: str, tag: str) -> list[str]:
+    """Shell lines that write `text` to `path` (a step's config, a job script)."""
+    return [f"cat > {shlex.quote(str(path))} <<'{tag}'", text.rstrip("\n"), tag]
 
 
 def dry_run_script(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig,
                    experiment: DictConfig, invocation: str) -> str:  # fmt: skip
     """A bash script doing what the run would do: each step's config, then the job scripts and sbatch
     calls, or the commands."""
-    sharded = {}
-    if launcher.name == "slurm":
-        sharded = {n: shard_count(s, step_resources(s, launcher, experiment)) for n, s in plan.steps.items()}
+    on_slurm = launcher.name == "slurm"
+    sharded = {n: shard_count(s, step_resources(s, launcher, experiment)) for n, s in plan.steps.items() if on_slurm}
     lines = [
         "#!/usr/bin/env bash",
         f"# {invocation}",
         f"# Dry run (launcher={launcher.name}): nothing was run or submitted. Experiment dir: {plan.exp_dir}",
         *graph_comment(plan, reasons, sharded),
         "set -euo pipefail",
+        f"mkdir -p {shlex.quote(str(plan.exp_dir / 'slurm'))}" if on_slurm else f"cd {shlex.quote(str(PROJECT_ROOT))}",
     ]
     todo = [name for name in plan.steps if reasons[name]]
-    if launcher.name == "slurm":
-        lines.append(f"mkdir -p {shlex.quote(str(plan.exp_dir / 'slurm'))}")
-        for name in todo:
-            step = plan.steps[name]
-            deps = [f"${{jid_{dep}}}" for dep in step.deps if dep in todo]
-            lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
-                      *config_heredoc(plan, name)]  # fmt: skip
-            jobs = [(False, name)]
-            if sharded[name] > 1:
-                jobs.insert(0, (True, f"{name}_induce"))
-                lines.append(f"mkdir -p {shlex.quote(str(plan.step_dir(name) / 'shards'))}")
-            for array, var in jobs:
-                script = script_path(plan, name, array=array)
-                lines += [
-                    f"cat > {shlex.quote(str(script))} <<'SAFER_INSTRUCT_JOB'",
-                    render_job_script(plan, step, launcher, experiment, array=array).rstrip("\n"),
-                    "SAFER_INSTRUCT_JOB",
-                ]
-                args = " ".join(a if a.startswith("--dependency") else shlex.quote(a) for a in sbatch_args(script, deps))
-                lines.append(f'jid_{var}=$(sbatch {args} | cut -d";" -f1)')
-                lines.append(f'echo "submitted {var}: job $jid_{var}"')
-                deps = [*deps, f"${{jid_{var}}}"]
-    else:
-        lines.append(f"cd {shlex.quote(str(PROJECT_ROOT))}")
-        for name in todo:
-            step = plan.steps[name]
+    for name in todo:
+        step = plan.steps[name]
+        lines += ["", f"# --- step {name}: {step.stage_name} ---", f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
+                  *_heredoc(plan.config_path(name), config_text(plan, name), "SAFER_INSTRUCT_CONFIG")]  # fmt: skip
+        if not on_slurm:
             lines += [
-                "",
-                f"# --- step {name}: {step.stage_name} ---",
-                f"mkdir -p {shlex.quote(str(plan.step_dir(name)))}",
-                *config_heredoc(plan, name),
                 *config_origin(plan, name),
                 shlex.join(["safer-instruct", *step.stage]) + " \\\n  "
                 + " \\\n  ".join(shlex.quote(a) for a in plan.command(name)[len(step.stage):]),
                 shlex.join(["python", "-m", "safer_instruct.pipeline.marker", str(plan.step_dir(name)),
                             "--fingerprint", step.fingerprint, "--outputs", *step.outputs]),  # fmt: skip
             ]
+            continue
+        deps = [f"${{jid_{dep}}}" for dep in step.deps if dep in todo]
+        jobs = [(False, name)]
+        if sharded[name] > 1:
+            jobs.insert(0, (True, f"{name}_induce"))
+            lines.append(f"mkdir -p {shlex.quote(str(plan.step_dir(name) / 'shards'))}")
+        for array, var in jobs:
+            script = script_path(plan, name, array=array)
+            job = render_job_script(plan, step, launcher, experiment, array=array)
+            lines += _heredoc(script, job, "SAFER_INSTRUCT_JOB")
+            args = " ".join(a if a.startswith("--dependency") else shlex.quote(a) for a in sbatch_args(script, deps))
+            lines.append(f'jid_{var}=$(sbatch {args} | cut -d";" -f1)')
+            lines.append(f'echo "submitted {var}: job $jid_{var}"')
+            deps = [*deps, f"${{jid_{var}}}"]
     return "\n".join(lines) + "\n"
