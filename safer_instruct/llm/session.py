@@ -42,7 +42,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from itertools import islice
@@ -352,62 +351,42 @@ class LLMRole:
         total = len(requests) if hasattr(requests, "__len__") else None  # type: ignore[arg-type]
         bar = _progress_bar(f"{self.name}/{phase}", total, session.progress if progress is None else progress)
         window = max(2, 2 * self.cfg.max_concurrency)
-        iterator = iter(requests)
+        lookups = self._lookups(requests, counters)
         inflight: dict[concurrent.futures.Future, _Pending] = {}
         done: queue.SimpleQueue = queue.SimpleQueue()
-        backlog: deque[tuple[ChatRequest, dict[str, Any], str]] = deque()  # cache misses not sent yet
-        exhausted = False
-        warned_budget = False
+        exhausted = warned_budget = False
         started = time.perf_counter()
-        last_postfix = 0.0
 
-        def count(result: Result, key: str, hit: bool = False) -> None:
-            nonlocal last_postfix
+        def count(result: Result, hit: bool = False) -> Result:
             with self._lock:
                 if hit:
                     counters["cache_hits"] += 1
                 elif not result.ok:
                     counters["failures"] += 1
             bar.update(1)
-            now = time.perf_counter()
-            if now - last_postfix > 0.5:
-                bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=False)
-                last_postfix = now
+            bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=False)
+            return result
 
         try:
             while True:
-                while len(inflight) < window:
-                    if not backlog:
-                        if exhausted:
-                            break
-                        chunk = [self.as_sent(request) for request in islice(iterator, CHUNK)]
-                        if not chunk:
-                            exhausted = True
-                            break
-                        keyed = [(request, self.params(request)) for request in chunk]
-                        keys = [self.key(request, params) for request, params in keyed]
-                        hits = session.cache.get_many(keys) if session.cache else {}
-                        with self._lock:
-                            counters["requests"] += len(chunk)
-                            counters["cache_misses"] += sum(1 for key in keys if key not in hits)
-                        for (request, params), key in zip(keyed, keys, strict=True):
-                            hit = hits.get(key)
-                            if hit is None:
-                                backlog.append((request, params, key))
-                                continue
-                            result = dataclasses.replace(hit, request_id=request.id, metadata=request.metadata)
-                            count(result, key, hit=True)
-                            yield result
-                        continue
-                    request, params, key = backlog.popleft()
-                    if session.dry_run:
-                        result = self._placeholder(request, params, counters)
-                        count(result, key)
-                        yield result
-                        continue
-                    backend = self.ready()
-                    reserved = self._worst_case_cost(request, params)
-                    if not session.budget.try_reserve(reserved):
+                while not exhausted and len(inflight) < window:
+                    request, params, key, hit = next(lookups, (None, None, None, None))
+                    if request is None:
+                        exhausted = True
+                    elif hit is not None:
+                        cached = dataclasses.replace(hit, request_id=request.id, metadata=request.metadata)
+                        yield count(cached, hit=True)
+                    elif session.dry_run:
+                        yield count(self._placeholder(request, params, counters))
+                    else:
+                        backend = self.ready()
+                        reserved = self._worst_case_cost(request, params)
+                        if session.budget.try_reserve(reserved):
+                            call = self._call(backend, request, params)
+                            future = asyncio.run_coroutine_threadsafe(call, session.loop())
+                            inflight[future] = _Pending(request, key, reserved)
+                            future.add_done_callback(done.put)
+                            continue
                         if not warned_budget:
                             log.warning("%s/%s: budget_usd=%s reached (spent %.4f USD): requests not sent are "
                                         "listed in the failures file", self.name, phase, session.budget.limit_usd,
@@ -417,21 +396,11 @@ class LLMRole:
                         with self._lock:
                             counters["budget_skipped"] += 1
                         session.record_failure(failure, self.name, phase)
-                        count(failure, key)
-                        yield failure
-                        continue
-                    future = asyncio.run_coroutine_threadsafe(self._call(backend, request, params), session.loop())
-                    inflight[future] = _Pending(request, key, reserved)
-                    future.add_done_callback(done.put)
-                if not inflight:
-                    if exhausted:
-                        break
-                    continue
+                        yield count(failure)
+                if not inflight:  # every request answered
+                    break
                 future = _get(done)
-                pending = inflight.pop(future)
-                result = self._finish(future, pending, phase, counters)
-                count(result, pending.key)
-                yield result
+                yield count(self._finish(future, inflight.pop(future), phase, counters))
         finally:
             # Stopped early (the caller broke off, or an error): answers that already arrived are kept
             # (cached, or listed as failures), the rest is cancelled. Nothing paid for is thrown away.
@@ -451,6 +420,20 @@ class LLMRole:
                 log.info("%s/%s: %d requests, %d cached, %d failed, %d retries, %.4f USD", self.name, phase,
                          counters["requests"], counters["cache_hits"], counters["failures"], counters["retries"],
                          counters["cost_usd"])  # fmt: skip
+
+    def _lookups(self, requests: Iterable[ChatRequest], counters: dict[str, Any]) -> Iterator[tuple]:
+        """(request as sent, its params, its cache key, its cached answer or None) for each request,
+        pulled from `requests` and looked up in the cache a chunk at a time."""
+        iterator, cache = iter(requests), self.session.cache
+        while chunk := [self.as_sent(request) for request in islice(iterator, CHUNK)]:
+            keyed = [(request, self.params(request)) for request in chunk]
+            keys = [self.key(request, params) for request, params in keyed]
+            hits = cache.get_many(keys) if cache else {}
+            with self._lock:
+                counters["requests"] += len(chunk)
+                counters["cache_misses"] += sum(1 for key in keys if key not in hits)
+            for (request, params), key in zip(keyed, keys, strict=True):
+                yield request, params, key, hits.get(key)
 
     def _worst_case_cost(self, request: ChatRequest, params: dict[str, Any]) -> float:
         if not self.price:
