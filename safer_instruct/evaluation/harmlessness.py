@@ -99,11 +99,8 @@ def default_label(cfg: DictConfig, info: Mapping[str, Any]) -> str:
 def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, fmt: Any = None
                      ) -> dict[str, Any]:  # fmt: skip
     """Fill `item.response` from the policy role; write responses.jsonl; return the decoding settings.
-    `fmt`: the policy's prompt format, if not the one `policy_format` makes (a dry run's)."""
-    if cfg.get("model") is None:
-        raise ConfigError(
-            "no answers to judge: set model=PRESET (the model under test) or responses.path=FILE"
-        )
+    `fmt`: the policy's prompt format, if not the one `policy_format` makes (a dry run's). `stage_roles`
+    has checked that there is a model under test."""
     model_cfg, policy_cfg = to_plain(cfg.model), to_plain(cfg.policy)
     fmt = fmt or policy_format(model_cfg, remote=bool(policy_cfg.get("base_url")))
     settings = decoding_settings(policy_cfg, fmt, model_cfg)
@@ -210,8 +207,8 @@ def run_pairwise(
     session: Any, items: list[EvalItem], cfg: DictConfig, out_dir: Path, n_boot: int
 ) -> dict[str, Any]:
     pairwise = to_plain(cfg.pairwise)
-    template = pairwise_template(pairwise)
-    seed = pairwise_seed(cfg, pairwise)
+    template = judge.load_template(pairwise["template"], "pairwise.template", "pairwise")
+    seed = int(pairwise.get("seed") if pairwise.get("seed") is not None else cfg.seed)
     references = references_for(items, pairwise)
     prefix = f"pairwise/{template.tag}"
     role = session.role("judge")
@@ -263,10 +260,6 @@ def judge_with(
     return judge_items(session.role(name), items, template, name)
 
 
-def single_template(cfg: DictConfig) -> PromptTemplate:
-    return judge.load_template(to_plain(cfg.judge_template), "judge_template", "single")
-
-
 def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
     """The LLM roles the stage asks: the judge, the second judge if set (the refusal judge is no LLM
     role), the policy when generating."""
@@ -283,14 +276,6 @@ def stage_roles(cfg: DictConfig, generating: bool) -> dict[str, Any]:
             )
         roles["policy"] = cfg.policy
     return roles
-
-
-def pairwise_template(pairwise: Mapping[str, Any]) -> PromptTemplate:
-    return judge.load_template(pairwise["template"], "pairwise.template", "pairwise")
-
-
-def pairwise_seed(cfg: DictConfig, pairwise: Mapping[str, Any]) -> int:
-    return int(pairwise.get("seed") if pairwise.get("seed") is not None else cfg.seed)
 
 
 def run_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -313,7 +298,7 @@ def evaluate(session: Any, cfg: DictConfig, items: list[EvalItem], info: dict[st
     """Generate (if the items have no answers), judge and summarize through `session`, writing the
     stage's files into `out_dir`; returns the content of harmlessness.json. A dry run calls this with
     a counting session and a scratch `out_dir`."""
-    template = single_template(cfg)
+    template = judge.load_template(to_plain(cfg.judge_template), "judge_template", "single")
     n_boot, seed = int(cfg.bootstrap.n), int(cfg.bootstrap.seed)
     generating = info["mode"] == "generated"
     roles = session.roles_config
@@ -364,8 +349,7 @@ def evaluate(session: Any, cfg: DictConfig, items: list[EvalItem], info: dict[st
     rows = []
     for item in items:
         row = {"id": item.id, "source": item.source, "prompt": item.prompt, "response": item.response,
-               positive: None if harmless_outcome(first[item.id], positive) is None
-               else harmless_outcome(first[item.id], positive) == 1.0,
+               positive: first[item.id].verdict == positive if first[item.id].judged else None,
                **first[item.id].to_dict(), "template": result["judge"]["template"]["id"]}  # fmt: skip
         row["truncated"] = item.id in truncated if generation else None
         if second is not None:
