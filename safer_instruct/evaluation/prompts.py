@@ -85,16 +85,7 @@ def load_prompt_set(cfg: Mapping[str, Any]) -> list[EvalItem]:
     name = str(cfg.get("name") or path.stem)
     fmt = str(cfg.get("format") or "table")
     if fmt == "table":
-        items = list(
-            read_table(
-                path,
-                name=name,
-                prompt_column=cfg.get("prompt_field"),
-                source_column=cfg.get("source_field"),
-                id_column=cfg.get("id_field"),
-                default_source=str(cfg.get("source") or DEFAULT_SOURCE),
-            )
-        )
+        items = list(read_table(path, name=name, config=cfg, default_source=str(cfg.get("source") or DEFAULT_SOURCE)))
     elif fmt == "pyrit_seeds":
         items = list(_read_pyrit_seeds(path, name, str(cfg.get("source") or name)))
     elif fmt == "lines":
@@ -112,16 +103,7 @@ def load_responses(cfg: Mapping[str, Any]) -> list[EvalItem]:
     """
     path = resolve_path(cfg["path"])
     column = str(cfg.get("column") or "response")
-    items = list(
-        read_table(
-            path,
-            name=str(cfg.get("name") or path.stem),
-            prompt_column=cfg.get("prompt_field"),
-            source_column=cfg.get("source_field"),
-            id_column=cfg.get("id_field"),
-            response_column=column,
-        )
-    )
+    items = list(read_table(path, name=str(cfg.get("name") or path.stem), config=cfg, response_column=column))
     return select(items, sources=cfg.get("sources"), limit=cfg.get("limit"))
 
 
@@ -147,14 +129,15 @@ def read_table(
     path: str | Path,
     *,
     name: str,
-    prompt_column: str | None = None,
-    source_column: str | None = None,
-    id_column: str | None = None,
+    config: Mapping[str, Any] | None = None,
     response_column: str | None = None,
     default_source: str = DEFAULT_SOURCE,
 ) -> Iterable[EvalItem]:
-    """Items of a JSONL/JSON/CSV/Parquet file; columns auto-detected when not named."""
+    """Items of a JSONL/JSON/CSV/Parquet file. The prompt, source and id columns are those `config` (a
+    prompt-set or responses config) names in `prompt_field`, `source_field` and `id_field`; the prompt
+    and source columns are auto-detected when not named."""
     path = Path(path)
+    prompt_column, source_column, id_column = ((config or {}).get(f"{key}_field") for key in ("prompt", "source", "id"))
     columns: tuple[str | None, str | None] | None = None
     for row in iter_rows(path):
         if row.error:
