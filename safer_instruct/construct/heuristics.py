@@ -15,7 +15,7 @@ funnel in stats.json:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -76,6 +76,12 @@ class InstructionHeuristics:
 
     def deduplicator(self) -> InstructionDeduplicator:
         return InstructionDeduplicator(self)
+
+    def pre_check(self) -> Callable[[Mapping[str, Any]], str | None]:
+        """A fresh row check for `filter_instructions`: the per-row checks, then dedup among the rows that pass them."""
+        dedup = self.deduplicator()
+        return lambda row: (self.check(row["instruction"], row["text"])
+                            or dedup.check_and_add(row["id"], row["instruction"]))  # fmt: skip
 
 
 class InstructionDeduplicator:

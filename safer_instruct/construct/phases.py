@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from safer_instruct.construct.dedup import NearDuplicateIndex
-from safer_instruct.construct.heuristics import InstructionHeuristics
 from safer_instruct.construct.store import DROPPED, KEPT, PhaseStore
 from safer_instruct.construct.tasks import InduceTask, Outcome, RespondTask, VerdictTask
 from safer_instruct.data.corpus import CorpusReader
@@ -148,46 +147,27 @@ def _count_flagged(store: PhaseStore, info: dict[str, Any], on_truncated: str) -
     return info
 
 
-def instruction_pre_check(heuristics: InstructionHeuristics) -> Callable[[], Callable[[Mapping[str, Any]], str | None]]:
-    """Heuristics of `filter_instructions`: per-row checks, then dedup among the rows that pass them."""
-
-    def make() -> Callable[[Mapping[str, Any]], str | None]:
-        dedup = heuristics.deduplicator()
-
-        def check(row: Mapping[str, Any]) -> str | None:
-            return heuristics.check(row["instruction"], row["text"]) or dedup.check_and_add(row["id"], row["instruction"])
-
-        return check
-
-    return make
-
-
 # ---------------------------------------------------------------- assemble
 
 
 @dataclass
-class AssembleSettings:
-    test_size: float = 0.1
-    seed: int = 42
-    dedup: bool = True
-    near_duplicate_threshold: float = 0.8
-
-
-@dataclass
 class AssemblePhase:
-    """Dedup prompts, drop evaluation-set leaks, hold out a test split, write the preference rows."""
+    """Dedup prompts, drop evaluation-set leaks, hold out a test split, write the preference rows (`assemble.*`)."""
 
-    settings: AssembleSettings
     guard: LeakageGuard
     provenance: Callable[[Mapping[str, Any]], dict[str, Any]]
     source: str
+    test_size: float
+    seed: int
+    dedup: bool
+    near_duplicate_threshold: float
     name: str = "assemble"
 
     def run(self, ctx: PhaseContext) -> dict[str, Any]:
         store = ctx.stores[self.name]
         store.reset()  # cheap and deterministic: always rebuilt from the upstream output
         store.open()
-        dedup = NearDuplicateIndex(threshold=self.settings.near_duplicate_threshold) if self.settings.dedup else None
+        dedup = NearDuplicateIndex(threshold=self.near_duplicate_threshold) if self.dedup else None
         for row in ctx.stores[UPSTREAM[self.name]].iter_output():
             category = row.get("category", "")
             reason = self.guard.check(row["instruction"])
@@ -203,9 +183,9 @@ class AssemblePhase:
     def test_sources(self, store: PhaseStore) -> set[str]:
         """Held-out source texts: all samples of one text land in the same split (no near-twins across)."""
         sources = sorted({row["source_id"] for row in store.iter_output()})
-        random.Random(self.settings.seed).shuffle(sources)
-        n_test = round(self.settings.test_size * len(sources))
-        if self.settings.test_size > 0 and n_test == 0 and len(sources) > 1:
+        random.Random(self.seed).shuffle(sources)
+        n_test = round(self.test_size * len(sources))
+        if self.test_size > 0 and n_test == 0 and len(sources) > 1:
             n_test = 1
         return set(sources[:n_test])
 
@@ -220,7 +200,8 @@ class AssemblePhase:
                 record = PreferenceRecord(prompt=row["instruction"], chosen=row["chosen"], rejected=row["text"],
                                           category=row.get("category", ""), source=self.source,
                                           source_id=row["source_id"], provenance=self.provenance(row))  # fmt: skip
-                handles[split].write(_json_line(record.to_dict()))
+                line = json.dumps(record.to_dict(), ensure_ascii=False, default=str)
+                handles[split].write(line + "\n")
                 counts[split] += 1
         finally:
             for handle in handles.values():
@@ -229,6 +210,3 @@ class AssemblePhase:
             path.with_name(f".{path.name}.tmp").replace(path)
         return counts
 
-
-def _json_line(value: Mapping[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str) + "\n"

@@ -25,13 +25,11 @@ from safer_instruct.construct.phases import (
     PHASE_ORDER,
     UPSTREAM,
     AssemblePhase,
-    AssembleSettings,
     ExpertPhase,
     InducePhase,
     LeakageGuard,
     PhaseContext,
     RoleRunner,
-    instruction_pre_check,
 )
 from safer_instruct.construct.store import PhaseStore, adopt_legacy_stores, signature_of
 from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
@@ -185,7 +183,7 @@ class ConstructRun:
             task = VerdictTask(name, self.templates[name], "instruction_check", prefill=self.expert_prefill,
                                on_truncated=self.on_truncated[name])  # fmt: skip
             return ExpertPhase(name, task, enabled=bool(cfg.filter_instructions.expert_check),
-                              pre_check=instruction_pre_check(self.heuristics))  # fmt: skip
+                              pre_check=self.heuristics.pre_check)  # fmt: skip
         if name == "respond":
             return ExpertPhase(name, RespondTask(self.templates[name], self.on_truncated[name]))
         if name == "filter_responses":
@@ -195,10 +193,9 @@ class ConstructRun:
         leakage = cfg.assemble.get("leakage") or {}
         prompts, skipped = _load_leakage(cfg)
         guard = LeakageGuard.from_prompts(prompts, float(leakage.get("threshold", 0.7)), skipped)
-        settings = AssembleSettings(test_size=float(cfg.assemble.test_size), seed=int(cfg.assemble.seed),
-                                    dedup=bool(cfg.assemble.dedup),
-                                    near_duplicate_threshold=float(cfg.assemble.near_duplicate_threshold))  # fmt: skip
-        return AssemblePhase(settings, guard, self.provenance, source=str(cfg.dataset.source))
+        return AssemblePhase(guard, self.provenance, str(cfg.dataset.source), test_size=float(cfg.assemble.test_size),
+                             seed=int(cfg.assemble.seed), dedup=bool(cfg.assemble.dedup),
+                             near_duplicate_threshold=float(cfg.assemble.near_duplicate_threshold))  # fmt: skip
 
     def pending(self) -> list[str]:
         return [name for name in self.phases if not self.stores[name].is_done()]

@@ -212,7 +212,7 @@ class PhaseStore:
             funnel.add(category, status, reason)
         kept = sorted(i for i, (status, _, _) in funnel_records.items() if status == KEPT)
         tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as out, (self.progress_path.open("rb") if kept else nullcontext(())) as src:
+        with tmp.open("w", encoding="utf-8") as out, (self.progress_path.open("rb") if kept else nullcontext()) as src:
             for record_id in kept:
                 src.seek(offsets[record_id])
                 row = json.loads(src.readline())["row"]
