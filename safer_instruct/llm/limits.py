@@ -64,10 +64,6 @@ class RateLimiter:
         self.requests = TokenBucket(rpm) if rpm else None
         self.tokens = TokenBucket(tpm) if tpm else None
 
-    @property
-    def active(self) -> bool:
-        return bool(self.requests or self.tokens)
-
     async def acquire(self, estimated_tokens: int) -> None:
         if self.requests:
             await self.requests.take(1)

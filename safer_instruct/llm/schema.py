@@ -9,7 +9,6 @@ does not know ignored), and `check(obj, where)` validates limits and choices, na
 from __future__ import annotations
 
 import dataclasses
-import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -26,10 +25,6 @@ def setting(default: Any = dataclasses.MISSING, help: str = "", *, minimum: floa
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
 
 
 def _optional(hint: Any) -> tuple[Any, bool]:
@@ -78,7 +73,7 @@ def read(cls: type, node: Mapping[str, Any], where: str, **given: Any) -> Any:
     """An instance of dataclass `cls` from `node`, with `given` values as they are. Keys the class
     does not know are ignored: Hydra rejects unknown overrides, and a role node may carry keys of its
     stage (a judge's template) or of another backend (after `judge.backend=inprocess`)."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     values = dict(given)
     for f in dataclasses.fields(cls):
         if not f.init or f.name in given or f.name not in node:

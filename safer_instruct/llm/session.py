@@ -297,11 +297,8 @@ class LLMRole:
 
     def _counters(self, phase: str) -> dict[str, Any]:
         if phase not in self._stats:
-            self._stats[phase] = dict.fromkeys(STAT_KEYS, 0)
-            self._stats[phase]["cost_usd"] = 0.0
-            self._stats[phase]["elapsed_s"] = 0.0
-            if self.session.dry_run:
-                self._stats[phase].update(dict.fromkeys(DRY_RUN_KEYS, 0))
+            keys = STAT_KEYS + (DRY_RUN_KEYS if self.session.dry_run else ())
+            self._stats[phase] = {**dict.fromkeys(keys, 0), "cost_usd": 0.0, "elapsed_s": 0.0}
         return self._stats[phase]
 
     def stats(self, phase: str = "default") -> dict[str, Any]:
@@ -479,12 +476,9 @@ class LLMRole:
                 ):  # fmt: skip
                     with attempt:
                         attempts += 1
-                        if self._limiter.active:
-                            await self._limiter.acquire(estimated)
+                        await self._limiter.acquire(estimated)
                         started = time.perf_counter()
                         answer = await backend.complete(request, params)
-            except asyncio.CancelledError:
-                raise
             except Exception as err:  # noqa: BLE001 - every problem becomes a recorded Failure
                 reason = redact(describe(err, transient), self.session.secrets())
                 return Failure(request.id, reason, self.cfg.model, attempts, request.metadata), attempts
