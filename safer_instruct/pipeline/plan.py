@@ -32,7 +32,7 @@ share steps).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -211,10 +211,6 @@ def _stage_words(step_name: str, stage: Any) -> tuple[str, ...]:
         raise ConfigError(f"experiment step '{step_name}': {err}") from None
 
 
-def fingerprint(payload: Any) -> str:
-    return digest(payload, 16)
-
-
 def _topological(steps: dict[str, Step], experiment: str) -> dict[str, Step]:
     """Steps ordered so that each comes after what it needs (preset order breaks ties)."""
     ordered: dict[str, Step] = {}
@@ -319,7 +315,7 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
             plan.configs[step.name] = compose_step(plan, step.name)
         except ConfigError as err:
             raise ConfigError(f"experiment step '{step.name}' ({step.stage_name}): {err}") from None
-        step.fingerprint = fingerprint(
+        step.fingerprint = digest(
             {
                 "stage": step.stage,
                 # the experiment dir written as @{experiment}: the same step anywhere, the same fingerprint
@@ -328,7 +324,8 @@ def build_plan(cfg: DictConfig, exp_dir: Path) -> Plan:
                 "outputs": step.outputs,
                 "group": step.group,
                 "deps": {dep: plan.steps[dep].fingerprint for dep in step.deps},
-            }
+            },
+            length=16,
         )
     return plan
 
@@ -458,7 +455,7 @@ def write_config(plan: Plan, name: str) -> Path:
     return path
 
 
-def validate(plan: Plan, only: Iterable[str] | None = None) -> None:
+def validate(plan: Plan) -> None:
     """Every step's config composed (at planning) and complete: a bad key fails now, naming the step."""
-    for name in only if only is not None else plan.steps:
+    for name in plan.steps:
         config_text(plan, name)
