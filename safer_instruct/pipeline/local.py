@@ -71,10 +71,6 @@ def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
     return reasons
 
 
-def step_command(plan: Plan, name: str) -> list[str]:
-    return [sys.executable, "-m", "safer_instruct.cli", *plan.command(name)]
-
-
 def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose: bool = False) -> list[StepResult]:
     """Run every step that is not complete, in order. Raises StepFailed at the first failure."""
     reasons = needs_run(plan, force)
@@ -86,11 +82,10 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
         prefix = f"[{index}/{total}] {name} ({step.stage_name})"
         # Decided again here: a step reused from a sweep sibling does not force its dependents.
         rerun_deps = [dep for dep in step.deps if dep in ran]
-        must_run = reasons[name] == "forced" or bool(rerun_deps)
-        reason = "forced" if reasons[name] == "forced" else (
-            f"{rerun_deps[0]} reran" if rerun_deps else incomplete_reason(plan, name)
-        )
-        if not must_run and reason is None:
+        forced = reasons[name] == "forced"
+        must_run = forced or bool(rerun_deps)
+        reason = "forced" if forced else f"{rerun_deps[0]} reran" if rerun_deps else incomplete_reason(plan, name)
+        if reason is None:
             marker = state.read_marker(step_dir) or {}
             if not state.is_reused(step_dir):
                 registry.register(step.fingerprint, step_dir)
@@ -128,7 +123,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
 
 def _run_step(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
     step = plan.steps[name]
-    command = step_command(plan, name)
+    command = [sys.executable, "-m", "safer_instruct.cli", *plan.command(name)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "SAFER_INSTRUCT_EXPERIMENT": plan.name, "SAFER_INSTRUCT_STEP": name}
     log_path = step_dir / LOG_NAME
     tail: deque[str] = deque(maxlen=25)

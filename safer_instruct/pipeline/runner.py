@@ -89,13 +89,10 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
         atomic_write_json(plan.exp_dir / SWEEP_POINT_FILE, {"overrides": sweep_overrides, "exp_dir": str(plan.exp_dir)})
     print(f"experiment '{plan.name}' in {plan.exp_dir} ({len(plan.steps)} steps, launcher={launcher.name})", flush=True)
 
+    failed: dict[str, str] = {}  # Slurm jobs that ended in another state than COMPLETED
     if launcher.name == "local":
         results = local.run_local(plan, registry, force, verbose=bool(cfg.verbose))
-        text = summary.render(plan, results)
-        atomic_write_text(plan.exp_dir / "summary.md", text)
-        print(text, flush=True)
-        return 0
-    if launcher.name == "slurm":
+    elif launcher.name == "slurm":
         submission = slurm.submit(plan, reasons, launcher, cfg.experiment, registry)
         if not submission.jobs:
             print("every step is complete: nothing submitted", flush=True)
@@ -106,15 +103,16 @@ def run_experiment(cfg: DictConfig, out_dir: Path) -> int:
             return 0
         states = slurm.wait(submission, poll_s=float(launcher.poll_s))
         results = summary.results_from_states(plan, submission, states)
-        text = summary.render(plan, results)
-        atomic_write_text(plan.exp_dir / "summary.md", text)
-        print(text, flush=True)
-        bad = {step: s for step, s in states.items() if s != "COMPLETED"}
-        if bad:
-            raise slurm.SlurmError(
-                "jobs did not complete: " + ", ".join(f"{step} {s}" for step, s in bad.items())
-                + f" (logs: <step dir>/slurm-<job>.out under {plan.exp_dir}); rerun the same command to continue"
-            )
-        return 0
-    raise ConfigError(f"launcher.name must be local or slurm, got '{launcher.name}'")
+        failed = {step: s for step, s in states.items() if s != "COMPLETED"}
+    else:
+        raise ConfigError(f"launcher.name must be local or slurm, got '{launcher.name}'")
+    text = summary.render(plan, results)
+    atomic_write_text(plan.exp_dir / "summary.md", text)
+    print(text, flush=True)
+    if failed:
+        raise slurm.SlurmError(
+            "jobs did not complete: " + ", ".join(f"{step} {s}" for step, s in failed.items())
+            + f" (logs: <step dir>/slurm-<job>.out under {plan.exp_dir}); rerun the same command to continue"
+        )
+    return 0
 
