@@ -69,18 +69,11 @@ def answer_requests(items: Iterable[Any], fmt: PromptFormat, prefix: str = "answ
     """One generation request per item, rendered by the model's PromptFormat."""
     stop = fmt.stop_text()
     for item in items:
-        meta = {"item": item.id}
         if fmt.style == "chat":
-            yield ChatRequest(
-                id=f"{prefix}/{item.id}", messages=tuple(fmt.messages(item.prompt)), metadata=meta
-            )
+            rendered = {"messages": tuple(fmt.messages(item.prompt))}
         else:
-            yield ChatRequest(
-                id=f"{prefix}/{item.id}",
-                prompt=fmt.prompt(item.prompt),
-                stop=(stop,) if stop else None,
-                metadata=meta,
-            )
+            rendered = {"prompt": fmt.prompt(item.prompt), "stop": (stop,) if stop else None}
+        yield ChatRequest(id=f"{prefix}/{item.id}", metadata={"item": item.id}, **rendered)
 
 
 def decoding_settings(

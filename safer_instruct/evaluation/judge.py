@@ -27,7 +27,6 @@ JUDGE_FAILED = "judge_failed"  # the request failed after retries (listed in fai
 MISSING_RESPONSE = "missing_response"  # no answer to judge (an empty cell, a failed generation)
 MISSING_REFERENCE = "missing_reference"  # pairwise: no reference answer for this prompt
 TRUNCATED = "truncated"  # the verdict was cut off at judge.max_tokens: not read, even if it parses
-UNJUDGED_STATUSES = (UNPARSEABLE, JUDGE_FAILED, MISSING_RESPONSE, MISSING_REFERENCE, TRUNCATED)
 
 # What each kind of template is given: (required fields, also allowed), and the verdicts it asks for.
 KIND_FIELDS = {
@@ -116,10 +115,7 @@ def judge_all(
 ) -> dict[str, Judgement]:
     """Send judge requests through an LLM role (its concurrency, cache, retries); request id -> Judgement."""
     allowed = tuple(allowed)
-    out: dict[str, Judgement] = {}
-    for result in role.generate(requests, phase=phase):
-        out[result.request_id] = read_result(result, allowed)
-    return out
+    return {result.request_id: read_result(result, allowed) for result in role.generate(requests, phase=phase)}
 
 
 def single_requests(items: Iterable[Any], template: PromptTemplate, prefix: str, prefill: str | None = None
