@@ -70,16 +70,13 @@ def transformers_command(model_path: str, port: int, cfg: ServerConfig) -> list[
     return cmd + list(cfg.extra_args)
 
 
-def vllm_executable() -> str:
-    beside = Path(sys.executable).parent / "vllm"
-    return str(beside) if beside.exists() else (shutil.which("vllm") or "vllm")
-
-
 def vllm_command(model_path: str, port: int, cfg: ServerConfig) -> list[str]:
     """`vllm serve` with tensor parallelism from config (GPU nodes), checked first against what vLLM
     accepts for this model (`vllm_max_model_len`), so a preset that vLLM would refuse fails here."""
     max_model_len = vllm_max_model_len(model_path, cfg)
-    cmd = [vllm_executable(), "serve", model_path, "--host", LOOPBACK, "--port", str(port),
+    beside = Path(sys.executable).parent / "vllm"  # the venv's own, else the one on PATH
+    executable = str(beside) if beside.exists() else (shutil.which("vllm") or "vllm")
+    cmd = [executable, "serve", model_path, "--host", LOOPBACK, "--port", str(port),
            "--tensor-parallel-size", str(cfg.tensor_parallel_size), "--dtype", cfg.dtype]  # fmt: skip
     if cfg.gpu_memory_utilization is not None:
         cmd += ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]

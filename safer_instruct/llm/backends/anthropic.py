@@ -66,15 +66,13 @@ class AnthropicBackend(SDKClientBackend):
             raise MalformedResponse("no content in the response")
         text = "".join(getattr(block, "text", "") or "" for block in blocks if getattr(block, "type", "") == "text")
         usage = getattr(response, "usage", None)
+        # Anthropic's `max_tokens` (cut off at the token limit) is `length` in the OpenAI vocabulary
+        # every stage checks; other stop reasons pass unchanged.
+        finish_reason = getattr(response, "stop_reason", None)
+        finish_reason = "length" if finish_reason == "max_tokens" else finish_reason
         return Answer(
             text=check_text(text),
-            finish_reason=finish_reason(getattr(response, "stop_reason", None)),
+            finish_reason=finish_reason,
             usage=Usage(int(usage.input_tokens or 0), int(usage.output_tokens or 0)) if usage else None,
             model=getattr(response, "model", None) or self.role.model,
         )
-
-
-def finish_reason(stop_reason: str | None) -> str | None:
-    """Anthropic's `stop_reason` in the OpenAI vocabulary where it matters: `max_tokens` (the answer was
-    cut off at the token limit) is `length`, as every stage checks it; other reasons pass unchanged."""
-    return "length" if stop_reason == "max_tokens" else stop_reason

@@ -141,11 +141,8 @@ class InProcessBackend(Backend):
         answers: list[Answer | Exception] = []
         for row in range(len(requests)):
             new = out[row, prompt_len:].tolist()
-            finish = "length"
-            for i, token in enumerate(new):
-                if token in eos_ids:
-                    new, finish = new[:i], "stop"
-                    break
+            end = next((i for i, token in enumerate(new) if token in eos_ids), None)  # the first end token
+            new, finish = new[:end], "length" if end is None else "stop"
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             for stop in params.get("stop") or ():
                 if stop in text:

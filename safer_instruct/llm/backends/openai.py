@@ -144,12 +144,7 @@ class OpenAIBackend(SDKClientBackend):
             body["prompt"] = prompt
         else:
             body["messages"] = [dict(m) for m in request.messages]
-        if params.get("top_p") is not None:
-            body["top_p"] = params["top_p"]
-        if params.get("stop"):
-            body["stop"] = list(params["stop"])
-        if params.get("seed") is not None:
-            body["seed"] = params["seed"]
+        body.update({key: params[key] for key in ("top_p", "stop", "seed") if params.get(key) is not None})
         if self.sends_generation_config(self.role):
             # transformers serve keeps the model's own do_sample (often False) unless told otherwise.
             gen = {"do_sample": params["temperature"] > 0}
