@@ -40,12 +40,6 @@ def char_ngrams(text: str, n: int = 5) -> set[str]:
     return {norm[i : i + n] for i in range(len(norm) - n + 1)}
 
 
-def jaccard(a: set, b: set) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
-
-
 def _hash32(gram: str) -> int:
     return int.from_bytes(hashlib.blake2b(gram.encode("utf-8"), digest_size=4).digest(), "little")
 

@@ -3,7 +3,7 @@
 import pytest
 
 from safer_instruct.config import compose
-from safer_instruct.construct.dedup import NearDuplicateIndex, char_ngrams, jaccard, normalize
+from safer_instruct.construct.dedup import NearDuplicateIndex, char_ngrams, normalize
 from safer_instruct.construct.heuristics import InstructionHeuristics, clean_instruction, paste_ratio
 from safer_instruct.errors import ConfigError
 
@@ -58,6 +58,11 @@ def test_deduplicator_keeps_the_first_and_names_exact_and_near_repeats(heuristic
     assert dedup.check_and_add("d", "How can I bake bread at home without an oven?") is None
     off = InstructionHeuristics.from_config({"dedup": False}).deduplicator()
     assert off.check_and_add("a", "same") is None and off.check_and_add("b", "same") is None
+
+
+def jaccard(a: set, b: set) -> float:
+    """The exact similarity that the index's MinHash signatures estimate."""
+    return len(a & b) / len(a | b)
 
 
 def test_near_duplicate_index_estimates_jaccard_and_respects_threshold():
