@@ -14,8 +14,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import logging
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,9 +23,6 @@ from typing import Any
 
 from safer_instruct.construct.phases import PHASE_ORDER
 from safer_instruct.errors import SaferInstructError
-from safer_instruct.io import atomic_write_json, atomic_write_text
-
-log = logging.getLogger(__name__)
 
 TEMPLATE_NAMES = ("reverse", "filter_instructions", "respond", "filter_responses")
 
@@ -278,22 +275,10 @@ def dataset_card(stats: Mapping[str, Any], *, title: str, tags: Sequence[str], c
 
 
 def first_rows(path: Path, n: int = 3) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    if path.is_file():
-        with path.open(encoding="utf-8") as handle:
-            for line in handle:
-                rows.append(json.loads(line))
-                if len(rows) >= n:
-                    break
-    return rows
-
-
-def write_stats(path: Path, stats: Mapping[str, Any]) -> None:
-    atomic_write_json(path, stats)
-
-
-def write_card(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in itertools.islice(handle, n)]
 
 
 def push_to_hub(out_dir: Path, repo_id: str, private: bool = True) -> None:
