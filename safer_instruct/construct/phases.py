@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -27,12 +26,10 @@ from safer_instruct.construct.dedup import NearDuplicateIndex
 from safer_instruct.construct.store import DROPPED, KEPT, PhaseStore
 from safer_instruct.construct.tasks import InduceTask, Outcome, RespondTask, VerdictTask
 from safer_instruct.data.corpus import CorpusReader
-from safer_instruct.data.leakage import LeakageGuard  # shared with training (re-exported here)
+from safer_instruct.data.leakage import LeakageGuard
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.io import atomic_write_json
 from safer_instruct.llm.types import ChatRequest
-
-log = logging.getLogger(__name__)
 
 PHASE_ORDER = ("induce", "filter_instructions", "respond", "filter_responses", "assemble")
 UPSTREAM = dict(zip(PHASE_ORDER[1:], PHASE_ORDER[:-1], strict=True))

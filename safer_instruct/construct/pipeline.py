@@ -27,7 +27,6 @@ from safer_instruct.construct.phases import (
     AssemblePhase,
     ExpertPhase,
     InducePhase,
-    LeakageGuard,
     PhaseContext,
     RoleRunner,
 )
@@ -35,7 +34,9 @@ from safer_instruct.construct.store import PhaseStore, adopt_legacy_stores, sign
 from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
 from safer_instruct.construct.templates import induction_prompt
 from safer_instruct.data.corpus import CorpusReader, CorpusSpec, resolve_corpus_path
+from safer_instruct.data.leakage import LeakageGuard, load_leakage_sets
 from safer_instruct.errors import ConfigError, SaferInstructError
+from safer_instruct.io import atomic_write_json, atomic_write_text
 from safer_instruct.llm.config import parse_role
 
 log = logging.getLogger(__name__)
@@ -92,15 +93,6 @@ def _role_answer_settings(cfg: DictConfig, role: str) -> dict[str, Any]:
     return {key: node.get(key) for key in ANSWER_KEYS}
 
 
-def _load_leakage(cfg: DictConfig) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """The evaluation prompt sets of `assemble.leakage.sets`, read with the eval stage's own loader."""
-    from safer_instruct.data.leakage import load_leakage_sets
-
-    leakage = cfg.assemble.get("leakage") or {}
-    sets = _plain(leakage.get("sets")) or {}
-    return load_leakage_sets(sets, required=set(sets) if leakage.get("require_all") else ())
-
-
 class ConstructRun:
     """One `safer-instruct construct` run in one out_dir."""
 
@@ -119,7 +111,7 @@ class ConstructRun:
     # -- settings
 
     def template_tags(self) -> dict[str, str]:
-        return {"reverse": self.induction.tag,
+        return {"reverse": self.induction.template.tag,
                 **{name: tpl.tag for name, tpl in self.templates.items()}}  # fmt: skip
 
     def _signatures(self) -> dict[str, str]:
@@ -190,8 +182,10 @@ class ConstructRun:
             task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill,
                                on_truncated=self.on_truncated[name])  # fmt: skip
             return ExpertPhase(name, task, enabled=bool(cfg.filter_responses.expert_check))
+        # The evaluation prompt sets of `assemble.leakage.sets`, read with the eval stage's own loader.
         leakage = cfg.assemble.get("leakage") or {}
-        prompts, skipped = _load_leakage(cfg)
+        sets = _plain(leakage.get("sets")) or {}
+        prompts, skipped = load_leakage_sets(sets, required=set(sets) if leakage.get("require_all") else ())
         guard = LeakageGuard.from_prompts(prompts, float(leakage.get("threshold", 0.7)), skipped)
         return AssemblePhase(guard, self.provenance, str(cfg.dataset.source), test_size=float(cfg.assemble.test_size),
                              seed=int(cfg.assemble.seed), dedup=bool(cfg.assemble.dedup),
@@ -269,11 +263,7 @@ class ConstructRun:
 
     def finished(self) -> dict[str, dict[str, Any]]:
         """done.json of every phase finished under the current settings, in chain order."""
-        done = {}
-        for name in PHASE_ORDER:
-            if self.stores[name].is_done():
-                done[name] = self.stores[name].done_info()
-        return done
+        return {name: self.stores[name].done_info() for name in PHASE_ORDER if self.stores[name].is_done()}
 
     def write_outputs(self, ran: list[str], kept: list[str]) -> dict[str, Any]:
         done = self.finished()
@@ -284,7 +274,7 @@ class ConstructRun:
                                    "verdict_prefill": self.verdict_prefill,
                                    "corpus": self.corpus_spec.path, "domain": str(self.cfg.dataset.domain)}}  # fmt: skip
         stats = outputs.build_stats(done, run_info)
-        outputs.write_stats(self.out_dir / "stats.json", stats)
+        atomic_write_json(self.out_dir / "stats.json", stats)
         if stats["problems"]:
             raise SaferInstructError(f"the funnel does not add up: {'; '.join(stats['problems'])}")
         outputs.write_funnel_plot(self.out_dir / "funnel.png", stats)
@@ -301,7 +291,7 @@ class ConstructRun:
                                     models=self.models(), verdict_prefill=self.verdict_prefill,
                                     examples=outputs.first_rows(train),
                                     corpus=self.corpus_spec.path)  # fmt: skip
-        outputs.write_card(self.out_dir / "README.md", card)
+        atomic_write_text(self.out_dir / "README.md", card)
         repo_id = self.cfg.push.get("repo_id")
         if repo_id and "assemble" in done:
             outputs.push_to_hub(self.out_dir, str(repo_id), private=bool(self.cfg.push.private))

@@ -45,10 +45,6 @@ class InductionPrompt:
             return render_reverse_prompt(text, self.template), False
         return self.encoder.fit_reverse_prompt(self.template, text, self.max_prompt_tokens)
 
-    @property
-    def tag(self) -> str:
-        return self.template.tag
-
     def describe(self) -> dict[str, Any]:
         """As recorded in stats.json and in the induce phase's settings."""
         cut = None
