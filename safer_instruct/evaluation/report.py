@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 SOURCE_ORDER = ("hh", "beaver", "si")
 CURVE_KEYS = ("loss", "rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected")
-JUDGE_SLOTS = ("judge", "second_judge")
 # `stage` in train_summary.json -> the short name the report shows.
 TRAINING_STAGES = {"train_sft": "sft", "train_dpo": "dpo", "train_reverse": "reverse"}
 TRAIN_SUMMARY = "train_summary.json"
@@ -105,25 +104,14 @@ class PaperReference:
         return bool(model) and (model == self.judge_model or model.startswith(self.judge_model))
 
 
-def judged_rates(row: Row) -> list[tuple[str, str, dict[str, Any]]]:
-    """(slot, judge model, summary) of each judge of the row: the first judge, then the second."""
-    h = row.harmlessness or {}
-    found = []
-    for slot in JUDGE_SLOTS:
-        summary = h if slot == "judge" else h.get("second_judge")
-        if summary:
-            model = str(((h.get("judge") or {}) if slot == "judge" else summary).get("model") or "")
-            found.append((slot, model, summary))
-    return found
-
-
-def paper_comparison(row: Row, reference: PaperReference) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:
-    """((slot, summary) of the row's rate judged like the paper's figures, None) or (None, why not)."""
-    h = row.harmlessness
-    if not h:
-        return None, "no harmlessness result"
+def paper_comparison(h: dict[str, Any],
+                     reference: PaperReference) -> tuple[tuple[str, dict[str, Any]] | None, str | None]:  # fmt: skip
+    """((slot, summary) of the rate of a harmlessness result `h` judged like the paper's figures, None) or
+    (None, why not). Its first judge's rate is looked at first, then its second judge's."""
+    judges = [("judge", str((h.get("judge") or {}).get("model") or ""), h)]
+    if h.get("second_judge"):
+        judges.append(("second_judge", str(h["second_judge"].get("model") or ""), h["second_judge"]))
     reasons = []
-    judges = judged_rates(row)
     chosen = next(((slot, summary) for slot, model, summary in judges if reference.judged_by_it(model)), None)
     if chosen is None:
         names = ", ".join(model or "?" for _, model, _ in judges)
@@ -684,7 +672,7 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
     for row in rows:
         if not row.harmlessness:
             continue
-        found, why = paper_comparison(row, paper)
+        found, why = paper_comparison(row.harmlessness, paper)
         if found is None:
             reasons[row.name] = str(why)
         else:
