@@ -202,7 +202,7 @@ def rates_against_chart(points: Sequence[Mapping[str, Any]], x_key: str, path: P
     usable = [p for p in points if p.get(x_key) is not None and p.get("rate") is not None]
     if not usable:
         return False
-    from safer_instruct.evaluation.report import _pyplot, _save_chart
+    from safer_instruct.evaluation.report import _pyplot, _rate_bar, _save_chart
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.5))
@@ -210,12 +210,10 @@ def rates_against_chart(points: Sequence[Mapping[str, Any]], x_key: str, path: P
     for name, benign, series in keys:
         line = sorted((p for p in usable if (p["set"], bool(p.get("benign")), str(p.get("series") or ""))
                        == (name, benign, series)), key=lambda p: float(p[x_key]))  # fmt: skip
-        xs = [float(p[x_key]) for p in line]
-        ys = [100 * p["rate"] for p in line]
-        ci = [p.get("ci95") or [p["rate"], p["rate"]] for p in line]
-        err = [[y - 100 * c[0] for y, c in zip(ys, ci, strict=True)], [100 * c[1] - y for y, c in zip(ys, ci, strict=True)]]
+        bars = [_rate_bar(p) for p in line]  # (rate, lower error, upper error) in %
         what = "answer rate" if benign else "refusal rate"
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, linestyle="--" if benign else "-",
+        ax.errorbar([float(p[x_key]) for p in line], [b[0] for b in bars], marker="o", capsize=3,
+                    yerr=[[b[1] for b in bars], [b[2] for b in bars]], linestyle="--" if benign else "-",
                     label=f"{name} {what}" + (f" ({series})" if series else ""))  # fmt: skip
     ax.set_xlabel(xlabel or x_key)
     ax.set_ylabel("%")
