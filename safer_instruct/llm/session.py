@@ -104,17 +104,15 @@ class LLMSession:
         self.budget = Budget(float(budget_usd) if budget_usd is not None else None)
         self.progress = progress
         self.log_dir = Path(log_dir) if log_dir else (self.failures_path.parent if self.failures_path else None)
-        self.prices: dict[str, Price | None] = {}
-        for name, cfg in self.roles_config.items():
-            price = price_for(cfg)
-            if price is None and self.budget.limit_usd is not None:
+        self.prices: dict[str, Price | None] = {name: price_for(cfg) for name, cfg in self.roles_config.items()}
+        for name in [name for name, price in self.prices.items() if price is None]:
+            model = self.roles_config[name].model
+            if self.budget.limit_usd is not None:
                 raise ConfigError(
-                    f"role '{name}': no price for model '{cfg.model}' in conf/llm/prices.yaml, so budget_usd "
+                    f"role '{name}': no price for model '{model}' in conf/llm/prices.yaml, so budget_usd "
                     f"cannot be enforced: set {name}.price.input_per_mtok and {name}.price.output_per_mtok"
                 )
-            if price is None:
-                log.warning("role '%s': no price known for model '%s'; its cost is reported as 0", name, cfg.model)
-            self.prices[name] = price
+            log.warning("role '%s': no price known for model '%s'; its cost is reported as 0", name, model)
         for noisy in ("httpx", "httpx2"):
             # The SDKs' HTTP clients log every request at INFO; Hydra's job logging shows INFO.
             if logging.getLogger(noisy).level == logging.NOTSET:
@@ -277,9 +275,6 @@ class LLMRole:
             "seed": cfg.seed + request.sample_index if cfg.seed is not None else None,
         }
 
-    def key(self, request: ChatRequest, params: dict[str, Any] | None = None) -> str:
-        return cache_key(self.identity, request, params if params is not None else self.params(request))
-
     def as_sent(self, request: ChatRequest) -> ChatRequest:
         """The request as this role sends (and caches) it: without its prefill when the backend
         cannot continue one (`cfg.prefill_support == "none"`), said once per role in the log."""
@@ -424,7 +419,7 @@ class LLMRole:
         iterator, cache = iter(requests), self.session.cache
         while chunk := [self.as_sent(request) for request in islice(iterator, CHUNK)]:
             keyed = [(request, self.params(request)) for request in chunk]
-            keys = [self.key(request, params) for request, params in keyed]
+            keys = [cache_key(self.identity, request, params) for request, params in keyed]
             hits = cache.get_many(keys) if cache else {}
             with self._lock:
                 counters["requests"] += len(chunk)
