@@ -44,8 +44,6 @@ class InProcessBackend(Backend):
         self.batches: list[list[int]] = []  # prompt lengths (tokens) of each batch run, for tests and logs
 
     def prepare(self) -> None:
-        if self.model is not None:
-            return
         import torch
 
         from safer_instruct.model_kit import load_causal_lm, load_tokenizer

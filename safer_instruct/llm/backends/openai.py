@@ -53,7 +53,6 @@ class OpenAIBackend(SDKClientBackend):
         # Name written into answers: the config's model for servers we run (the served name is a path).
         self.report_model: str | None = None
         self.renderer = ChatRenderer(role.model) if role.prefill_support == "template" else None
-        self.server: ManagedServer | None = None
 
     @classmethod
     def runs_locally(cls, role) -> bool:
@@ -92,9 +91,8 @@ class OpenAIBackend(SDKClientBackend):
         if why := self.unreproducible_samples(self.role):
             log.warning(why)
         if not self.role.base_url:
-            self.server = self.managed_server()
-            self.base_url, self.served_model, self.report_model = (
-                self.server.base_url, self.server.served_model, self.role.model)  # fmt: skip
+            server = self.managed_server()
+            self.base_url, self.served_model, self.report_model = server.base_url, server.served_model, self.role.model
         self.client()
 
     def managed_server(self) -> ManagedServer:
