@@ -67,9 +67,7 @@ def missing_keys(session: Any) -> list[str]:
 def estimate_row(session: Any, role_name: str, phase: str, upper_bound: bool = False, note: str = "") -> dict[str, Any]:
     """One table row: what `role_name` was asked in `phase` of a dry run. A row with nothing to send costs 0."""
     estimate = session.role(role_name).estimate(phase)
-    cost = estimate["est_cost_usd"] if estimate["price_known"] else None
-    if estimate["to_send"] == 0:
-        cost = 0.0
+    cost = 0.0 if estimate["to_send"] == 0 else estimate["est_cost_usd"]  # None: the price is unknown
     return {"phase": phase, "role": role_name, "model": estimate["model"],
             **{key: estimate[key] for key in COUNT_KEYS}, "est_cost_usd": cost,
             "price_known": estimate["price_known"], "upper_bound": bool(upper_bound and estimate["requests"]),
@@ -84,12 +82,10 @@ def quiet_row(phase: str, role_name: str, model: str, note: str) -> dict[str, An
 
 def totals(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Sums over the rows; the cost sums the known prices (`price_known` false if any row's is unknown)."""
-    total = {key: sum(int(row[key]) for row in rows) for key in COUNT_KEYS}
-    known = all(row["est_cost_usd"] is not None for row in rows)
-    total["est_cost_usd"] = sum(float(row["est_cost_usd"]) for row in rows if row["est_cost_usd"] is not None)
-    total["price_known"] = known
-    total["upper_bound"] = any(row["upper_bound"] for row in rows)
-    return total
+    return {**{key: sum(int(row[key]) for row in rows) for key in COUNT_KEYS},
+            "est_cost_usd": sum(float(row["est_cost_usd"]) for row in rows if row["est_cost_usd"] is not None),
+            "price_known": all(row["est_cost_usd"] is not None for row in rows),
+            "upper_bound": any(row["upper_bound"] for row in rows)}  # fmt: skip
 
 
 def _cost(value: float | None, price_known: bool = True) -> str:
