@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from safer_instruct.data.loading import text_field
 from safer_instruct.errors import DataError
-
-PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected", "category", "source", "source_id")
 
 
 @dataclass
@@ -47,14 +46,8 @@ class PreferenceRecord:
         require_rejected: bool = False,
     ) -> PreferenceRecord:
         """Validate a mapping into a record; a bad field is a DataError naming file, row and field."""
-        required = ("prompt", "chosen", "rejected") if require_rejected else ("prompt", "chosen")
-        for name in required:
-            value = data.get(name)
-            if not isinstance(value, str):
-                problem = "is missing" if value is None else f"must be text, got {type(value).__name__}"
-                raise DataError(problem, path=path, row=row, field=name)
-            if not value.strip():
-                raise DataError("is empty", path=path, row=row, field=name)
+        for name in ("prompt", "chosen", "rejected") if require_rejected else ("prompt", "chosen"):
+            text_field(data, name, path=path, row=row)
         rejected = data.get("rejected")
         if rejected is not None and not isinstance(rejected, str):
             raise DataError(f"must be text, got {type(rejected).__name__}", path=path, row=row, field="rejected")
