@@ -150,13 +150,6 @@ def normalize_text(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
-def handle_bad_row(spec: SourceSpec, stats: LoadStats, error: DataError) -> None:
-    """Raise or count a malformed row, as `data.on_error` says."""
-    if spec.on_error == "raise":
-        raise error
-    stats.skip("malformed", error)
-
-
 def is_hub_id(path: str) -> bool:
     """`owner/name` that is not an existing local path."""
     return not Path(path).expanduser().exists() and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", path))
@@ -205,7 +198,7 @@ def parsed_rows(
 
     Reads `rows` (default: `iter_source_rows(spec, stats)`) and counts each in `stats.rows_read`. A row
     that could not be read, or that `parse` refuses with a `DataError` (naming file, row and field),
-    is raised or skipped and counted as `data.on_error` says (`handle_bad_row`).
+    is raised or skipped and counted as `data.on_error` says.
     """
     for label, row in iter_source_rows(spec, stats) if rows is None else rows:
         stats.rows_read += 1
@@ -214,7 +207,9 @@ def parsed_rows(
                 raise DataError(row.error, path=label, row=row.number)
             parsed = parse(row.data, path=label, row=row.number)
         except DataError as err:
-            handle_bad_row(spec, stats, err)
+            if spec.on_error == "raise":
+                raise
+            stats.skip("malformed", err)
             continue
         yield label, row, parsed
 
