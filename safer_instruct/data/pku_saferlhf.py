@@ -35,12 +35,10 @@ class PKUSafeRLHFSpec(SourceSpec):
 
 
 def _response_id(value: Any, *, path: str, row: int, field: str) -> int:
-    if isinstance(value, bool) or value is None:
-        raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field)
     try:
-        number = int(str(value).strip())
+        number = None if isinstance(value, bool) else int(str(value).strip())  # None, too: int("None") fails
     except ValueError:
-        raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field) from None
+        number = None
     if number not in (0, 1):
         raise DataError(f"must be 0 or 1, got {value!r}", path=path, row=row, field=field)
     return number
