@@ -24,7 +24,6 @@ them and the rows used.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -41,8 +40,6 @@ from safer_instruct.data.pku_saferlhf import PKUSafeRLHFSpec, load_pku_saferlhf
 from safer_instruct.data.release import ReleaseSpec, load_release
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,12 +90,11 @@ class MixtureSpec(SampleSpec):
         self.check_sample()
 
 
-def load_mixture(spec: MixtureSpec, stats: LoadStats) -> list[PreferenceRecord]:
-    return _mix(spec, stats, load_preferences)
-
-
-def _mix(spec: MixtureSpec, stats: LoadStats, load: Callable[[dict], tuple[list, LoadStats]]) -> list:
-    """The components' rows (each loaded by `load`), each source's share drawn by its weight, shuffled."""
+def load_mixture(spec: MixtureSpec, stats: LoadStats,
+                 load: Callable[[dict], tuple[list, LoadStats]] | None = None) -> list:  # fmt: skip
+    """The components' rows (each loaded by `load`, default `load_preferences`), each source's share drawn by its
+    weight, shuffled."""
+    load = load or load_preferences
     rng = random.Random(spec.seed)
     mixed: list = []
     for component in spec.components:
@@ -181,7 +177,7 @@ def load_sft_examples(node: Any, guard: LeakageGuard | None = None) -> tuple[lis
     if spec.source == "mixture" or spec.source in INSTRUCTION_SOURCES:
         stats = LoadStats(source=spec.source)
         if spec.source == "mixture":  # each component (instruction or preference source) loaded as SFT examples
-            records = _mix(spec, stats, load_sft_examples)
+            records = load_mixture(spec, stats, load_sft_examples)
         else:
             records = INSTRUCTION_SOURCES[spec.source][1](spec, stats)
         if guard is not None:
