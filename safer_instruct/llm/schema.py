@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from safer_instruct.errors import ConfigError
 
 
@@ -103,19 +105,7 @@ def check(obj: Any, where: str) -> None:
 
 
 def defaults(cls: type) -> dict[str, Any]:
-    """The dataclass's defaults as a plain mapping (a config node): tuples as lists, nested dataclasses
-    as mappings, a required field as `???` (Hydra's mark for a value that must be set)."""
-    node: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.init:
-            continue
-        if f.default is not dataclasses.MISSING:
-            value = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-        else:
-            value = "???"
-        if dataclasses.is_dataclass(value):
-            value = defaults(type(value))
-        node[f.name] = list(value) if isinstance(value, tuple) else value
-    return node
+    """The dataclass's defaults as a plain mapping (a config node), as OmegaConf reads the class:
+    tuples as lists, nested dataclasses as mappings, a required field as `???` (Hydra's mark for a
+    value that must be set)."""
+    return OmegaConf.to_container(OmegaConf.structured(cls))  # type: ignore[return-value]
