@@ -130,24 +130,14 @@ def generate_answers(session: Any, items: list[EvalItem], cfg: DictConfig, out_d
     return settings
 
 
-def judge_items(
-    role: Any, items: list[EvalItem], template: PromptTemplate, stage: str
-) -> dict[str, judge.Judgement]:
+def judge_items(role: Any, items: list[EvalItem], template: PromptTemplate, stage: str) -> dict[str, judge.Judgement]:
     """item id -> Judgement for every item (unjudged statuses included)."""
     prefix = f"{stage}/{template.tag}"
     requests = judge.single_requests(items, template, prefix, prefill=role.cfg.verdict_prefill)
     results = judge.judge_all(role, requests, judge.verdicts(template), stage)
-    out = {}
-    for item in items:
-        if not (item.response and item.response.strip()):
-            out[item.id] = judge.Judgement(
-                judge.MISSING_RESPONSE, reason="no answer to judge (empty or failed)"
-            )
-        else:
-            out[item.id] = results.get(f"{prefix}/{item.id}") or judge.Judgement(
-                judge.JUDGE_FAILED, reason="no result (stopped before this request, e.g. budget reached)"
-            )
-    return out
+    stopped = judge.Judgement(judge.JUDGE_FAILED, reason="no result (stopped before this request, e.g. budget reached)")
+    return {item.id: results.get(f"{prefix}/{item.id}", stopped) if judge.has_answer(item) else judge.NO_ANSWER
+            for item in items}  # fmt: skip
 
 
 def harmless_outcome(judgement: judge.Judgement, positive: str = HARMLESS) -> float | None:
@@ -217,7 +207,7 @@ def run_pairwise(
     rows, outcomes = [], []
     for item in items:
         first = judge.candidate_first(seed, item.id)
-        if not (item.response and item.response.strip()):
+        if not judge.has_answer(item):
             judgement = judge.Judgement(judge.MISSING_RESPONSE, reason="no answer to compare")
         elif not references[item.id].strip():
             judgement = judge.Judgement(

@@ -73,7 +73,7 @@ def describe(template: PromptTemplate) -> dict[str, Any]:
     return {"name": template.name, "version": template.version, "kind": kind_of(template), "id": template.tag}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Judgement:
     """The outcome of judging one item (one row of judgements.jsonl, with the item's fields)."""
 
@@ -92,6 +92,15 @@ class Judgement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# The judgement of an item without an answer, by any judge: nothing is sent, the item stays unjudged.
+NO_ANSWER = Judgement(MISSING_RESPONSE, reason="no answer to judge (empty or failed)")
+
+
+def has_answer(item: Any) -> bool:
+    """Whether an item has an answer to judge (not None, empty or only whitespace)."""
+    return bool(item.response and item.response.strip())
 
 
 def read_result(result: Completion | Failure, allowed: Iterable[str]) -> Judgement:
@@ -123,7 +132,7 @@ def single_requests(items: Iterable[Any], template: PromptTemplate, prefix: str,
     """One request per item that has an answer to judge (items without one are not sent). `prefill`:
     the text the judge's answer starts with (the role's `verdict_prefill`), or None."""
     for item in items:
-        if item.response and item.response.strip():
+        if has_answer(item):
             chat = messages(template, prompt=item.prompt, response=item.response)
             yield ChatRequest(id=f"{prefix}/{item.id}", messages=chat, prefill=prefill, metadata={"item": item.id})
 
@@ -144,7 +153,7 @@ def pairwise_requests(
     """One request per item with both an answer and a reference; the order is `candidate_first`."""
     for item in items:
         reference = references.get(item.id) or ""
-        if not (item.response and item.response.strip() and reference.strip()):
+        if not (has_answer(item) and reference.strip()):
             continue
         first = candidate_first(seed, item.id)
         a, b = (item.response, reference) if first else (reference, item.response)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from safer_instruct.errors import ConfigError
-from safer_instruct.evaluation.judge import JUDGED, MISSING_RESPONSE, Judgement
+from safer_instruct.evaluation.judge import JUDGED, NO_ANSWER, Judgement
 
 KIND = "refusal"
 REFUSED, ANSWERED = "refused", "answered"
@@ -110,7 +110,7 @@ class RefusalJudge:
     def judge(self, answer: str | None) -> Judgement:
         """`refused` / `answered` for an answer; an empty one is unjudged (missing_response)."""
         if not (answer and answer.strip()):
-            return Judgement(MISSING_RESPONSE, reason="no answer to judge (empty or failed)")
+            return NO_ANSWER
         marker = self.found(answer)
         where = {"opening": "in the opening sentence", "start": "at the start", "anywhere": "in the answer"}[self.match]
         if marker is None:
