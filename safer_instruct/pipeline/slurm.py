@@ -121,12 +121,11 @@ def render_job_script(plan: Plan, step: Step, launcher: DictConfig, experiment: 
         "SAFER_INSTRUCT_EXPERIMENT": plan.name,
         "SAFER_INSTRUCT_STEP": step.name,
         "SAFER_INSTRUCT_STEP_DIR": str(plan.step_dir(step.name)),
-        "SAFER_INSTRUCT_FINGERPRINT": step.fingerprint,
-        "SAFER_INSTRUCT_OUTPUTS": json.dumps(list(step.outputs)),
     }
-    if array:
-        env = {k: v for k, v in env.items() if k not in {"SAFER_INSTRUCT_FINGERPRINT", "SAFER_INSTRUCT_OUTPUTS"}}
+    if array:  # the shards' job marks nothing done: the construct job after it does
         env["SAFER_INSTRUCT_SHARDS"] = str(shard_count(step, resources))
+    else:
+        env.update(SAFER_INSTRUCT_FINGERPRINT=step.fingerprint, SAFER_INSTRUCT_OUTPUTS=json.dumps(list(step.outputs)))
     if step.stage[0] == "train":
         env["SAFER_INSTRUCT_SCRIPT"] = stage_named(step.stage).script
         env["SAFER_INSTRUCT_GPUS_PER_NODE"] = str(resources.get("gpus_per_node") or 0)
@@ -256,14 +255,6 @@ def submit(plan: Plan, reasons: Mapping[str, str | None], launcher: DictConfig, 
     return Submission(jobs=jobs, skipped=skipped, arrays=arrays)
 
 
-def _combine(states: list[str]) -> str:
-    """The state of an array job from its tasks' states."""
-    if any(s not in TERMINAL for s in states):
-        return "RUNNING"
-    bad = [s for s in states if s != "COMPLETED"]
-    return bad[0] if bad else "COMPLETED"
-
-
 def job_states(ids: list[str]) -> dict[str, str]:
     """Current state of each job: sacct when accounting runs, else scontrol (finished jobs age out)."""
     found: dict[str, str] = {}
@@ -280,8 +271,9 @@ def job_states(ids: list[str]) -> dict[str, str]:
                 tasks.setdefault(base, []).append(job_state.split()[0])
             elif job_id in ids:
                 found[job_id] = job_state.split()[0]
-    for base, states in tasks.items():
-        found[base] = _combine(states)
+    for base, states in tasks.items():  # an array job: running until every task ended, then its first failure
+        ended = all(s in TERMINAL for s in states)
+        found[base] = next((s for s in states if s != "COMPLETED"), "COMPLETED") if ended else "RUNNING"
     for job_id in ids:
         if job_id in found:
             continue
