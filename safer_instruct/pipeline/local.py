@@ -73,7 +73,6 @@ def needs_run(plan: Plan, force: set[str]) -> dict[str, str | None]:
 
 def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose: bool = False) -> list[StepResult]:
     """Run every step that is not complete, in order. Raises StepFailed at the first failure."""
-    reasons = needs_run(plan, force)
     ran: set[str] = set()
     results: list[StepResult] = []
     total = len(plan.steps)
@@ -82,7 +81,7 @@ def run_local(plan: Plan, registry: state.StepRegistry, force: set[str], verbose
         prefix = f"[{index}/{total}] {name} ({step.stage_name})"
         # Decided again here: a step reused from a sweep sibling does not force its dependents.
         rerun_deps = [dep for dep in step.deps if dep in ran]
-        forced = reasons[name] == "forced"
+        forced = name in force or "all" in force
         must_run = forced or bool(rerun_deps)
         reason = "forced" if forced else f"{rerun_deps[0]} reran" if rerun_deps else incomplete_reason(plan, name)
         if reason is None:
@@ -148,9 +147,7 @@ def _run_step(plan: Plan, name: str, step_dir: Path, verbose: bool) -> float:
             raise
     wall_s = time.perf_counter() - started
     if code != 0:
-        print(f"--- last lines of {log_path} ---", file=sys.stderr)
-        print("\n".join(tail), file=sys.stderr)
-        print("---", file=sys.stderr, flush=True)
+        print(f"--- last lines of {log_path} ---", *tail, "---", sep="\n", file=sys.stderr, flush=True)
         raise StepFailed(
             f"step '{name}' ({step.stage_name}) failed with exit code {code} after {wall_s:.1f} s "
             f"(log: {log_path}); fix it and rerun the same command to continue from this step"
