@@ -84,7 +84,6 @@ class LLMSession:
         failures_path: str | Path | None = None,
         budget_usd: float | None = None,
         progress: bool = True,
-        log_dir: str | Path | None = None,
         dry_run: bool = False,
     ):
         self.dry_run = dry_run  # count and answer with placeholders instead of sending (module docstring)
@@ -103,7 +102,7 @@ class LLMSession:
             raise ConfigError(f"budget_usd must be >= 0 or null, got {budget_usd}")
         self.budget = Budget(float(budget_usd) if budget_usd is not None else None)
         self.progress = progress
-        self.log_dir = Path(log_dir) if log_dir else (self.failures_path.parent if self.failures_path else None)
+        self.log_dir = self.failures_path.parent if self.failures_path else None  # managed servers' logs
         self.prices: dict[str, Price | None] = {name: price_for(cfg) for name, cfg in self.roles_config.items()}
         for name in [name for name, price in self.prices.items() if price is None]:
             model = self.roles_config[name].model
