@@ -90,7 +90,7 @@ class AnswerCache:
                 "SELECT key, model, text, finish_reason, prompt_tokens, completion_tokens "  # noqa: S608
                 f"FROM answers WHERE key IN ({marks})",
                 chunk,
-            ).fetchall()
+            )
             for key, model, text, finish, p_tok, c_tok in rows:
                 found[key] = Completion(
                     request_id="", text=text, model=model, finish_reason=finish,
@@ -111,8 +111,8 @@ class AnswerCache:
             ),
         )  # fmt: skip
         self._local.uncommitted = getattr(self._local, "uncommitted", 0) + 1
-        now = time.monotonic()
-        if self._local.uncommitted >= COMMIT_EVERY or now - getattr(self._local, "committed_at", 0.0) > COMMIT_INTERVAL_S:
+        since_commit = time.monotonic() - getattr(self._local, "committed_at", 0.0)
+        if self._local.uncommitted >= COMMIT_EVERY or since_commit > COMMIT_INTERVAL_S:
             self.flush()
 
     def flush(self) -> None:
