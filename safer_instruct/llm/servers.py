@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,9 +267,8 @@ class ManagedServer:
             return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.cfg.startup_timeout_s
         started = time.monotonic()
-        while time.monotonic() < deadline:
+        while time.monotonic() < started + self.cfg.startup_timeout_s:
             if self.proc.poll() is not None:
                 raise ServerStartError(
                     f"{self.cfg.kind} serve for {self.model_ref} exited with code {self.proc.returncode} before "
@@ -282,7 +280,7 @@ class ManagedServer:
                         log.info("%s serve for %s healthy after %.1f s", self.cfg.kind, self.model_ref,
                                  time.monotonic() - started)  # fmt: skip
                         return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            except OSError:  # not listening yet (URLError, connection refused, timeout)
                 pass
             time.sleep(0.25)
         raise ServerStartError(
