@@ -58,7 +58,7 @@ def is_retryable(exc: BaseException, transient: Transient | None = None) -> bool
         return True
     if isinstance(exc, EmptyCompletion):
         return False
-    if isinstance(exc, (httpx.TimeoutException, httpx.TransportError)) or transient_kind(exc, transient):
+    if isinstance(exc, httpx.TransportError) or transient_kind(exc, transient):  # timeouts included
         return True
     status = status_of(exc)
     return status in RETRYABLE_STATUS if status is not None else False

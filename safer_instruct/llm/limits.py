@@ -102,6 +102,5 @@ class Budget:
 
     def settle(self, reserved: float, actual: float) -> None:
         with self._lock:
-            if self.limit_usd is not None and reserved > 0:
-                self.reserved_usd = max(0.0, self.reserved_usd - reserved)
+            self.reserved_usd = max(0.0, self.reserved_usd - reserved)  # nothing was reserved: stays 0
             self.spent_usd += actual
