@@ -198,14 +198,12 @@ def load_price_table(path: Path = PRICE_TABLE) -> dict[str, Price]:
             for model, entry in models.items()}  # fmt: skip
 
 
-def price_for(role: RoleConfig, table: Mapping[str, Price] | None = None) -> Price | None:
-    """The role's price: its own `price`, else the table (exact name, then longest prefix), else
-    zero for local weights (run by us, or by a local server), else None (unknown)."""
+def price_for(role: RoleConfig) -> Price | None:
+    """The role's price: its own `price`, else the table's longest name that the model's starts with
+    (its exact name first), else zero for local weights (run by us, or by a local server), else None."""
     if role.price is not None:
         return role.price
-    table = load_price_table() if table is None else table
-    if role.model in table:
-        return table[role.model]
+    table = load_price_table()
     prefixes = [name for name in table if role.model.startswith(name)]
     if prefixes:
         return table[max(prefixes, key=len)]
