@@ -101,11 +101,7 @@ def build_lm(model_cfg: Mapping[str, Any], harness: Mapping[str, Any], chat: boo
         import lm_eval.api.registry as registry
         import lm_eval.models  # noqa: F401  (registers the API model classes)
 
-        base_url = harness.get("base_url")
-        if not base_url:
-            raise ConfigError(
-                "harness.backend=api needs harness.base_url (or leave it empty to serve model.path)"
-            )
+        base_url = harness["base_url"]  # given, or that of the server `served` started
         name = "local-chat-completions" if chat else "local-completions"
         endpoint = "chat/completions" if chat else "completions"
         args = {
