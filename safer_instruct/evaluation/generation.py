@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -22,15 +22,6 @@ from safer_instruct.formatting import PromptFormat
 from safer_instruct.llm.types import ChatRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _ServerSideTemplate:
-    """Stands in for a tokenizer we cannot load (a remote endpoint serving a chat model by name):
-    chat requests carry messages only and the server applies its own template."""
-
-    chat_template: str = "(applied by the server)"
-    eos_token: str | None = None
 
 
 def policy_format(model_cfg: Mapping[str, Any], remote: bool) -> PromptFormat:
@@ -55,7 +46,9 @@ def policy_format(model_cfg: Mapping[str, Any], remote: bool) -> PromptFormat:
 
 def server_side_format(model_cfg: Mapping[str, Any]) -> PromptFormat:
     """The preset's PromptFormat without its tokenizer: chat messages, templated by whoever serves the model."""
-    return _format(model_cfg, _ServerSideTemplate())
+    # Stands in for a tokenizer we cannot load (a remote endpoint serving a chat model by name): chat
+    # requests carry messages only and the server applies its own template.
+    return _format(model_cfg, SimpleNamespace(chat_template="(applied by the server)", eos_token=None))
 
 
 def _format(model_cfg: Mapping[str, Any], tokenizer: Any) -> PromptFormat:
