@@ -190,8 +190,7 @@ class Row:
 
     @property
     def second_judge(self) -> str:
-        second = (self.harmlessness or {}).get("second_judge")
-        return self._judge_name(second) if second else ""
+        return self._judge_name((self.harmlessness or {}).get("second_judge"))
 
     @staticmethod
     def _judge_name(h: Mapping[str, Any] | None) -> str:
