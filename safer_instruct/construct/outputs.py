@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,9 @@ def build_stats(done: Mapping[str, Mapping[str, Any]], run_info: Mapping[str, An
             continue
         info = done[name]
         entry = dict(info["funnel"])
-        for key in ("texts", "samples_per_text", "inputs_cut", "expert_check", "on_truncated", "truncated_kept",
-                    "splits", "leakage"):
-            if key in info:
-                entry[key] = info[key]
+        extras = ("texts", "samples_per_text", "inputs_cut", "expert_check", "on_truncated", "truncated_kept", "splits",
+                  "leakage")  # fmt: skip
+        entry.update({key: info[key] for key in extras if key in info})
         phases[name] = entry
         if info.get("llm"):
             llm[name] = info["llm"]
@@ -103,12 +102,6 @@ def preference_features():
     })  # fmt: skip
 
 
-def _rows(path: str) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
-
-
 def write_datasets(out_dir: Path, splits: Mapping[str, Path]) -> Path:
     """Save the splits as a DatasetDict under out_dir/datasets (streamed through Arrow, not held in memory)."""
     from datasets import Dataset, DatasetDict
@@ -119,8 +112,8 @@ def write_datasets(out_dir: Path, splits: Mapping[str, Path]) -> Path:
     parts = {}
     for split, path in splits.items():
         if path.is_file() and path.stat().st_size > 0:
-            parts[split] = Dataset.from_generator(_rows, gen_kwargs={"path": str(path)}, features=features,
-                                                  cache_dir=str(scratch), keep_in_memory=False)  # fmt: skip
+            parts[split] = Dataset.from_json(str(path), features=features, cache_dir=str(scratch),
+                                             keep_in_memory=False)  # fmt: skip
         else:
             parts[split] = Dataset.from_dict({name: [] for name in features}, features=features)
     target = out_dir / "datasets"
