@@ -239,19 +239,16 @@ class ConstructRun:
         failures_path = self.out_dir / "failures.jsonl"
         failures_path.touch()
         with ExitStack() as stack:
-            session_holder: dict[str, Any] = {}
 
-            def open_role(role: str):
-                if "session" not in session_holder:
-                    from safer_instruct.llm import LLMSession
+            @functools.cache
+            def session():  # opened on the first request, if any
+                from safer_instruct.llm import LLMSession
 
-                    roles = self.roles_needed(pending)
-                    session_holder["session"] = stack.enter_context(LLMSession(
-                        roles=roles, cache_dir=self.cfg.cache.dir, failures_path=failures_path,
-                        budget_usd=self.cfg.llm.get("budget_usd")))  # fmt: skip
-                return session_holder["session"].role(role)
+                return stack.enter_context(LLMSession(roles=self.roles_needed(pending), cache_dir=self.cfg.cache.dir,
+                                                      failures_path=failures_path,
+                                                      budget_usd=self.cfg.llm.get("budget_usd")))  # fmt: skip
 
-            ctx = PhaseContext(self.out_dir, RoleRunner(open_role), self.stores)
+            ctx = PhaseContext(self.out_dir, RoleRunner(lambda role: session().role(role)), self.stores)
             for name in pending:
                 log.info("phase %s", name)
                 info = self.build_phase(name).run(ctx)
