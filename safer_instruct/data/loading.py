@@ -120,12 +120,7 @@ class LoadStats:
             "notes": dict(self.notes),
             "errors": self.errors,
         }
-        if self.revision:
-            out["revision"] = self.revision
-        if self.categories:
-            out["categories"] = self.categories
-        if self.sample:
-            out["sample"] = self.sample
+        out.update({key: getattr(self, key) for key in ("revision", "categories", "sample") if getattr(self, key)})
         if self.parts:
             out["parts"] = [part.to_dict() for part in self.parts]
         return out
