@@ -114,18 +114,16 @@ def paste_ratio(instruction: str, text: str, n: int = 4) -> float:
     n = min(n, len(inst))
     source = normalize(text).split()
     grams = {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}
-    covered = [False] * len(inst)
+    covered: set[int] = set()  # word positions inside a shared n-gram
     for i in range(len(inst) - n + 1):
         if tuple(inst[i : i + n]) in grams:
-            for j in range(i, i + n):
-                covered[j] = True
-    return sum(covered) / len(inst)
+            covered.update(range(i, i + n))
+    return len(covered) / len(inst)
 
 
 def clean_instruction(raw: str, stop_markers: Sequence[str] = ()) -> str:
     """The instruction part of a reversed model's output: cut at the first stop marker, trimmed."""
-    text = raw
     for marker in stop_markers:
-        if marker and marker in text:
-            text = text.split(marker, 1)[0]
-    return text.strip().strip('"').strip()
+        if marker:
+            raw = raw.split(marker, 1)[0]
+    return raw.strip().strip('"').strip()
