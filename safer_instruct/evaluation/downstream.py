@@ -41,6 +41,10 @@ DEFAULT_PRIMARY_METRICS = {
     "mmlu": "acc",
 }
 
+# Settings recorded in downstream.json under the names lm_eval.simple_evaluate takes them by.
+SIMPLE_EVALUATE_SETTINGS = ("num_fewshot", "limit", "bootstrap_iters", "fewshot_as_multiturn", "system_instruction",
+                            "gen_kwargs")  # fmt: skip
+
 
 def use_chat_template(setting: Any, prompt_format: str) -> bool:
     """`auto` follows the model preset (chat -> on, alpaca -> off); true/false force it."""
@@ -183,7 +187,6 @@ def run_downstream(
     chat = use_chat_template(
         harness.get("chat_template", "auto"), str(model_cfg.get("prompt_format") or "chat")
     )
-    system = harness.get("system_instruction") or (model_cfg.get("system_prompt") if chat else None)
     backend = str(harness.get("backend") or "hf")
     settings = {
         "tasks": list(tasks),
@@ -193,7 +196,7 @@ def run_downstream(
         "batch_size": harness.get("batch_size"),
         "chat_template": chat,
         "fewshot_as_multiturn": bool(chat and harness.get("fewshot_as_multiturn", True)),
-        "system_instruction": system,
+        "system_instruction": harness.get("system_instruction") or (model_cfg.get("system_prompt") if chat else None),
         "bootstrap_iters": int(harness.get("bootstrap_iters") or 0),
         "served": str(harness.get("base_url") or "managed loopback server") if backend == "api" else None,
         "gen_kwargs": dict(harness.get("gen_kwargs") or {}) or None,
@@ -208,21 +211,9 @@ def run_downstream(
         settings["max_length"] = int(lm.max_length) if backend == "hf" else harness.get("max_length")
         try:
             results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=list(tasks),
-                num_fewshot=settings["num_fewshot"],
-                limit=settings["limit"],
-                bootstrap_iters=settings["bootstrap_iters"],
-                apply_chat_template=chat,
-                fewshot_as_multiturn=settings["fewshot_as_multiturn"],
-                system_instruction=system,
-                gen_kwargs=settings["gen_kwargs"],
-                task_manager=manager,
-                log_samples=False,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
+                model=lm, tasks=list(tasks), apply_chat_template=chat, task_manager=manager, log_samples=False,
+                random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                **{key: settings[key] for key in SIMPLE_EVALUATE_SETTINGS},
             )
         except (KeyError, TypeError, NotImplementedError) as err:
             if backend != "api":
