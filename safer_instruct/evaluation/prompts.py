@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safer_instruct.data.loading import text_field
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.io import iter_rows
 from safer_instruct.paths import PROJECT_ROOT, RELEASE_HUB_ID, installed_package_path
@@ -155,14 +156,7 @@ def read_table(
                     path=str(path), row=row.number, field=response_column,
                 )  # fmt: skip
         prompt_col, source_col = columns
-        prompt = data.get(prompt_col)
-        if not isinstance(prompt, str) or not prompt.strip():
-            problem = (
-                "is missing"
-                if prompt is None
-                else ("is empty" if isinstance(prompt, str) else "must be text")
-            )
-            raise DataError(problem, path=str(path), row=row.number, field=prompt_col)
+        prompt = text_field(data, prompt_col, path=str(path), row=row.number)
         source = _text(data.get(source_col)) if source_col else ""
         item_id = _text(data.get(id_column)) if id_column else ""
         response = None
