@@ -70,39 +70,29 @@ def adopt_legacy_stores(out_dir: str | Path) -> None:
 class Funnel:
     """Counts in and out of one phase, overall and per category, with the reasons for drops.
 
-    Invariant (checked by tests and by `to_dict`): in == out + sum(dropped), overall and per category.
+    Invariant (checked by tests and by `outputs.funnel_problems`): in == out + sum(dropped), overall and per
+    category; it holds by construction, as every item is counted once, as kept (None) or by its drop reason.
     """
 
     def __init__(self) -> None:
-        self.counts: Counter = Counter()
-        self.dropped: Counter = Counter()
-        self.by_category: dict[str, Counter] = {}
-        self.dropped_by_category: dict[str, Counter] = {}
+        self.outcomes: dict[str, Counter] = {}  # category -> {None (kept) or drop reason: count}
 
     def add(self, category: str, status: str, reason: str | None = None) -> None:
-        category = category or "uncategorized"
-        self.counts["in"] += 1
-        per = self.by_category.setdefault(category, Counter())
-        per["in"] += 1
         if status == KEPT:
-            self.counts["out"] += 1
-            per["out"] += 1
-            return
-        reason = FAILURE_REASON if status == FAILED else (reason or "unspecified")
-        self.dropped[reason] += 1
-        self.dropped_by_category.setdefault(category, Counter())[reason] += 1
+            reason = None
+        elif status == FAILED:
+            reason = FAILURE_REASON
+        else:
+            reason = reason or "unspecified"
+        self.outcomes.setdefault(category or "uncategorized", Counter())[reason] += 1
 
     def to_dict(self) -> dict[str, Any]:
-        def block(counts: Counter, dropped: Counter) -> dict[str, Any]:
-            out = {"in": counts["in"], "out": counts["out"], "dropped": dict(sorted(dropped.items()))}
-            assert out["in"] == out["out"] + sum(dropped.values()), out  # the funnel must add up
-            return out
+        def block(outcomes: Counter) -> dict[str, Any]:
+            dropped = sorted((reason, n) for reason, n in outcomes.items() if reason is not None)
+            return {"in": sum(outcomes.values()), "out": outcomes[None], "dropped": dict(dropped)}
 
-        result = block(self.counts, self.dropped)
-        result["by_category"] = {
-            cat: block(self.by_category[cat], self.dropped_by_category.get(cat, Counter()))
-            for cat in sorted(self.by_category)
-        }
+        result = block(sum(self.outcomes.values(), Counter()))
+        result["by_category"] = {cat: block(self.outcomes[cat]) for cat in sorted(self.outcomes)}
         return result
 
 
