@@ -666,16 +666,9 @@ def build_report(runs: Sequence[str | Path], out_dir: Path, *, title: str = "Saf
     header, cells, records = table(rows)
     _, _, refusal_records = refusal_report.rates_table(refusal_rows)
     figures = paper.figures if paper.enabled else []
-    compared: list[tuple[Row, str, dict[str, Any]]] = []
-    reasons: dict[str, str] = {}
-    for row in rows:
-        if not row.harmlessness:
-            continue
-        found, why = paper_comparison(row.harmlessness, paper)
-        if found is None:
-            reasons[row.name] = str(why)
-        else:
-            compared.append((row, *found))
+    judged = [(row, *paper_comparison(row.harmlessness, paper)) for row in rows if row.harmlessness]
+    compared = [(row, *found) for row, found, _ in judged if found is not None]
+    reasons = {row.name: str(why) for row, found, why in judged if found is None}
     shown = bool(figures and compared)
     unmatched = unmatched_rows(rows)
 
