@@ -11,7 +11,7 @@ ships a small hand-written Alpaca-format set for the offline demo (`DEMO_INSTRUC
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,6 @@ class InstructionRecord:
     input: str = ""
     source: str = ""
     source_id: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
