@@ -264,16 +264,12 @@ def _instruction_key(record: InstructionRecord, mode: str) -> Any:
 def _dedupe(records: list, mode: str, stats: LoadStats, key: Callable[[Any, str], Any]) -> list:
     if mode == "none":
         return records
-    seen: set = set()
-    kept = []
+    first: dict[Any, Any] = {}  # key -> its first record, in the records' order
     for record in records:
-        k = key(record, mode)
-        if k in seen:
-            stats.skip("duplicate")
-            continue
-        seen.add(k)
-        kept.append(record)
-    return kept
+        first.setdefault(key(record, mode), record)
+    if len(first) < len(records):
+        stats.dropped["duplicate"] += len(records) - len(first)
+    return list(first.values())
 
 
 def _where(spec: Any, stats: LoadStats) -> str:
