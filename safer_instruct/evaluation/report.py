@@ -185,27 +185,19 @@ class Row:
     training: list[TrainingStage] = field(default_factory=list)
 
     @property
-    def judge(self) -> str:
-        return self._judge_name(self.harmlessness)
-
-    @property
-    def second_judge(self) -> str:
-        return self._judge_name((self.harmlessness or {}).get("second_judge"))
-
-    @staticmethod
-    def _judge_name(h: Mapping[str, Any] | None) -> str:
-        """`model (template id)` of the judge of a result (the first judge's, or a second judge's own);
-        a judge whose rate counts refusals (judge=refusal), not harmless answers, says so."""
-        if not h:
-            return ""
-        judge = (h.get("judge") if "judge" in h else h) or {}
-        template = (judge.get("template") or {}).get("id", "")
-        name = f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
-        return name + (", refusal rate" if h.get("metric") == refusal_report.REFUSAL_METRIC else "")
-
-    @property
     def name(self) -> str:
         return f"{self.label} ({self.run})"
+
+
+def judge_name(h: Mapping[str, Any] | None) -> str:
+    """`model (template id)` of the judge of a result (the first judge's, or a second judge's own; "" for
+    none); a judge whose rate counts refusals (judge=refusal), not harmless answers, says so."""
+    if not h:
+        return ""
+    judge = (h.get("judge") if "judge" in h else h) or {}
+    template = (judge.get("template") or {}).get("id", "")
+    name = f"{judge.get('model', '?')} ({template})" if template else str(judge.get("model", "?"))
+    return name + (", refusal rate" if refusal_report.counts_refusals(h) else "")
 
 
 @dataclass
@@ -407,17 +399,18 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         by_source = h.get("by_source") or {}
         pairwise = h.get("pairwise") or {}
         second = h.get("second_judge") or {}
+        first_judge, second_judge = judge_name(h), judge_name(second)
         kappa = (second.get("agreement") or {}).get("cohen_kappa")
         # A refusal judge's rate is a refusal rate: it stands in the refusal section, never under "harmless".
-        second_rate = {} if second.get("metric") == refusal_report.REFUSAL_METRIC else second
+        second_rate = {} if refusal_report.counts_refusals(second) else second
         scores = (row.downstream or {}).get("scores") or {}
         prompts = (h.get("items") or {}).get("name", "")
         if h.get("items", {}).get("mode") == "pre-generated":
             prompts = f"{prompts} ({h['items'].get('column')} answers)"
         cell = [row.run, row.label, row.training_data or ""]
         cell += [_training_cell(row, unmatched)] if trained else []
-        cell += [prompts, row.judge, _rate_cell(h) if h else ""]
-        cell += [row.second_judge, _rate_cell(second_rate) if second_rate else ""] if two_judges else []
+        cell += [prompts, first_judge, _rate_cell(h) if h else ""]
+        cell += [second_judge, _rate_cell(second_rate) if second_rate else ""] if two_judges else []
         cell += ["" if kappa is None else f"{kappa:.2f}", str(h.get("n", "")), str(h.get("n_unjudged", ""))]
         cell += [_rate_cell(by_source.get(s)) for s in sources]
         cell += [_rate_cell(pairwise, "win_rate") if pairwise else ""]
@@ -430,11 +423,11 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
                 cell.append(f"{score['value']:.3f}{err}")
         cells.append(cell)
         record: dict[str, Any] = {"run": row.run, "model": row.label, "training_data": row.training_data,
-                                  "prompts": prompts, "judge": row.judge}  # fmt: skip
+                                  "prompts": prompts, "judge": first_judge}  # fmt: skip
         record.update(_rate_fields("harmless", h))
         for s in sources:
             record.update(_rate_fields(f"harmless_{s}", by_source.get(s)))
-        record["second_judge"] = row.second_judge
+        record["second_judge"] = second_judge
         record.update(_rate_fields("second_judge_harmless", second_rate))
         record.update({f"pairwise_{k}": v for k, v in _rate_fields("win", pairwise, "win_rate").items()})
         record["judge_kappa"] = kappa
@@ -538,7 +531,7 @@ def harmlessness_chart(rows: Sequence[Row], path: Path) -> bool:
     series = []
     for row in rows:
         by_source = row.harmlessness.get("by_source") or {}
-        series.append((f"{row.label} ({row.run}): {row.judge}",
+        series.append((f"{row.label} ({row.run}): {judge_name(row.harmlessness)}",
                        [_rate_bar(row.harmlessness), *[_rate_bar(by_source.get(s)) for s in sources]]))  # fmt: skip
     _grouped_bar_chart(path, ["overall", *sources], series, ylim=105, ylabel="harmless responses (%)",
                        title="Harmlessness rate, first judge (error bars: 95% bootstrap CI; unjudged items excluded)",
