@@ -126,21 +126,18 @@ class NearDuplicateIndex:
     Args:
         threshold: estimated Jaccard similarity of character 5-gram sets at or above which two
             texts are near duplicates (0.8 catches rewordings of a word or two).
-        num_perm: MinHash permutations.
-        bands: LSH bands (num_perm must be a multiple of it). Default: the most selective banding
-            that still finds >= 99% of the pairs at the threshold (`lsh_bands`), so that texts
-            that share only a template are rarely even compared.
+        num_perm: MinHash permutations, cut into the most selective LSH bands that still find >= 99%
+            of the pairs at the threshold (`lsh_bands`), so that texts that share only a template are
+            rarely even compared.
 
     Memory per indexed text is about 1 KB (its signature, its band hashes, a hash of its normalised
     text and its key), so that an index over a large corpus stays small.
     """
 
-    def __init__(self, threshold: float = 0.8, num_perm: int = 120, bands: int | None = None, seed: int = 1):
-        bands = bands or lsh_bands(threshold, num_perm)
-        if num_perm % bands:
-            raise ValueError(f"num_perm ({num_perm}) must be a multiple of bands ({bands})")
+    def __init__(self, threshold: float = 0.8, num_perm: int = 120, seed: int = 1):
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"near-duplicate threshold must be in (0, 1], got {threshold}")
+        bands = lsh_bands(threshold, num_perm)  # a divisor of num_perm
         self.threshold = threshold
         self.hasher = MinHasher(num_perm=num_perm, seed=seed)
         self.bands, self.rows = bands, num_perm // bands
