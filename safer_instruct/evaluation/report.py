@@ -414,14 +414,6 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
         cell += ["" if kappa is None else f"{kappa:.2f}", str(h.get("n", "")), str(h.get("n_unjudged", ""))]
         cell += [_rate_cell(by_source.get(s)) for s in sources]
         cell += [_rate_cell(pairwise, "win_rate") if pairwise else ""]
-        for task, _ in tasks:
-            score = scores.get(task)
-            if not score or score.get("value") is None:
-                cell.append("")
-            else:
-                err = f" ± {score['stderr']:.3f}" if score.get("stderr") is not None else ""
-                cell.append(f"{score['value']:.3f}{err}")
-        cells.append(cell)
         record: dict[str, Any] = {"run": row.run, "model": row.label, "training_data": row.training_data,
                                   "prompts": prompts, "judge": first_judge}  # fmt: skip
         record.update(_rate_fields("harmless", h))
@@ -439,10 +431,13 @@ def table(rows: Sequence[Row]) -> tuple[list[str], list[list[str]], list[dict[st
                            f"train_{stage.name}_sample_seed": sample.get("seed"),
                            f"train_{stage.name}_sample_stratified_by": sample.get("stratified_by")})  # fmt: skip
         record["train_pairs_matched"] = (row.name not in unmatched) if row.training else None
+        # Downstream scores end both the Markdown line and the CSV record.
         for task, metric in tasks:
             score = scores.get(task) or {}
-            record[f"{task}_{metric}"] = score.get("value")
-            record[f"{task}_{metric}_stderr"] = score.get("stderr")
+            value, stderr = score.get("value"), score.get("stderr")
+            cell.append("" if value is None else f"{value:.3f}" + ("" if stderr is None else f" ± {stderr:.3f}"))
+            record.update({f"{task}_{metric}": value, f"{task}_{metric}_stderr": stderr})
+        cells.append(cell)
         records.append(record)
     return header, cells, records
 
