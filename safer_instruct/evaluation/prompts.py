@@ -159,13 +159,9 @@ def read_table(
         prompt = text_field(data, prompt_col, path=str(path), row=row.number)
         source = _text(data.get(source_col)) if source_col else ""
         item_id = _text(data.get(id_column)) if id_column else ""
-        response = None
-        if response_column:
-            value = data.get(response_column)
-            if value is not None and not isinstance(value, str):
-                raise DataError(f"must be text, got {type(value).__name__}", path=str(path), row=row.number,
-                                field=response_column)  # fmt: skip
-            response = value or ""
+        response = "" if response_column else None  # an empty or null cell: an empty answer, never judged
+        if response_column and data.get(response_column) is not None:
+            response = text_field(data, response_column, path=str(path), row=row.number, allow_empty=True)
         extra = {
             str(k): v
             for k, v in data.items()
