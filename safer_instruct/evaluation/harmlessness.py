@@ -366,8 +366,7 @@ def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     items, info = load_items(cfg)
     generating = info["mode"] == "generated"
     roles = stage_roles(cfg, generating)
-    session = estimate.dry_run_session(roles, cfg.cache.dir)
-    try:
+    with estimate.dry_run_session(roles, cfg.cache.dir) as session:
         with tempfile.TemporaryDirectory(prefix="dry-run-") as scratch:
             result = evaluate(session, cfg, items, info, Path(scratch), answer_format=dry_run_format(cfg) if generating else None)
         rows: list[dict[str, Any]] = []
@@ -384,8 +383,6 @@ def estimate_harmlessness(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             rows.append(estimate.estimate_row(session, "judge", "pairwise", upper_bound=uncertain,
                                               note=f"vs {cfg.pairwise.reference_column}" + ("; upper bound" if uncertain else "")))  # fmt: skip
         notes = estimate.missing_keys(session)
-    finally:
-        session.close()
     return estimate.report("eval_harmlessness", out_dir, rows, budget_usd=(cfg.get("llm") or {}).get("budget_usd"),
                            extra={"items": info}, notes=notes)  # fmt: skip
 
