@@ -161,10 +161,9 @@ class TrainingStage:
         )
 
     def cell(self) -> str:
-        def num(value: int | None) -> str:
-            return "?" if value is None else f"{value:,}"
-
-        return f"{self.name} {num(self.pairs)} / {num(self.tokens)} / {num(self.optimizer_steps)}"
+        """`sft 1,000 / 250,000 / 15`: pairs / tokens / optimizer steps, `?` where not recorded."""
+        counts = (self.pairs, self.tokens, self.optimizer_steps)
+        return f"{self.name} " + " / ".join("?" if n is None else f"{n:,}" for n in counts)
 
 
 def _int_or_none(value: Any) -> int | None:
