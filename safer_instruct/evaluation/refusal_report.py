@@ -91,17 +91,16 @@ def model_name(row: Any) -> str:
 
 def rates_table(rows: Sequence[Any]) -> tuple[list[str], list[list[str]], list[dict[str, Any]]]:
     """(header, cells, records): one line per model label, one column per prompt set (harmful sets first)."""
-    results = [(r, refusal_summary(r.harmlessness)) for r in rows if is_refusal_result(r.harmlessness)]
-    columns: dict[str, bool] = {}
-    for _, h in results:
-        columns.setdefault(column_name(h), is_benign(h))
-    ordered = sorted(columns, key=lambda c: (columns[c], c))
+    columns: dict[str, bool] = {}  # column -> whether its prompts are benign
     by_label: dict[str, dict[str, Mapping[str, Any]]] = {}
     training: dict[str, str] = {}
-    for row, h in results:
-        name = model_name(row)
-        by_label.setdefault(name, {})[column_name(h)] = h
-        training.setdefault(name, str(row.training_data or ""))
+    for row in rows:
+        if (h := refusal_summary(row.harmlessness)) is not None:
+            name = model_name(row)
+            columns.setdefault(column_name(h), is_benign(h))
+            by_label.setdefault(name, {})[column_name(h)] = h
+            training.setdefault(name, str(row.training_data or ""))
+    ordered = sorted(columns, key=lambda c: (columns[c], c))
     header = ["model", "training data", *ordered]
     cells, records = [], []
     for label, found in by_label.items():
