@@ -11,6 +11,7 @@ ships a small hand-written Alpaca-format set for the offline demo (`DEMO_INSTRUC
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -75,10 +76,8 @@ def _conversation_pairs(turns: Any, fmt: str, *, path: str, row: int) -> list[tu
             raise DataError(f"turn {index} needs text fields '{role_key}' and '{text_key}'", path=path, row=row,
                             field=field_name)  # fmt: skip
         normalized.append((turn[role_key].lower(), turn[text_key]))
-    pairs = []
-    for (role, text), (next_role, next_text) in zip(normalized, normalized[1:], strict=False):
-        if role in _USER and next_role in _ASSISTANT and text.strip() and next_text.strip():
-            pairs.append((text, next_text))
+    pairs = [(text, next_text) for (role, text), (next_role, next_text) in itertools.pairwise(normalized)
+             if role in _USER and next_role in _ASSISTANT and text.strip() and next_text.strip()]  # fmt: skip
     if not pairs:
         raise DataError("no user turn followed by a non-empty assistant turn", path=path, row=row, field=field_name)
     return pairs
