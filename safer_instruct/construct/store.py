@@ -197,8 +197,7 @@ class PhaseStore:
                 funnel_records[record["id"]] = (record["status"], record.get("reason"), record.get("category", ""))
                 offset += len(line)
         funnel = Funnel()
-        for record_id in sorted(funnel_records):
-            status, reason, category = funnel_records[record_id]
+        for status, reason, category in funnel_records.values():
             funnel.add(category, status, reason)
         kept = sorted(i for i, (status, _, _) in funnel_records.items() if status == KEPT)
         tmp = self.output_path.with_name(f".{self.output_path.name}.tmp")
