@@ -53,14 +53,6 @@ def parse_transcript(text: str) -> list[tuple[str, str]]:
     return turns
 
 
-def split_pair(chosen: str, rejected: str) -> tuple[list[tuple[str, str]], str, str]:
-    """(shared dialogue before the final answer, chosen answer, rejected answer)."""
-    chosen_turns, rejected_turns = parse_transcript(chosen), parse_transcript(rejected)
-    if chosen_turns[:-1] != rejected_turns[:-1]:
-        raise ValueError("chosen and rejected differ before the final Assistant turn")
-    return chosen_turns[:-1], chosen_turns[-1][1], rejected_turns[-1][1]
-
-
 def render_dialogue(turns: list[tuple[str, str]], multi_turn: str) -> str | None:
     humans = [text for role, text in turns if role == "Human"]
     if len(turns) == 1:
@@ -77,9 +69,13 @@ def parse_hh_row(data: dict[str, Any], *, path: str, row: int) -> tuple[list[tup
     chosen_text = text_field(data, "chosen", path=path, row=row)
     rejected_text = text_field(data, "rejected", path=path, row=row)
     try:
-        turns, chosen, rejected = split_pair(chosen_text, rejected_text)
+        chosen_turns, rejected_turns = parse_transcript(chosen_text), parse_transcript(rejected_text)
     except ValueError as err:
         raise DataError(str(err), path=path, row=row, field="chosen") from None
+    if chosen_turns[:-1] != rejected_turns[:-1]:
+        raise DataError("chosen and rejected differ before the final Assistant turn", path=path, row=row,
+                        field="chosen")  # fmt: skip
+    turns, chosen, rejected = chosen_turns[:-1], chosen_turns[-1][1], rejected_turns[-1][1]
     if not turns or turns[-1][0] != "Human" or not chosen:
         raise DataError("no Human turn before the final answer, or an empty answer", path=path, row=row,
                         field="chosen")  # fmt: skip
