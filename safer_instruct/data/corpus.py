@@ -46,7 +46,6 @@ class CorpusText:
     source_id: str
     text: str
     category: str
-    origin: str = ""  # file and row, for messages
 
 
 @dataclass(frozen=True)
@@ -149,19 +148,15 @@ class SourceRow:
     row: Row
 
 
-def pyrit_harm_files() -> list[Path]:
+def _pyrit_harm_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
+    """Harmful assistant responses: rows whose mean human harm score is at least `min_score`."""
     folder = installed_package_path("pyrit", "datasets/scorer_evals/harm", pip_name="pyrit",
                                     needed_for="corpus pyrit:harm", error=DataError)  # fmt: skip
     # mini_* files repeat rows of the full ones.
     files = sorted(p for p in folder.glob("*.csv") if not p.name.startswith("mini_"))
     if not files:
         raise DataError("no harm-category CSVs found in the installed pyrit package", path=str(folder))
-    return files
-
-
-def _pyrit_harm_rows(spec: CorpusSpec) -> Iterator[SourceRow]:
-    """Harmful assistant responses: rows whose mean human harm score is at least `min_score`."""
-    for path in pyrit_harm_files():
+    for path in files:
         for row in iter_rows(path):
             if row.data is None:
                 yield SourceRow(str(path), row)
@@ -277,7 +272,7 @@ def check_row(spec: CorpusSpec, source: SourceRow) -> CorpusText | BadRow:
     category = data.get(category_field) if category_field else None
     category = str(category).strip() if category is not None else ""
     source_id = _source_id(spec, data, path, row.number)
-    return CorpusText(source_id=source_id, text=text.strip(), category=category, origin=f"{path}:{row.number}")
+    return CorpusText(source_id=source_id, text=text.strip(), category=category)
 
 
 def _source_id(spec: CorpusSpec, data: Mapping[str, Any], path: str, number: int) -> str:
@@ -330,7 +325,7 @@ class CorpusReader:
                     self.counts.quarantined[checked.reason] += 1
                     continue
                 if not checked.category:
-                    checked = CorpusText(checked.source_id, checked.text, self.spec.default_category, checked.origin)
+                    checked = CorpusText(checked.source_id, checked.text, self.spec.default_category)
                     self.counts.category_defaulted += 1
                 per_category = self.spec.limit_per_category
                 if per_category is not None and self.counts.by_category[checked.category] >= per_category:
