@@ -355,7 +355,8 @@ class LLMRole:
                 elif not result.ok:
                     counters["failures"] += 1
             bar.update(1)
-            bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=False)
+            if not bar.disable:  # tqdm draws it at its own interval
+                bar.set_postfix_str(f"cached={counters['cache_hits']} failed={counters['failures']}", refresh=False)
             return result
 
         try:
