@@ -35,7 +35,6 @@ from safer_instruct.construct.tasks import Outcome, VerdictTask
 from safer_instruct.llm import estimate
 from safer_instruct.llm.types import Result
 
-ROLES = {"induce": "inducer", "filter_instructions": "expert", "respond": "expert", "filter_responses": "expert"}
 PLACEHOLDER = "dry_run_placeholder"  # a row field: the row holds (or passed on) a placeholder answer
 
 
@@ -80,9 +79,10 @@ def phase_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
     ctx = PhaseContext(run.out_dir, RoleRunner(session.role), run.stores)
     rows = []
     for name in run.phases:
-        if name not in ROLES:
-            continue  # assemble asks no model
-        role, store = ROLES[name], run.stores[name]
+        if name == "assemble":
+            continue  # asks no model
+        phase, store = run.build_phase(name), run.stores[name]
+        role = phase.task.role
         model = str(run.cfg[role].model)
         if store.is_done():
             rows.append(estimate.quiet_row(name, role, model, "finished earlier: kept"))
@@ -90,7 +90,6 @@ def phase_rows(run: ConstructRun, session: Any) -> list[dict[str, Any]]:
         # Read before the phase opens its store; records made under other settings the real run discards.
         done = store.final_ids() if store.stored_signature() == store.signature else set()
         notes = [f"{len(done)} done earlier"] if done else []
-        phase = run.build_phase(name)
         phase.task = PlaceholderTask(phase.task)
         if name == "induce":
             info = phase.run(ctx)
