@@ -86,11 +86,9 @@ def cohen_kappa(first: Sequence[Hashable], second: Sequence[Hashable]) -> float 
 def agreement_summary(pairs: Mapping[str, tuple[str | None, str | None]]) -> dict[str, Any]:
     """Agreement of two judges over the items both of them judged (`pairs`: id -> (first, second))."""
     both = [(a, b) for a, b in pairs.values() if a is not None and b is not None]
-    first = [a for a, _ in both]
-    second = [b for _, b in both]
     return {
         "n_both_judged": len(both),
         "n_items": len(pairs),
         "percent_agreement": (sum(a == b for a, b in both) / len(both)) if both else None,
-        "cohen_kappa": cohen_kappa(first, second),
+        "cohen_kappa": cohen_kappa([a for a, _ in both], [b for _, b in both]),
     }
