@@ -73,14 +73,18 @@ class PaperReference:
     """`paper_reference` of conf/report.yaml: the published figures and how they were judged."""
 
     enabled: bool = field(default=True, metadata={"help": "Show the published figures where a row is comparable."})
-    judge_model: str = field(default="claude-3-opus-20240229", metadata={
+    judge_model: str = field(default="", metadata={
         "help": "The judge that produced the published figures; a row's rate is compared only when this model (or a "
-                "name starting with it) judged it, as the row's first or second judge."})  # fmt: skip
+                "name starting with it) judged it, as the row's first or second judge. Needed with figures."})  # fmt: skip
     judge_source: str = field(default="", metadata={"help": "Where the judge of the figures is stated, known or inferred."})
-    n: int = field(default=900, metadata={"help": "Prompts of the paper's test set."})
-    sources: dict[str, int] = field(default_factory=lambda: {"hh": 300, "beaver": 300, "si": 300},
-                                    metadata={"help": "Prompts per source of the paper's test set."})  # fmt: skip
+    n: int = field(default=0, metadata={"help": "Prompts of the paper's test set. Needed with figures."})
+    sources: dict[str, int] = field(default_factory=dict, metadata={"help": "Prompts per source of the paper's test set."})
     figures: list[PaperFigure] = field(default_factory=list, metadata={"help": "The published rates."})
+
+    def __post_init__(self) -> None:
+        if self.figures and (not self.judge_model or self.n < 1):
+            raise ConfigError("paper_reference: figures need the judge that produced them (judge_model) and the size of "
+                              f"the test set they were judged on (n), got judge_model='{self.judge_model}' n={self.n}")
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any] | None) -> PaperReference:

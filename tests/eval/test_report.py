@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from safer_instruct.cli import main as cli
+from safer_instruct.config import compose
 from safer_instruct.errors import ConfigError
-from safer_instruct.evaluation.report import build_report
+from safer_instruct.evaluation.report import PaperReference, build_report
 from tests.helpers.servers import FaultServer
 
 SOURCES = ("hh", "beaver", "si")
@@ -365,3 +366,14 @@ def test_first_lines_need_two_models_with_refusal_results(tmp_path):
                            notes=["a note"], charts=False)  # fmt: skip
     assert summary["what_changed"] == []
     assert (tmp_path / "report" / "report.md").read_text().splitlines()[:3] == ["# T", "", "> a note"]
+
+
+def test_the_paper_reference_lives_in_conf_report_and_figures_need_their_judge():
+    """conf/report.yaml is the one home of the paper's figures and how they were judged; the schema has no paper facts."""
+    reference = PaperReference.from_mapping(compose("report", ["runs=[x]"]).paper_reference)
+    assert (reference.judge_model, reference.n, reference.sources) == ("claude-3-opus-20240229", 900,
+                                                                       {"hh": 300, "beaver": 300, "si": 300})
+    assert [f.rate for f in reference.figures] == [0.947, 0.863] and reference.enabled
+    assert PaperReference.from_mapping({}).figures == [] and PaperReference.from_mapping({}).judge_model == ""
+    with pytest.raises(ConfigError, match="figures need the judge that produced them"):
+        PaperReference.from_mapping({"figures": [{"label": "x", "rate": 0.5}], "n": 900})
