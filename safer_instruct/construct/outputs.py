@@ -153,9 +153,7 @@ def write_funnel_plot(path: Path, stats: Mapping[str, Any]) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [name for name, *_ in rows][::-1]
-    ins = [n_in for _, n_in, _, _ in rows][::-1]
-    outs = [n_out for _, _, n_out, _ in rows][::-1]
+    labels, ins, outs, _ = (list(column)[::-1] for column in zip(*rows, strict=True))  # first row at the top
     fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.5))
     ax.barh(labels, ins, color="#d9d9d9", label="in")
     ax.barh(labels, outs, color="#3b75af", label="kept")
