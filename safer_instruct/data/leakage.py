@@ -53,10 +53,6 @@ class LeakageGuard:
         return cls(build_index(pairs, threshold or 1.0), {name: len(texts) for name, texts in prompts.items()},
                    dict(skipped or {}), threshold)  # fmt: skip
 
-    @property
-    def active(self) -> bool:
-        return len(self.index) > 0
-
     def check(self, prompt: str) -> str | None:
         """`eval_leak_exact`, `eval_leak_near` or None (no match)."""
         return self.check_any([prompt])
@@ -75,7 +71,7 @@ class LeakageGuard:
 
     def filter(self, rows: list, texts_of: Callable[[Any], Iterable[str]], stats: Any) -> list:
         """The rows none of whose texts match; each removed row is counted in `stats` as test_prompt_overlap."""
-        if not self.active:
+        if not len(self.index):  # no evaluation prompts to guard
             return rows
         kept = []
         for row in rows:
