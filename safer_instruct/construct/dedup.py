@@ -183,10 +183,8 @@ class NearDuplicateIndex:
         signature = self.hasher.signature(text) if signature is None else signature
         index = len(self._keys)
         self._exact.setdefault(self._text_hash(text), index)
-        if index == len(self._signatures):
-            grown = np.empty((2 * len(self._signatures), self._signatures.shape[1]), dtype=np.uint32)
-            grown[:index] = self._signatures
-            self._signatures = grown
+        if index == len(self._signatures):  # full: double it
+            self._signatures = np.concatenate([self._signatures, np.empty_like(self._signatures)])
         self._signatures[index] = signature
         self._keys.append(key)
         for table, band_key in zip(self._tables, self._band_keys(signature), strict=True):
