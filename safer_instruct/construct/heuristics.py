@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from safer_instruct.construct.dedup import NearDuplicateIndex, normalize
 from safer_instruct.errors import ConfigError
+from safer_instruct.schema import node_values
 
 _WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*", re.UNICODE)
 
@@ -43,11 +44,7 @@ class InstructionHeuristics:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> InstructionHeuristics:
-        cfg = dict(cfg or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(cfg) - known
-        if unknown:
-            raise ConfigError(f"unknown heuristics key(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        cfg = node_values(cfg, cls, "filter_instructions.heuristics")
         if "function_words" in cfg:
             cfg["function_words"] = tuple(str(w).lower() for w in cfg["function_words"] or ())
         heuristics = cls(**cfg)

@@ -27,6 +27,7 @@ from typing import Any
 
 from safer_instruct.construct.dedup import NearDuplicateIndex, build_index
 from safer_instruct.errors import ConfigError, SaferInstructError
+from safer_instruct.schema import node_values
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +143,7 @@ class LeakageSettings:
 
     @classmethod
     def from_config(cls, node: Any) -> LeakageSettings:
-        from omegaconf import DictConfig, OmegaConf
-
-        values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
-        unknown = sorted(set(values) - {"sets", "threshold", "required"})
-        if unknown:
-            raise ConfigError(f"unknown key(s) {', '.join('leakage.' + k for k in unknown)}; known: sets, threshold, "
-                              "required")  # fmt: skip
-        return cls(**values)
+        return cls(**node_values(node, cls, "leakage"))
 
     def guard(self) -> LeakageGuard:
         prompts, skipped = load_leakage_sets(self.sets, self.required)

@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.data.hh_rlhf import HHRLHFSpec, load_hh_rlhf
 from safer_instruct.data.instructions import InstructionRecord, InstructionSpec, load_instructions
@@ -40,6 +38,7 @@ from safer_instruct.data.pku_saferlhf import PKUSafeRLHFSpec, load_pku_saferlhf
 from safer_instruct.data.release import ReleaseSpec, load_release
 from safer_instruct.data.schema import PreferenceRecord
 from safer_instruct.errors import ConfigError, DataError
+from safer_instruct.schema import node_values, plain
 
 
 @dataclass
@@ -125,17 +124,12 @@ INSTRUCTION_SOURCES = {"instructions": (InstructionSpec, load_instructions)}
 
 def spec_from(node: Any) -> Any:
     """The settings object of a data config node, with unknown keys named."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+    values = plain(node)
     source = values.get("source")
     registry = {**PREFERENCE_SOURCES, **INSTRUCTION_SOURCES}
     if source not in registry:
         raise ConfigError(f"data.source '{source}' unknown: choose from {', '.join(registry)}")
-    cls = registry[source][0]
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"data source '{source}' has no key(s) {', '.join(unknown)}; its keys: {', '.join(sorted(names))}")
-    return cls(**values)
+    return registry[source][0](**node_values(values, registry[source][0], "data"))
 
 
 def load_preferences(node: Any, guard: LeakageGuard | None = None,

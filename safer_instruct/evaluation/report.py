@@ -38,6 +38,7 @@ import yaml
 from safer_instruct.errors import ConfigError, DataError
 from safer_instruct.evaluation import refusal_report
 from safer_instruct.io import atomic_write_json, atomic_write_text, iter_rows
+from safer_instruct.schema import node_values
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ class PaperReference:
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any] | None) -> PaperReference:
-        value = dict(value or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            raise ConfigError(f"paper_reference: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        value = node_values(value, cls, "paper_reference")
         figures = []
         for index, figure in enumerate(value.pop("figures", None) or []):
             if not isinstance(figure, Mapping) or not {"label", "rate"} <= set(figure):

@@ -22,12 +22,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from safer_instruct import schema
 from safer_instruct.errors import ConfigError
-from safer_instruct.llm import schema
 from safer_instruct.llm.backends import backend_class, backend_names
 from safer_instruct.llm.chat import has_local_weights
-from safer_instruct.llm.schema import setting
 from safer_instruct.paths import CONF_DIR
+from safer_instruct.schema import setting
 
 log = logging.getLogger(__name__)
 

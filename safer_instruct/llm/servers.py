@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safer_instruct.errors import ConfigError, SaferInstructError
-from safer_instruct.llm.schema import setting
+from safer_instruct.schema import setting
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"

@@ -36,6 +36,7 @@ from typing import Any, ClassVar, TypeVar
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.paths import cache_root, conf_dir
+from safer_instruct.schema import node_values, plain
 
 T = TypeVar("T")
 
@@ -355,16 +356,13 @@ class PeftSettings:
 def settings_from(cls: type[T], node: Any, key: str) -> T:
     """Build a settings dataclass from a config node. Training settings pass the keys that are not theirs to TRL
     (`trl`, checked against TRL's field names); other settings name unknown keys instead of ignoring them."""
-    from omegaconf import DictConfig, OmegaConf
-
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
     if "trl" in names:
+        values = plain(node)
         values = {**{k: v for k, v in values.items() if k in names and k != "trl"},
-                  "trl": {k: values[k] for k in unknown}}  # fmt: skip
-    elif unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(f'{key}.{k}' for k in unknown)}; known: {', '.join(sorted(names))}")
+                  "trl": {k: v for k, v in values.items() if k not in names}}  # fmt: skip
+    else:
+        values = node_values(node, cls, key)
     try:
         return cls(**values)
     except TypeError as err:

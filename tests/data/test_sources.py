@@ -268,7 +268,7 @@ def test_bundled_demo_instructions_are_varied_alpaca_pairs():
 def test_unknown_source_or_key_is_named(tmp_path):
     with pytest.raises(ConfigError, match="data.source 'reddit' unknown"):
         load_preferences({"source": "reddit", "path": "x"})
-    with pytest.raises(ConfigError, match="has no key.*colour"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) data\.colour; known: .*path"):
         load_preferences({"source": "constructed", "path": "x", "colour": "red"})
     with pytest.raises(ConfigError, match="gives instructions, not preference pairs"):
         load_preferences({"source": "instructions", "path": "demo"})

@@ -19,10 +19,10 @@ from safer_instruct.llm.backends import _REGISTRY, Answer, Backend, backend_clas
 from safer_instruct.llm.backends.openai import OpenAIBackend
 from safer_instruct.llm.cache import cache_key
 from safer_instruct.llm.config import options_node, price_for, schema_node
-from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, transformers_command, vllm_command
 from safer_instruct.llm.types import ChatRequest, Usage
 from safer_instruct.paths import CONF_DIR
+from safer_instruct.schema import setting
 
 
 @pytest.fixture(scope="module")

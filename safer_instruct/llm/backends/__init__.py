@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from safer_instruct.errors import ConfigError
 from safer_instruct.llm.faults import EmptyCompletion, Transient
-from safer_instruct.llm.schema import setting
 from safer_instruct.llm.types import ChatRequest, Usage
+from safer_instruct.schema import setting
 
 if TYPE_CHECKING:
     from safer_instruct.llm.config import RoleConfig

@@ -16,8 +16,8 @@ from typing import Any
 from safer_instruct.llm.backends import Answer, Backend
 from safer_instruct.llm.chat import ChatRenderer
 from safer_instruct.llm.faults import EmptyCompletion
-from safer_instruct.llm.schema import setting
 from safer_instruct.llm.types import ChatRequest, Usage
+from safer_instruct.schema import setting
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from safer_instruct.errors import ConfigError
 from safer_instruct.llm.backends import Answer, RequestOptions, SDKClientBackend, check_text
 from safer_instruct.llm.chat import ChatRenderer, has_local_weights
 from safer_instruct.llm.faults import MalformedResponse
-from safer_instruct.llm.schema import setting
 from safer_instruct.llm.servers import ManagedServer, ServerConfig
 from safer_instruct.llm.types import ChatRequest, Usage
+from safer_instruct.schema import setting
 
 log = logging.getLogger(__name__)
 

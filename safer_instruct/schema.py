@@ -4,6 +4,8 @@
 dataclass (values converted by the field's type, absent keys left at their defaults, keys the class
 does not know ignored), and `check(obj, where)` validates limits and choices, naming the key
 (`judge.max_concurrency must be >= 1, got 0`). Both walk nested dataclasses (`server.kind`).
+`node_values(node, cls, where)` is the strict reading every other settings class uses: the node as
+plain values, a key the class has no field for refused by name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from safer_instruct.errors import ConfigError
 
@@ -109,3 +111,19 @@ def defaults(cls: type) -> dict[str, Any]:
     tuples as lists, nested dataclasses as mappings, a required field as `???` (Hydra's mark for a
     value that must be set)."""
     return OmegaConf.to_container(OmegaConf.structured(cls))  # type: ignore[return-value]
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config node (resolved) or a mapping as a plain dict; None as {}."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def node_values(node: Any, cls: type, where: str, known: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """`node` (a config node or a mapping; None for none) as plain resolved values for dataclass `cls`. A key
+    that is neither a field of `cls` nor in `known` is a ConfigError naming it and the keys there are."""
+    values = plain(node)
+    names = {f.name for f in dataclasses.fields(cls)} | set(known)
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; known: {', '.join(sorted(names))}")
+    return values
