@@ -87,18 +87,23 @@ def check_required(cfg: DictConfig) -> None:
         raise ConfigError(f"missing required config value(s): {', '.join(keys)} (set them, e.g. `{hint}`)")
 
 
-def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose a stage's config the way its entry point will, without running anything.
+def compose(config_name: str, overrides: Sequence[str] = (), config_dir: str | Path | None = None) -> DictConfig:
+    """Compose a stage's config the way its entry point will, without running anything: `conf/<config_name>.yaml`
+    (from inside a running Hydra app, such as the `run` stage, through that app's own search path), or a saved
+    config `<config_dir>/<config_name>.yaml`.
 
     Raises ConfigError with Hydra's one-line reason for an unknown key, group option or bad value.
     """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=config_name):
+        if config_dir is None and GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(config_dir or conf_dir()), version_base="1.3", job_name=config_name):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as err:
         raise ConfigError(_one_line(err)) from None

@@ -84,19 +84,15 @@ def config_file_of(flags: Sequence[str]) -> Path | None:
 
 def load_config_file(config_file: Path, overrides: Sequence[str] = ()) -> DictConfig:
     """A saved config with `key=value` overrides on top, composed as Hydra composes it for the stage."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from safer_instruct.config import compose
 
     config_file = Path(config_file).resolve()
     if not config_file.is_file():
         raise ConfigError(f"config file {config_file} not found (written by `safer-instruct run` for each step)")
     own = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     try:
-        with initialize_config_dir(config_dir=str(config_file.parent), version_base="1.3", job_name="stage"):
-            cfg = compose(config_name=config_file.stem, overrides=own)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        text = str(err).split("Config search path:")[0].strip() or type(err).__name__
-        raise ConfigError(f"{config_file}: {' '.join(text.split())}") from None
+        cfg = compose(config_file.stem, own, config_dir=config_file.parent)
+    except ConfigError as err:
+        raise ConfigError(f"{config_file}: {err}") from None
     OmegaConf.set_struct(cfg, True)
     return cfg

@@ -65,15 +65,15 @@ PAPER_ROWS = {"paper_alpaca": [], "paper_hh_rlhf": [], "paper_pku_saferlhf": [],
 def test_paper_rows_evaluate_at_the_model_context_length_with_claude3_judging_first(experiment, tmp_path):
     """What each paper row's evaluation jobs run with (the configs `run ... dry_run=true` prints)."""
     from safer_instruct.config import compose
-    from safer_instruct.pipeline.plan import build_plan, compose_stage
+    from safer_instruct.pipeline.plan import build_plan
 
     cfg = compose("run", [f"experiment={experiment}", "launcher=slurm", "dry_run=true", *PAPER_ROWS[experiment]])
     plan = build_plan(cfg, tmp_path)
-    downstream = compose_stage("eval_downstream", plan.overrides("downstream"))
+    downstream = compose("eval_downstream", plan.overrides("downstream"))
     # LLaMA-7B's context (max_position_embeddings 2048), not the training length of 512.
     assert (downstream.model.name, downstream.model.context_length) == ("alpaca-7b", 2048)
     assert downstream.harness.max_length == 2048 and downstream.model.max_length == 512
-    harmless = compose_stage("eval_harmlessness", plan.overrides("harmless"))
+    harmless = compose("eval_harmlessness", plan.overrides("harmless"))
     assert harmless.judge.model == "claude-3-opus-20240229" and harmless.second_judge.model == "gpt-4-0613"
     assert harmless.judge.backend == "anthropic" and harmless.prompts.name == "release_test_set"
 

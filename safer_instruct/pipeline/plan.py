@@ -32,7 +32,7 @@ share steps).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -381,7 +381,7 @@ def compose_step(plan: Plan, name: str) -> DictConfig:
     group options, values are set (mappings merged, unknown keys refused), the step's raw `overrides`
     last, out_dir at the very end.
     """
-    from safer_instruct.config import check_required
+    from safer_instruct.config import check_required, compose
 
     step = plan.steps[name]
     settings = plan.settings(name)
@@ -394,7 +394,7 @@ def compose_step(plan: Plan, name: str) -> DictConfig:
             choices.append(override.input_line)
         else:
             raw_values.append((override.key_or_group, override.value(), override.is_add() or override.is_force_add()))
-    cfg = compose_stage(step.config_name, choices)
+    cfg = compose(step.config_name, choices)
     for key, value in values:
         _set(cfg, key, value)
     for key, value, add in raw_values:
@@ -402,25 +402,6 @@ def compose_step(plan: Plan, name: str) -> DictConfig:
     _set(cfg, *settings[-1])  # out_dir
     check_required(cfg)
     return cfg
-
-
-def compose_stage(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Compose a stage config, also from inside a running Hydra app (the `run` stage itself)."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from safer_instruct.config import compose
-
-    if not GlobalHydra.instance().is_initialized():
-        return compose(config_name, overrides)
-    from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return hydra_compose(config_name=config_name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        text = str(err).strip() or type(err).__name__
-        raise ConfigError(" ".join(line.strip() for line in text.splitlines()[:2] if line.strip())) from None
 
 
 def step_config(plan: Plan, name: str) -> DictConfig:

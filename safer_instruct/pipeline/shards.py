@@ -39,7 +39,7 @@ SHARDS_DIR = "shards"
 
 def construct_config(args: list[str]) -> DictConfig:
     """The construct step's config from its job's arguments: a saved config file, or overrides."""
-    from safer_instruct.pipeline.plan import compose_stage
+    from safer_instruct.config import compose
 
     if not args or args[0] != "construct":
         raise ConfigError("expected `construct --config-path DIR --config-name NAME` (or KEY=VALUE... out_dir=DIR) after the options")
@@ -49,7 +49,7 @@ def construct_config(args: list[str]) -> DictConfig:
         return load_config_file(config_file, overrides)
     if not any(a.startswith("out_dir=") for a in overrides):
         raise ConfigError("out_dir= is required: the shards go to <out_dir>/shards/<index>")
-    return compose_stage("construct", overrides)
+    return compose("construct", overrides)
 
 
 def write_shard(cfg: DictConfig, index: int, count: int, path: Path) -> int:

@@ -12,7 +12,6 @@ from safer_instruct.config import compose, to_plain
 from safer_instruct.errors import ConfigError
 from safer_instruct.pipeline.plan import (
     build_plan,
-    compose_stage,
     hydra_value,
     step_config,
     validate,
@@ -126,7 +125,7 @@ def test_a_steps_config_is_what_hydra_composes_from_its_overrides_and_is_saved_r
     cfg = compose("run", ["experiment=smoke", "dry_run=true"])
     plan = build_plan(cfg, tmp_path)
     for name, step in plan.steps.items():
-        assert to_plain(step_config(plan, name)) == to_plain(compose_stage(step.config_name, plan.overrides(name))), name
+        assert to_plain(step_config(plan, name)) == to_plain(compose(step.config_name, plan.overrides(name))), name
     saved = OmegaConf.load(write_config(plan, "dpo"))
     assert saved.model.path == f"{tmp_path / 'sft'}/model" and saved.out_dir == str(tmp_path / "dpo")
     assert saved.train.max_steps == 2 and "${" not in OmegaConf.to_yaml(saved)  # resolved, no interpolation left
