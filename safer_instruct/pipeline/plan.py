@@ -351,57 +351,13 @@ def fingerprinted_config(cfg: DictConfig) -> dict[str, Any]:
 # --- each step's config ---------------------------------------------------------------------------
 
 
-def _is_choice(key: str, value: Any) -> bool:
-    """Whether `key: value` picks an option of a config group (model: tiny, llm@expert: openai)."""
-    from safer_instruct.paths import conf_dir
-
-    group = key.split("@", 1)[0]
-    return isinstance(value, str) and ("@" in key or (conf_dir() / group.replace(".", "/")).is_dir())
-
-
-def _set(cfg: DictConfig, key: str, value: Any, add: bool = False) -> None:
-    """Set one value as a Hydra value override does: merged into a mapping, an unknown key refused."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    current = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    if isinstance(current, (bool, int, float)) and isinstance(value, str) and "${" not in value:
-        kind = "true/false" if isinstance(current, bool) else "a number"
-        raise ConfigError(f"{key} expects {kind}, got '{value}'")
-    try:
-        OmegaConf.update(cfg, key, value, merge=True, force_add=add)
-    except OmegaConfBaseException as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"unknown config key '{key}' ({reason})") from None
-
-
 def compose_step(plan: Plan, name: str) -> DictConfig:
-    """A step's config: its stage's config with the step's option choices, then its values set.
+    """A step's config: its stage's config as Hydra composes it from the step's overrides (`plan.overrides(name)`:
+    the forwarded settings and step args, the step's raw `overrides`, out_dir last), checked as the command line
+    checks its overrides (no `???` left, no text where a number or a boolean belongs)."""
+    from safer_instruct.config import validate_overrides
 
-    The same config Hydra composes from the step's overrides (`plan.overrides(name)`): choices pick
-    group options, values are set (mappings merged, unknown keys refused), the step's raw `overrides`
-    last, out_dir at the very end.
-    """
-    from safer_instruct.config import check_required, compose
-
-    step = plan.steps[name]
-    settings = plan.settings(name)
-    choices = [f"{key}={value}" for key, value in settings if _is_choice(key, value)]
-    values = [(key, value) for key, value in settings[:-1] if not _is_choice(key, value)]
-    raw_values = []
-    for override in _parser().parse_overrides([str(plan.resolve(o)) for o in step.overrides]):
-        key = override.key_or_group if override.package is None else f"{override.key_or_group}@{override.package}"
-        if override.is_delete() or _is_choice(key, override.value()):
-            choices.append(override.input_line)
-        else:
-            raw_values.append((override.key_or_group, override.value(), override.is_add() or override.is_force_add()))
-    cfg = compose(step.config_name, choices)
-    for key, value in values:
-        _set(cfg, key, value)
-    for key, value, add in raw_values:
-        _set(cfg, key, value, add=add)
-    _set(cfg, *settings[-1])  # out_dir
-    check_required(cfg)
-    return cfg
+    return validate_overrides(plan.steps[name].config_name, plan.overrides(name))
 
 
 def step_config(plan: Plan, name: str) -> DictConfig:
