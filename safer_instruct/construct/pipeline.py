@@ -34,7 +34,7 @@ from safer_instruct.construct.store import PhaseStore, adopt_legacy_stores, sign
 from safer_instruct.construct.tasks import InduceTask, RespondTask, VerdictTask, load_template
 from safer_instruct.construct.templates import induction_prompt
 from safer_instruct.data.corpus import CorpusReader, CorpusSpec, resolve_corpus_path
-from safer_instruct.data.leakage import LeakageGuard, load_leakage_sets
+from safer_instruct.data.leakage import LeakageSettings
 from safer_instruct.errors import ConfigError, SaferInstructError
 from safer_instruct.io import atomic_write_json, atomic_write_text
 from safer_instruct.llm.config import parse_role
@@ -182,11 +182,7 @@ class ConstructRun:
             task = VerdictTask(name, self.templates[name], "response_check", prefill=self.expert_prefill,
                                on_truncated=self.on_truncated[name])  # fmt: skip
             return ExpertPhase(name, task, enabled=bool(cfg.filter_responses.expert_check))
-        # The evaluation prompt sets of `assemble.leakage.sets`, read with the eval stage's own loader.
-        leakage = cfg.assemble.get("leakage") or {}
-        sets = _plain(leakage.get("sets")) or {}
-        prompts, skipped = load_leakage_sets(sets, required=set(sets) if leakage.get("require_all") else ())
-        guard = LeakageGuard.from_prompts(prompts, float(leakage.get("threshold", 0.7)), skipped)
+        guard = self.leakage_guard
         return AssemblePhase(guard, self.provenance, str(cfg.dataset.source), test_size=float(cfg.assemble.test_size),
                              seed=int(cfg.assemble.seed), dedup=bool(cfg.assemble.dedup),
                              near_duplicate_threshold=float(cfg.assemble.near_duplicate_threshold))  # fmt: skip
@@ -204,7 +200,14 @@ class ConstructRun:
             roles["expert"] = self.cfg.expert
         return roles
 
+    @functools.cached_property
+    def leakage_guard(self):
+        """The evaluation prompts no pair may match: `assemble.leakage`, the settings of a training stage's `leakage`."""
+        return LeakageSettings.from_config(self.cfg.assemble.get("leakage"), "assemble.leakage").guard()
+
     def check_inputs(self) -> None:
+        if "assemble" in self.phases:
+            self.leakage_guard  # noqa: B018 - a required prompt set that is missing stops the run before any LLM call
         for name in self.phases:
             upstream = UPSTREAM.get(name)
             if upstream and upstream not in self.phases and not self.stores[upstream].is_done():

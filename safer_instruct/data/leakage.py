@@ -124,7 +124,8 @@ def load_leakage_sets(sets: Mapping[str, Any] | None,
 
 @dataclass
 class LeakageSettings:
-    """Evaluation prompt sets a training run must not train on (`leakage.*` of train_sft/dpo/reverse)."""
+    """Evaluation prompt sets a run must not train on: `leakage.*` of train_sft/dpo/reverse, and `assemble.leakage.*`
+    of construct (pairs matching them are left out of the dataset it builds)."""
 
     sets: dict[str, Any] = field(default_factory=dict, metadata={"help": (
         "name -> prompt set config (a conf/prompt_set preset, e.g. `prompt_set@leakage.sets.advbench: advbench` in "
@@ -139,11 +140,12 @@ class LeakageSettings:
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < float(self.threshold) <= 1.0:
             raise ConfigError(f"leakage.threshold must be in (0, 1] or null, got {self.threshold}")
+        self.threshold = None if self.threshold is None else float(self.threshold)
         self.required = [str(name) for name in self.required or []]
 
     @classmethod
-    def from_config(cls, node: Any) -> LeakageSettings:
-        return cls(**node_values(node, cls, "leakage"))
+    def from_config(cls, node: Any, where: str = "leakage") -> LeakageSettings:
+        return cls(**node_values(node, cls, where))
 
     def guard(self) -> LeakageGuard:
         prompts, skipped = load_leakage_sets(self.sets, self.required)

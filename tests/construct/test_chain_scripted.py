@@ -244,3 +244,14 @@ def test_a_per_category_limit_adds_up_in_the_funnel_and_the_card(server, workspa
     assert (corpus["rows"], corpus["kept"], corpus["over_category_limit"]) == (48, 8, 40)
     assert stats["problems"] == []
     assert "over_category_limit: 40" in (out / "README.md").read_text()
+
+
+def test_assemble_leakage_takes_a_training_stages_leakage_settings_and_checks_them_before_any_request(server, workspace):
+    """`assemble.leakage` is LeakageSettings, as `leakage` of train_*: a required set that is not there stops the
+    run before the first LLM request; the old `require_all` key is refused by name."""
+    before = server.stats()["requests"]
+    with pytest.raises(ConfigError, match="nope"):
+        construct(server, workspace, "leak_required", "assemble.leakage.required=[nope]")
+    assert server.stats()["requests"] == before and not (workspace[0] / "leak_required" / "phases" / "induce").exists()
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) assemble\.leakage\.require_all; known: required, sets"):
+        construct(server, workspace, "leak_old_key", "+assemble.leakage.require_all=true")
