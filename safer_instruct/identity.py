@@ -75,16 +75,23 @@ def model_identity(model: str) -> str:
         path = Path(resolve_model(model))
     if path.is_dir():
         return "files:" + folder_digest(path)
-    if "/" in model:  # a Hub id that has been downloaded: its snapshot's files
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            config = try_to_load_from_cache(model, "config.json")
-            if isinstance(config, str):
-                return "files:" + folder_digest(Path(config).parent)
-        except Exception as err:  # noqa: BLE001 - not a Hub id after all: the name is the identity
-            log.debug("%s is not in the Hugging Face cache (%s): identified by name", model, err)
+    config = cached_hub_file(model, "config.json") if "/" in model else None
+    if config is not None:  # a Hub id that has been downloaded: its snapshot's files
+        return "files:" + folder_digest(config.parent)
     return model
+
+
+def cached_hub_file(model: str, filename: str) -> Path | None:
+    """A file of Hub model `model` already in the local Hugging Face cache; None when it is not there or `model`
+    is no Hub id (nothing is downloaded)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, filename)
+    except Exception as err:  # noqa: BLE001 - not a Hub id after all
+        log.debug("%s is not in the Hugging Face cache (%s)", model, err)
+        return None
+    return Path(cached) if isinstance(cached, str) else None
 
 
 def is_content_identity(identity: str) -> bool:

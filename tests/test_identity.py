@@ -34,3 +34,24 @@ def test_a_model_is_its_files_wherever_they_are(tiny_model, tmp_path):
     tokenizer.write_text(tokenizer.read_text() + " ")
     assert model_identity(str(copy)) != identity
     assert model_identity("gpt-4-0613") == "gpt-4-0613" and not is_content_identity("gpt-4-0613")
+
+
+def test_a_hub_id_in_the_local_cache_is_identified_by_its_snapshot_and_its_config_is_read(tmp_path, monkeypatch):
+    """One lookup of the Hugging Face cache serves the identity and vLLM's config.json; nothing is downloaded."""
+    import huggingface_hub.constants
+
+    from safer_instruct.identity import folder_digest
+    from safer_instruct.llm.servers import model_config_json
+
+    repo = tmp_path / "models--org--tiny"
+    snapshot = repo / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    (snapshot / "config.json").write_text('{"max_position_embeddings": 2048}')
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    identity = model_identity("org/tiny")
+    assert identity == "files:" + folder_digest(snapshot) and model_config_json("org/tiny") == {"max_position_embeddings": 2048}
+    (snapshot / "config.json").write_text('{"max_position_embeddings": 4096}')
+    assert model_identity("org/tiny") != identity
+    assert model_identity("org/absent") == "org/absent" and model_config_json("org/absent") is None

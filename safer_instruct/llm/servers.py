@@ -96,17 +96,12 @@ UNSCALED_ROPE_TYPES = ("default", "su", "longrope", "llama3", "mrope")
 def model_config_json(model_path: str) -> dict | None:
     """The model's config.json (its text part for multimodal configs): a local folder, or a hub id
     already in the local hub cache; None when neither (nothing is downloaded)."""
-    path = Path(model_path).expanduser() / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
+    from safer_instruct.identity import cached_hub_file
 
-            cached = try_to_load_from_cache(model_path, "config.json")
-        except Exception:  # noqa: BLE001 - not a hub id either
-            cached = None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
+    path = Path(model_path).expanduser() / "config.json"
+    path = path if path.is_file() else cached_hub_file(model_path, "config.json")
+    if path is None:
+        return None
     import json
 
     config = json.loads(path.read_text())
